@@ -1,0 +1,1 @@
+"""The offline ``ldka`` command-line interface."""

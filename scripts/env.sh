@@ -1,0 +1,15 @@
+# Source this file (bash) to use the project's environment: venv, colcon install space,
+# isolated ROS logging. `source scripts/env.sh` after `scripts/setup_env.sh`.
+_ldka_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_ldka_venv="${LDKA_VENV:-$_ldka_root/.venv}"
+# shellcheck disable=SC1091
+source "$_ldka_venv/bin/activate"
+# pip-only ROS: ament's index must include the venv (where the ROS wheels live).
+export AMENT_PREFIX_PATH="$_ldka_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+if [[ -f "$_ldka_root/install/setup.bash" ]]; then
+  # shellcheck disable=SC1091
+  source "$_ldka_root/install/setup.bash"
+fi
+export ROS_LOG_DIR="${ROS_LOG_DIR:-$_ldka_root/build/ros_log}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+unset _ldka_root _ldka_venv

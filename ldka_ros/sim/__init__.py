@@ -1,0 +1,1 @@
+"""Simulated robot camera world (pybullet), ROS-free."""

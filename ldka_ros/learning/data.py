@@ -245,7 +245,7 @@ class _LabelFileDataset(SegDataset):
         return len(self.stems)
 
     def image_path(self, index: int) -> Path:
-        """Path of the image file of sample ``index``."""
+        """Return the path of the image file of sample ``index``."""
         return self._images[self._index(index)]
 
     def load_label(self, index: int) -> np.ndarray:

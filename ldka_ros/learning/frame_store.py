@@ -1,0 +1,320 @@
+"""
+Durable store of operator-labelled frames, for learning new classes on the robot.
+
+Layout under ``root`` (a valid FolderDataset, plus one record per frame)::
+
+    images/<frame_id>.png     the camera frame, RGB, lossless
+    labels/<frame_id>.png     class id on the operator's mask, 0 elsewhere
+    manifest.json             FolderDataset manifest: every class name ever stored
+    frames/<frame_id>.json    FrameRecord: class, time, source, learned_in_version
+
+Why this design: the robot may lose power or the learner node may be killed at any
+moment, and operator labels are expensive. A frame is written to a temporary folder,
+fsynced, then its files are renamed into place label first, image second and record
+last; the **record is the commit point**. ``frames()`` lists only frames with a record,
+so a crash can leave at most an orphan label/image without a record, which is ignored
+and cleaned up when the store is next opened. Records are rewritten atomically by
+``mark_learned``, so a frame is never both learned and pending.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import json
+import os
+from pathlib import Path
+import shutil
+import tempfile
+import time
+from typing import Iterable, Mapping
+import uuid
+
+from ldka_ros.learning.classes import (atomic_write_json, ClassRegistry, fsync_dir,
+                                       validate_class_name)
+from ldka_ros.learning.data import (encode_png, read_label, read_manifest, read_rgb,
+                                    SegDataset, Transform)
+import numpy as np
+
+FRAME_FORMAT = 'ldka_ros.frame/1'
+#: Orphans and temporary folders older than this (seconds) are removed on open; younger
+#: ones may belong to a writer that is still running in another process.
+STALE_AFTER_S = 60.0
+
+
+@dataclass
+class FrameRecord:
+    """What is known about one stored frame; ``learned_in_version`` None = pending."""
+
+    frame_id: str
+    class_name: str
+    class_id: int
+    created: float
+    source: str
+    height: int
+    width: int
+    mask_pixels: int
+    learned_in_version: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Return True while no model version has learned this frame."""
+        return self.learned_in_version is None
+
+    def to_dict(self) -> dict:
+        """Return a JSON-ready dict with the format tag."""
+        return {'format': FRAME_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> 'FrameRecord':
+        """Rebuild a record; ValueError for anything else."""
+        if not isinstance(data, dict) or data.get('format') != FRAME_FORMAT:
+            raise ValueError(f'not a frame record (format {FRAME_FORMAT!r} expected)')
+        fields = {k: v for k, v in data.items() if k != 'format'}
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise ValueError(f'malformed frame record: {exc}') from exc
+
+
+class FrameStore:
+    """
+    Labelled frames on disk; safe against crashes and readable by another process.
+
+    ``classes_path``: optional ClassRegistry JSON; when it exists, ``add`` checks that a
+    known class name comes with its registered id.
+    """
+
+    def __init__(self, root: str | os.PathLike,
+                 classes_path: str | os.PathLike | None = None) -> None:
+        self.root = Path(root)
+        self.classes_path = Path(classes_path) if classes_path is not None else None
+        for sub in ('images', 'labels', 'frames'):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if not (self.root / 'manifest.json').exists():
+            self._write_manifest({})
+        else:
+            read_manifest(self.root)  # fail early on a corrupt store
+        self.recover()
+
+    # -- paths -------------------------------------------------------------------
+    def _record_path(self, frame_id: str) -> Path:
+        return self.root / 'frames' / f'{frame_id}.json'
+
+    def image_path(self, frame_id: str) -> Path:
+        """Return the path of the stored image of ``frame_id``."""
+        return self.root / 'images' / f'{frame_id}.png'
+
+    def label_path(self, frame_id: str) -> Path:
+        """Return the path of the stored label of ``frame_id``."""
+        return self.root / 'labels' / f'{frame_id}.png'
+
+    def _write_manifest(self, classes: Mapping[int, str]) -> None:
+        atomic_write_json(self.root / 'manifest.json', {
+            'format': 'ldka_ros.dataset/1',
+            'classes': {str(k): v for k, v in sorted(classes.items())},
+            'ignore_index': 255})
+
+    # -- writing -----------------------------------------------------------------
+    def add(self, rgb: np.ndarray, mask_bool: np.ndarray, class_name: str, class_id: int,
+            source: str = 'operator') -> FrameRecord:
+        """
+        Store one labelled frame atomically and return its record (pending).
+
+        ``rgb``: uint8 (H, W, 3); ``mask_bool``: bool (H, W), True on the object, not
+        empty. ValueError for bad inputs or a name/id that contradicts the store or the
+        class registry.
+        """
+        self._check_inputs(rgb, mask_bool, class_name, class_id)
+        class_id = int(class_id)
+        manifest = read_manifest(self.root)
+        known = {v: k for k, v in manifest.items()}
+        if known.get(class_name, class_id) != class_id or \
+                manifest.get(class_id, class_name) != class_name:
+            raise ValueError(f'class {class_name!r} with id {class_id} contradicts the store, '
+                             f'which has {manifest}')
+        record = FrameRecord(
+            frame_id=f'{time.time_ns() // 1000:016d}_{uuid.uuid4().hex[:8]}',
+            class_name=class_name, class_id=class_id, created=time.time(),
+            source=str(source), height=int(rgb.shape[0]), width=int(rgb.shape[1]),
+            mask_pixels=int(mask_bool.sum()))
+        label = np.where(mask_bool, np.uint8(class_id), np.uint8(0)).astype(np.uint8)
+        if class_id not in manifest:
+            self._write_manifest({**manifest, class_id: class_name})
+        tmp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=self.root))
+        try:
+            files = {'label.png': encode_png(label), 'image.png': encode_png(rgb),
+                     'record.json': (json.dumps(record.to_dict(), indent=2) + '\n').encode()}
+            for name, data in files.items():
+                with open(tmp / name, 'wb') as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            fsync_dir(tmp)
+            # Label, then image, then the record (the commit point).
+            os.replace(tmp / 'label.png', self.label_path(record.frame_id))
+            os.replace(tmp / 'image.png', self.image_path(record.frame_id))
+            fsync_dir(self.root / 'labels')
+            fsync_dir(self.root / 'images')
+            os.replace(tmp / 'record.json', self._record_path(record.frame_id))
+            fsync_dir(self.root / 'frames')
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return record
+
+    def _check_inputs(self, rgb, mask, class_name: str, class_id) -> None:
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
+                or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+            raise ValueError('rgb must be a uint8 numpy array (H, W, 3), got '
+                             f'{getattr(rgb, "dtype", type(rgb))} {getattr(rgb, "shape", "")}')
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 2:
+            raise ValueError('mask must be a bool numpy array (H, W), got '
+                             f'{getattr(mask, "dtype", type(mask))} {getattr(mask, "shape", "")}')
+        if mask.shape != rgb.shape[:2]:
+            raise ValueError(f'mask size {mask.shape} differs from image size {rgb.shape[:2]}')
+        if not mask.any():
+            raise ValueError('mask is empty: label at least one pixel of the object')
+        validate_class_name(class_name)
+        if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)) \
+                or not 0 < int(class_id) < 255:
+            raise ValueError(f'class_id must be an int in 1..254, got {class_id!r}')
+        if self.classes_path is not None and self.classes_path.exists():
+            reg = ClassRegistry.load(self.classes_path)
+            if class_name in reg and reg.get(class_name).id != int(class_id):
+                raise ValueError(f'class {class_name!r} has id {reg.get(class_name).id} in '
+                                 f'{self.classes_path}, not {class_id}')
+
+    def mark_learned(self, frame_ids: Iterable[str], version: str) -> int:
+        """Record that model ``version`` learned these frames; return how many changed."""
+        if not isinstance(version, str) or not version:
+            raise ValueError(f'version must be a non-empty string, got {version!r}')
+        changed = 0
+        for frame_id in frame_ids:
+            record = self.get(frame_id)
+            if record.learned_in_version != version:
+                record.learned_in_version = version
+                atomic_write_json(self._record_path(frame_id), record.to_dict())
+                changed += 1
+        return changed
+
+    def recover(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """
+        Remove leftovers of interrupted writes older than ``stale_after_s``.
+
+        These are temporary folders and images/labels without a record. Younger ones
+        are kept: another process may be writing them right now. Returns what was removed.
+        """
+        now, removed = time.time(), []
+        committed = {p.stem for p in (self.root / 'frames').glob('*.json')}
+        candidates = list(self.root.glob('.tmp-*'))
+        for sub in ('images', 'labels'):
+            candidates += [p for p in (self.root / sub).iterdir()
+                           if p.stem not in committed or p.name.startswith('.')]
+        for path in candidates:
+            try:
+                if now - path.stat().st_mtime < stale_after_s:
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(str(path.relative_to(self.root)))
+            except FileNotFoundError:
+                continue
+        return removed
+
+    # -- reading -----------------------------------------------------------------
+    def get(self, frame_id: str) -> FrameRecord:
+        """Return the record of ``frame_id``; KeyError if there is no such frame."""
+        path = self._record_path(frame_id)
+        if '/' in frame_id or not path.is_file():
+            raise KeyError(f'no frame {frame_id!r} in {self.root}')
+        return FrameRecord.from_dict(json.loads(path.read_text(encoding='utf-8')))
+
+    def frames(self, class_names: Iterable[str] | None = None,
+               pending_only: bool = False) -> list[FrameRecord]:
+        """Return committed frames, oldest first, optionally filtered by class / pending."""
+        wanted = set(class_names) if class_names is not None else None
+        records = []
+        for path in sorted((self.root / 'frames').glob('*.json')):
+            try:
+                record = FrameRecord.from_dict(json.loads(path.read_text(encoding='utf-8')))
+            except (ValueError, OSError) as exc:
+                raise ValueError(f'corrupt frame record {path}: {exc}') from exc
+            if wanted is not None and record.class_name not in wanted:
+                continue
+            if pending_only and not record.pending:
+                continue
+            records.append(record)
+        return records
+
+    def __len__(self) -> int:
+        return len(list((self.root / 'frames').glob('*.json')))
+
+    def pending_classes(self) -> dict[str, int]:
+        """Return ``{class name: number of frames not learned yet}``."""
+        counts: dict[str, int] = {}
+        for record in self.frames(pending_only=True):
+            counts[record.class_name] = counts.get(record.class_name, 0) + 1
+        return counts
+
+    def load(self, frame_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(rgb, mask_bool)`` of a stored frame."""
+        record = self.get(frame_id)
+        label = read_label(self.label_path(frame_id))
+        return read_rgb(self.image_path(frame_id)), label == record.class_id
+
+    def dataset(self, class_ids: Mapping[str, int], frame_ids: Iterable[str] | None = None,
+                transform: Transform | None = None) -> 'FrameDataset':
+        """
+        Return the frames of the classes in ``class_ids`` as a segmentation dataset.
+
+        Labels carry ``class_ids[name]`` on the mask and 0 elsewhere. ``frame_ids``
+        restricts the set further. ValueError if no frame is selected.
+        """
+        ids = {str(k): int(v) for k, v in class_ids.items()}
+        bad = {k: v for k, v in ids.items() if not 0 < v < 255}
+        if bad:
+            raise ValueError(f'class ids must be in 1..254, got {bad}')
+        records = self.frames(class_names=ids)
+        if frame_ids is not None:
+            chosen = set(frame_ids)
+            unknown = chosen - {r.frame_id for r in self.frames()}
+            if unknown:
+                raise ValueError(f'unknown frame ids {sorted(unknown)[:5]}')
+            records = [r for r in records if r.frame_id in chosen]
+        if not records:
+            raise ValueError(f'no stored frames for classes {sorted(ids)}'
+                             + (' among the given frame ids' if frame_ids is not None else ''))
+        return FrameDataset(self, records, ids, transform)
+
+
+class FrameDataset(SegDataset):
+    """Stored frames as ``(image, label)`` samples, labels remapped to the given class ids."""
+
+    def __init__(self, store: FrameStore, records: list[FrameRecord],
+                 class_ids: Mapping[str, int], transform: Transform | None = None) -> None:
+        self.store = store
+        self.records = list(records)
+        self.class_ids = dict(class_ids)
+        self.transform = transform
+        self.classes = {v: k for k, v in self.class_ids.items()
+                        if k in {r.class_name for r in self.records}}
+        self.stems = [r.frame_id for r in self.records]
+        presence = np.zeros((len(self.records), self.num_classes), dtype=bool)
+        for i, record in enumerate(self.records):
+            presence[i, [0, self.class_ids[record.class_name]]] = True
+        self._presence = presence
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Return the label: the class's id on the mask, 0 elsewhere."""
+        record = self.records[self._index(index)]
+        stored = read_label(self.store.label_path(record.frame_id))
+        return np.where(stored == record.class_id, np.uint8(self.class_ids[record.class_name]),
+                        np.uint8(0)).astype(np.uint8)
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(rgb, label)``."""
+        record = self.records[self._index(index)]
+        return read_rgb(self.store.image_path(record.frame_id)), self.load_label(index)

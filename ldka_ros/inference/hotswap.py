@@ -151,8 +151,9 @@ class HotSwapper:
         """
         Lease the current backend and the id of its version for the ``with`` block.
 
-        ``with swapper.acquire() as (backend, version): ...``. While the lease is held the backend is not released, even if a swap replaces it,
-        so a caller can read ``backend.input_hw``, resize and infer consistently.
+        ``with swapper.acquire() as (backend, version): ...``. While the lease is held
+        the backend is not released, even if a swap replaces it, so a caller can read
+        ``backend.input_hw``, resize and infer consistently.
         """
         with self._cond:
             if self._closed:

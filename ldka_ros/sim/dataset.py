@@ -98,7 +98,7 @@ def render_dataset(
                         if i:
                             scene.randomize()
                     else:
-                        scene.step(1.5)
+                        scene.step(4.0)  # 0.6 rad on the orbit at the default speed
                     frame = scene.render()
                     yield f'sim_{i:06d}', frame.rgb, lut[frame.class_mask]
 

@@ -164,6 +164,7 @@ class TabletopScene:
         self._bodies: dict[str, int] = {}
         self._last: SimFrame | None = None
         self.time_s = 0.0
+        self._travel = 0.0  # radians travelled on the orbit (camera_speed * time)
         try:
             self._load(distractors)
             self.randomize()
@@ -258,22 +259,28 @@ class TabletopScene:
         self._last = None
 
     def step(self, dt: float) -> None:
-        """Advance scene time by ``dt`` seconds (the camera orbits at ``camera_speed``)."""
+        """
+        Advance scene time by ``dt`` seconds; the camera moves ``camera_speed * dt``.
+
+        The orbit angle and the slow distance/elevation swings all follow the distance
+        travelled on the orbit, so ``camera_speed = 0`` freezes the view exactly.
+        """
         if dt < 0:
             raise ValueError(f'dt must be >= 0, got {dt}')
         self.time_s += float(dt)
+        self._travel += self.camera_speed * float(dt)
         self._last = None
 
     # -- camera and rendering -----------------------------------------------------------
     def camera_pose(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """Return (eye, target) in world coordinates at the current scene time."""
-        t = self.time_s
+        s = self._travel
         d0, d1 = self.distance_range
         e0, e1 = self.elevation_range
-        # Slow, incommensurate oscillations so views do not repeat within an orbit.
-        dist = d0 + (d1 - d0) * 0.5 * (1 + math.sin(0.37 * t + self._phase[0]))
-        elev = math.radians(e0 + (e1 - e0) * 0.5 * (1 + math.sin(0.23 * t + self._phase[1])))
-        azim = self._azimuth0 + self.camera_speed * t
+        # Swings incommensurate with the orbit, so views do not repeat from orbit to orbit.
+        dist = d0 + (d1 - d0) * 0.5 * (1 + math.sin(2.47 * s + self._phase[0]))
+        elev = math.radians(e0 + (e1 - e0) * 0.5 * (1 + math.sin(1.53 * s + self._phase[1])))
+        azim = self._azimuth0 + s
         tx, ty, tz = self._target
         eye = (tx + dist * math.cos(elev) * math.cos(azim),
                ty + dist * math.cos(elev) * math.sin(azim),
@@ -320,6 +327,13 @@ class TabletopScene:
             raise ValueError(f'{name!r} is not in this scene; objects are {self.objects}')
         frame = self._last if self._last is not None else self.render()
         return frame.boxes.get(name)
+
+    def object_aabb(self, name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Return the world-frame axis-aligned bounds (min xyz, max xyz) of an object."""
+        if name not in self._bodies:
+            raise ValueError(f'{name!r} is not in this scene; objects are {self.objects}')
+        lo, hi = self._p.getAABB(self._bodies[name], physicsClientId=self._client)
+        return tuple(lo), tuple(hi)
 
     @property
     def classes(self) -> dict[int, str]:

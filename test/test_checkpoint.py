@@ -20,7 +20,7 @@ def batch(camvid_root):
 
 @pytest.fixture(scope='module')
 def trained(batch):
-    """A small model after two real SGD steps, so weights and BN statistics are non-default."""
+    """Return a small model after two real SGD steps (non-default weights and BN stats)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(decoder_channels=32, num_slots=16))
     model.set_active(range(12))

@@ -77,7 +77,8 @@ def test_segmodel_pretrained_local(weights_path):
     raw = torch.load(weights_path, map_location='cpu', weights_only=True)
     backbone = model.backbone.state_dict()
     assert torch.equal(backbone['conv_stem.weight'], raw['_conv_stem.weight'])
-    assert torch.equal(backbone['blocks.0.0.conv_dw.weight'], raw['_blocks.0._depthwise_conv.weight'])
+    assert torch.equal(backbone['blocks.0.0.conv_dw.weight'],
+                       raw['_blocks.0._depthwise_conv.weight'])
     # flat block 3 = stage 2, block 0 (stage depths 1, 2, 2, ...); expansion conv -> conv_pw
     assert torch.equal(backbone['blocks.2.0.conv_pw.weight'], raw['_blocks.3._expand_conv.weight'])
     assert torch.equal(backbone['blocks.6.0.bn3.running_var'], raw['_blocks.15._bn2.running_var'])

@@ -1,0 +1,126 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+Eager PyTorch backend: the reference every other backend is compared with.
+
+Why keep it although it is the slowest: it needs no export, so it runs a model the
+moment a learning step ends (before ONNX/TensorRT artefacts exist), it is the last
+fallback when no other runtime works, and the probe in ``select.py`` uses it as ground
+truth. It runs the very same ``ExportWrapper`` (uint8 NHWC in, argmax/confidence/margin
+out) that ``export.py`` traces, so its outputs match the graph by construction.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from ldka_ros.inference.backends.base import Backend, InferenceResult
+from ldka_ros.inference.export import DEFAULT_INPUT_HW, ExportWrapper
+import numpy as np
+import torch
+from torch import nn
+
+
+def load_model(checkpoint: str | os.PathLike) -> nn.Module:
+    """
+    Build a :class:`SegModel` from a checkpoint file (format in docs/ARCHITECTURE.md).
+
+    Uses ``learning.checkpoint.load_checkpoint`` where it exists; otherwise reads the
+    documented dict (``model_config`` + ``state_dict``) with ``weights_only=True``.
+    The backbone's pretrained-weights path is ignored: the state dict holds all weights.
+    """
+    from ldka_ros.learning.model import build_model, ModelConfig
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    try:
+        from ldka_ros.learning import checkpoint as ckpt_module
+    except ImportError:
+        ckpt_module = None
+    loader = getattr(ckpt_module, 'load_checkpoint', None)
+    if loader is not None:
+        loaded = loader(path)
+        model = getattr(loaded, 'model', loaded[0] if isinstance(loaded, tuple) else loaded)
+        if isinstance(model, nn.Module):
+            return model.eval()
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling error means "not a checkpoint"
+        raise ValueError(f'{path} is not a readable ldka_ros checkpoint: {exc}') from exc
+    if not isinstance(data, dict) or 'model_config' not in data or 'state_dict' not in data:
+        raise ValueError(f'{path} is not an ldka_ros checkpoint (needs model_config and '
+                         'state_dict keys)')
+    config = ModelConfig.from_dict(data['model_config'])
+    config.pretrained = None
+    model = build_model(config)
+    model.load_state_dict(data['state_dict'])
+    return model.eval()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``'auto'`` -> CUDA when ``torch.cuda.is_available()`` else CPU; others verbatim."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} asked for, but torch sees no CUDA GPU; use '
+                         "'auto' or 'cpu'")
+    return dev
+
+
+class TorchBackend(Backend):
+    """
+    Run a :class:`SegModel` eagerly (CUDA when available) with the graph's post-processing.
+
+    ``model``: a module or a checkpoint path. The module is copied on ``load`` so that a
+    learner that keeps training the original cannot change what this backend serves.
+    ``precision``: ``'fp32'`` or ``'fp16'`` (autocast, CUDA only).
+    """
+
+    name = 'torch'
+
+    def __init__(self, model: nn.Module | str | os.PathLike, device: str = 'auto',
+                 input_hw: tuple[int, int] = DEFAULT_INPUT_HW, precision: str = 'fp32',
+                 copy_model: bool = True) -> None:
+        super().__init__(input_hw)
+        if precision not in ('fp32', 'fp16'):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        self._source = model
+        self._device = resolve_device(device)
+        if precision == 'fp16' and self._device.type != 'cuda':
+            raise ValueError('fp16 eager inference needs a CUDA device')
+        self._precision = precision
+        self._copy = copy_model
+        self._wrapper: ExportWrapper | None = None
+
+    def _load(self) -> None:
+        if isinstance(self._source, nn.Module):
+            model = copy.deepcopy(self._source) if self._copy else self._source
+        else:
+            model = load_model(self._source)
+        self._wrapper = ExportWrapper(model).to(self._device).eval()
+
+    def _infer(self, batch: np.ndarray) -> InferenceResult:
+        assert self._wrapper is not None
+        image = torch.from_numpy(batch).to(self._device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(self._device.type, torch.float16,
+                                                    enabled=self._precision == 'fp16'):
+            class_ids, confidence, margin = self._wrapper(image)
+        return InferenceResult(class_ids.cpu().numpy(), confidence.float().cpu().numpy(),
+                               margin.float().cpu().numpy())
+
+    def _release(self) -> None:
+        self._wrapper = None
+        if self._device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    def _describe(self) -> dict:
+        device = str(self._device)
+        if self._device.type == 'cuda':
+            device = f'{device} ({torch.cuda.get_device_name(self._device)})'
+        artefact = (f'{type(self._source).__name__} (in memory)'
+                    if isinstance(self._source, nn.Module) else str(self._source))
+        return {'device': device, 'providers': [f'torch-{self._device.type}'],
+                'precision': self._precision, 'artefact': artefact,
+                'torch_version': torch.__version__, 'threads': torch.get_num_threads()}

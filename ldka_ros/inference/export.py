@@ -1,0 +1,321 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+Export a :class:`SegModel` to one self-contained ONNX file, and check it against torch.
+
+Why the graph takes raw uint8 pixels and ends in argmax/confidence/margin: the camera
+node then hands its buffer over untouched, every backend (ONNX Runtime, TensorRT) runs
+the *same* pre- and post-processing, and only ``H*W`` bytes plus two float maps leave
+the accelerator instead of ``S*H*W`` logits. The slot mask is a constant inside the
+graph (``SegModel.classify`` adds ``slot_offset()``), so an inactive class can never win.
+
+Post-processing lives in :func:`postprocess_logits`, which the eager
+:class:`~ldka_ros.inference.backends.torch_backend.TorchBackend` calls too, so the torch
+path and the exported graph cannot drift apart.
+
+Two digests identify an export: ``sha256`` of the file (what exactly runs, the TensorRT
+engine cache key) and :func:`onnx_structure_digest` (the graph without initializer
+values): equal structure digests mean only weights changed, so a TensorRT engine can be
+refitted instead of rebuilt.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+import os
+from pathlib import Path
+import tempfile
+import time
+from typing import Any, Iterable, Sequence
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+ONNX_FORMAT = 'ldka_ros.onnx/1'
+INPUT_NAME = 'image'
+OUTPUT_NAMES = ('class_ids', 'confidence', 'margin')
+DEFAULT_INPUT_HW = (240, 320)
+#: The agreement with torch an export must reach on real images (ARCHITECTURE.md).
+MIN_ARGMAX_AGREEMENT = 0.999
+
+
+def postprocess_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Turn slot logits ``(B, S, H, W)`` into ``(class_ids uint8, confidence, margin)``.
+
+    One ``topk(k=2)`` gives both the argmax and the margin (top-1 minus top-2 logit).
+    The top-1 softmax probability needs no full softmax: ``1 / sum(exp(l - l_max))``.
+    Shared by the exported graph and the eager torch backend (see module docstring).
+    """
+    values, indices = torch.topk(logits, k=2, dim=1)
+    top1 = values[:, 0]
+    margin = top1 - values[:, 1]
+    confidence = torch.reciprocal(torch.exp(logits - top1.unsqueeze(1)).sum(dim=1))
+    return indices[:, 0].to(torch.uint8), confidence.float(), margin.float()
+
+
+class ExportWrapper(nn.Module):
+    """
+    uint8 ``(B, H, W, 3)`` RGB -> ``(class_ids, confidence, margin)``; see module docstring.
+
+    ``model`` is a :class:`SegModel` (its ``forward`` returns ``SegOutput``; normalisation
+    and the slot mask are inside it) or any module that maps float NCHW in [0, 1] to
+    logits (the tiny probe nets of ``backends.select``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        out = self.model(x)
+        logits = out.logits if hasattr(out, 'logits') else out
+        return postprocess_logits(logits)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote."""
+
+    path: str
+    input_hw: tuple[int, int]
+    opset: int
+    dynamic_batch: bool
+    num_slots: int | None
+    active_classes: list[int] | None
+    sha256: str
+    structure_digest: str
+    size_bytes: int
+    seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ParityReport:
+    """How closely an ONNX file reproduces the torch model on given images."""
+
+    argmax_agreement: float
+    max_abs_diff_margin: float
+    max_abs_diff_confidence: float
+    num_images: int
+    num_pixels: int
+    min_agreement: float = MIN_ARGMAX_AGREEMENT
+    providers: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.argmax_agreement >= self.min_agreement
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d['passed'] = self.passed
+        return d
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike,
+                input_hw: tuple[int, int] = DEFAULT_INPUT_HW, opset: int = 17,
+                dynamic_batch: bool = False, metadata: dict[str, Any] | None = None
+                ) -> ExportReport:
+    """
+    Export ``model`` to ``path`` (one file, written atomically); return an :class:`ExportReport`.
+
+    The graph: input ``image`` uint8 ``(1, H, W, 3)`` RGB (``(N, H, W, 3)`` with
+    ``dynamic_batch``); outputs ``class_ids`` uint8, ``confidence`` and ``margin`` float32,
+    all ``(1, H, W)``. ``metadata`` (JSON-serialisable values) is stored in the model's
+    ``metadata_props`` beside the input size, slot count, active classes and the
+    ldka_ros version. The caller's model is not modified (a CPU copy is exported).
+    """
+    import onnx
+
+    from ldka_ros import __version__
+    from ldka_ros.learning.classes import atomic_write_bytes
+
+    h, w = _check_hw(input_hw)
+    if not 13 <= int(opset) <= 21:
+        raise ValueError(f'opset {opset} unsupported; use 13..21 (17 is the default)')
+    path = Path(path)
+    if path.suffix != '.onnx':
+        raise ValueError(f'export path must end in .onnx, got {path}')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    wrapper = ExportWrapper(copy.deepcopy(model).cpu().float()).eval()
+    dummy = torch.full((1, h, w, 3), 128, dtype=torch.uint8)
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: 'batch'} for name in (INPUT_NAME,) + OUTPUT_NAMES}
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.export.onnx', dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter is deprecated upstream but writes one file and
+            # handles every backbone we ship; its warnings are noise for users.
+            warnings.simplefilter('ignore')
+            torch.onnx.export(wrapper, (dummy,), tmp, input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), opset_version=int(opset),
+                              dynamic_axes=dynamic_axes, do_constant_folding=True,
+                              dynamo=False)
+        proto = onnx.load(tmp)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    num_slots = getattr(model, 'num_slots', None)
+    active = model.active_classes() if hasattr(model, 'active_classes') else None
+    meta: dict[str, Any] = {
+        'format': ONNX_FORMAT,
+        'ldka_ros_version': __version__,
+        'input_hw': [h, w],
+        'input_layout': 'NHWC uint8 RGB',
+        'outputs': list(OUTPUT_NAMES),
+        'num_slots': num_slots,
+        'active_classes': active,
+        'dynamic_batch': bool(dynamic_batch),
+    }
+    if hasattr(model, 'config') and hasattr(model.config, 'to_dict'):
+        meta['model_config'] = model.config.to_dict()
+    meta.update(metadata or {})
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key = str(key)
+        entry.value = json.dumps(value)
+    proto.producer_name = 'ldka_ros'
+    proto.producer_version = __version__
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    atomic_write_bytes(path, data)
+    return ExportReport(path=str(path), input_hw=(h, w), opset=int(opset),
+                        dynamic_batch=bool(dynamic_batch), num_slots=num_slots,
+                        active_classes=active, sha256=hashlib.sha256(data).hexdigest(),
+                        structure_digest=onnx_structure_digest(proto), size_bytes=len(data),
+                        seconds=time.perf_counter() - started, metadata=meta)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Return the ``metadata_props`` of an ONNX file, JSON values decoded."""
+    import onnx
+
+    proto = onnx.load(str(_existing(path)), load_external_data=False)
+    out: dict[str, Any] = {}
+    for entry in proto.metadata_props:
+        try:
+            out[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError:
+            out[entry.key] = entry.value
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(_existing(path), 'rb') as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def onnx_structure_digest(model: Any) -> str:
+    """
+    Return a sha256 of the graph *without* initializer values (nor metadata).
+
+    Initializer names, shapes and types, every node with its attributes, the inputs,
+    outputs and opsets all count; only the numbers stored in initializers do not. Two
+    exports with the same digest differ in weights alone, which is exactly the case a
+    TensorRT refit can handle. Constant *nodes* keep their values: the refitter only
+    sees initializers, so a change there must trigger a rebuild.
+    """
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        proto = onnx.load(str(_existing(model)), load_external_data=False)
+    else:
+        proto = copy.deepcopy(model)
+    for init in proto.graph.initializer:
+        for name in ('raw_data', 'float_data', 'int32_data', 'int64_data', 'double_data',
+                     'uint64_data', 'string_data'):
+            init.ClearField(name)
+        del init.external_data[:]
+        init.ClearField('data_location')
+    del proto.metadata_props[:]
+    proto.ClearField('producer_version')
+    proto.ClearField('doc_string')
+    proto.graph.ClearField('doc_string')
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+def resize_for_model(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """Return ``image`` (uint8 RGB) resized to ``input_hw`` with bilinear interpolation."""
+    import cv2
+
+    h, w = input_hw
+    if image.shape[:2] == (h, w):
+        return image
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def check_parity(model: nn.Module, onnx_path: str | os.PathLike,
+                 images: Iterable[np.ndarray] | np.ndarray,
+                 providers: Sequence[str] | str = 'cpu',
+                 min_agreement: float = MIN_ARGMAX_AGREEMENT) -> ParityReport:
+    """
+    Run ``model`` (eager torch) and the ONNX file on the same real images and compare.
+
+    ``images``: uint8 RGB frames of any size (resized to the graph's input size) or a
+    uint8 ``(B, H, W, 3)`` array. Returns argmax agreement over all pixels and the largest
+    absolute margin/confidence differences; ``report.passed`` says whether the agreement
+    reaches ``min_agreement`` (99.9% by default).
+    """
+    from ldka_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from ldka_ros.inference.backends.torch_backend import TorchBackend
+
+    frames = [np.asarray(img) for img in images]
+    if not frames:
+        raise ValueError('check_parity needs at least one image')
+    ort_backend = OnnxRuntimeBackend(onnx_path, providers=providers).load()
+    try:
+        hw = ort_backend.input_hw
+        torch_backend = TorchBackend(model, device='cpu', input_hw=hw).load()
+        agree = total = 0
+        d_margin = d_conf = 0.0
+        for frame in frames:
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f'parity images must be uint8 (H, W, 3) RGB, got '
+                                 f'{frame.dtype} {frame.shape}')
+            batch = resize_for_model(frame, hw)[None]
+            ref = torch_backend.infer(batch)
+            got = ort_backend.infer(batch)
+            agree += int(np.count_nonzero(ref.class_ids == got.class_ids))
+            total += ref.class_ids.size
+            d_margin = max(d_margin, float(np.abs(ref.margin - got.margin).max()))
+            d_conf = max(d_conf, float(np.abs(ref.confidence - got.confidence).max()))
+        used = ort_backend.describe()['providers']
+    finally:
+        ort_backend.release()
+    return ParityReport(argmax_agreement=agree / total, max_abs_diff_margin=d_margin,
+                        max_abs_diff_confidence=d_conf, num_images=len(frames),
+                        num_pixels=total, min_agreement=min_agreement, providers=used)
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'ONNX file {path} does not exist')
+    return path
+
+
+def _check_hw(hw: Any) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in hw)
+    except (TypeError, ValueError):
+        raise ValueError(f'input size must be (H, W), got {hw!r}') from None
+    if h < 32 or w < 32:
+        raise ValueError(f'input size {hw!r} too small: H and W must be >= 32')
+    return h, w

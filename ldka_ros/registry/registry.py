@@ -353,7 +353,14 @@ class ModelRegistry:
             path = self.root / name
             if name.startswith('.trash-'):
                 shutil.rmtree(path, ignore_errors=True)
+            elif name.startswith(('.ACTIVE.', '.LAST_ID.')) and name.endswith('.tmp'):
+                path.unlink(missing_ok=True)  # their writers hold the lock: these are dead
             elif name.startswith('.tmp-') and path.is_dir():
+                if (path / MANIFEST_NAME).exists():
+                    # Manifests are written under this lock: its writer died before the
+                    # rename that would have published it.
+                    shutil.rmtree(path, ignore_errors=True)
+                    continue
                 try:
                     owner = json.loads((path / '.publisher').read_text())
                     dead = owner.get('host') == self._host and not _pid_alive(int(owner['pid']))
@@ -415,8 +422,8 @@ class ModelRegistry:
                     manifest = VersionManifest(id=vid, parent=parent, step=int(step),
                                                classes=classes, metrics=dict(metrics or {}),
                                                artefacts=entries, extra=extra)
-                    (tmp / '.publisher').unlink()
                     _write_json_durably(tmp / MANIFEST_NAME, manifest.to_dict())
+                    (tmp / '.publisher').unlink()
                     fsync_dir(tmp)
                     os.rename(tmp, self.versions_dir / vid)
                     fsync_dir(self.versions_dir)

@@ -130,8 +130,8 @@ def find_executable(executable: str, package: str = 'ldka_ros') -> str:
     Return the path of a node executable the way ``ros2 run`` would find it.
 
     Looks in ``<prefix>/lib/<package>/`` for each prefix of AMENT_PREFIX_PATH (the
-    colcon install space), then on PATH (a venv's console scripts); an absolute or
-    relative path is taken as it is.
+    colcon install space), then beside this interpreter (a venv's console scripts,
+    even when the venv is not activated), then on PATH; a path is taken as it is.
     """
     if os.sep in executable:
         if os.access(executable, os.X_OK):
@@ -141,6 +141,9 @@ def find_executable(executable: str, package: str = 'ldka_ros') -> str:
         candidate = Path(prefix) / 'lib' / package / executable
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
+    beside = Path(sys.executable).parent / executable
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     found = shutil.which(executable)
     if found:
         return found

@@ -1,0 +1,189 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""The ROS-free process starter: real node processes, clean stops, crash reports."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
+
+from ldka_ros.nodes.process_starter import (find_executable, load_graph, NodeSpec,
+                                            start_graph)
+from ldka_ros.nodes.qos import sensor_qos
+import pytest
+import ros_harness
+from sensor_msgs.msg import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_node_spec_command_line_and_graph_file(tmp_path):
+    (tmp_path / 'cam.yaml').write_text('/**:\n  ros__parameters:\n    rate_hz: 3.0\n')
+    graph_file = tmp_path / 'graph.yaml'
+    graph_file.write_text(
+        'nodes:\n'
+        '  - executable: sim_camera_node\n'
+        '    name: cam\n'
+        '    namespace: robot\n'
+        '    params_file: cam.yaml\n'
+        '    parameters: {objects: [duck, tray], publish_ground_truth: false, frame_id: "7"}\n'
+        '    remaps: {"~/image_raw": /robot/image}\n'
+        '  - module: ldka_ros.nodes.replay_camera_node\n'
+        '    parameters: {path: /data/frames}\n')
+    cam, replay = load_graph(graph_file)
+    assert cam.command()[0] == find_executable('sim_camera_node')
+    assert cam.ros_args() == [
+        '--ros-args', '-r', '__node:=cam', '-r', '__ns:=/robot',
+        '--params-file', str(tmp_path / 'cam.yaml'),
+        '-p', 'objects:=["duck", "tray"]', '-p', 'publish_ground_truth:=false',
+        '-p', 'frame_id:="7"', '-r', '~/image_raw:=/robot/image']
+    assert replay.label == 'replay_camera_node'
+    assert replay.command()[:3] == [sys.executable, '-m', 'ldka_ros.nodes.replay_camera_node']
+
+    with pytest.raises(ValueError, match='exactly one of'):
+        NodeSpec(executable='sim_camera_node', module='ldka_ros.nodes.sim_camera_node')
+    with pytest.raises(FileNotFoundError, match='not found'):
+        NodeSpec(executable='no_such_node_exe').command()
+    with pytest.raises(FileNotFoundError, match='params file'):
+        NodeSpec(executable='sim_camera_node', params_file=str(tmp_path / 'x.yaml')).command()
+    with pytest.raises(ValueError, match='unknown NodeSpec keys'):
+        NodeSpec.from_dict({'executable': 'sim_camera_node', 'remap': {}})
+    graph_file.write_text('nodes: []\n')
+    with pytest.raises(ValueError, match='non-empty list'):
+        load_graph(graph_file)
+    # Bad graphs start nothing: every command is resolved before the first process.
+    with pytest.raises(ValueError, match='unique'):
+        start_graph([NodeSpec(executable='sim_camera_node')] * 2, output=None)
+    with pytest.raises(FileNotFoundError):
+        start_graph([NodeSpec(executable='sim_camera_node'),
+                     NodeSpec(executable='no_such_node_exe')], output=None)
+
+
+def _frames(camvid_root: Path, tmp_path: Path) -> str:
+    """Return a folder holding links to two real CamVid frames."""
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    for src in sorted((camvid_root / 'val' / 'images').glob('*.jpg'))[:2]:
+        os.symlink(src, folder / src.name)
+    return str(folder)
+
+
+def test_start_graph_runs_two_nodes_and_stops_them_cleanly(
+        ros_node, ros_domain, ros_namespace, ros_log_dir, camvid_root, tmp_path):
+    params = tmp_path / 'camera.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    width: 96\n    height: 72\n'
+                      '    rate_hz: 8.0\n')
+    specs = [
+        NodeSpec(executable='sim_camera_node', name='cam', namespace=ros_namespace,
+                 params_file=str(params),
+                 remaps={'~/image_raw': f'{ros_namespace}/camera/image'}),
+        NodeSpec(module='ldka_ros.nodes.replay_camera_node', name='replay',
+                 namespace=ros_namespace,
+                 parameters={'path': _frames(camvid_root, tmp_path), 'rate_hz': 5.0}),
+    ]
+    output = io.StringIO()
+    env = ros_harness.ros_child_env(ros_domain, ros_log_dir)
+    with start_graph(specs, env=env, output=output) as graph:
+        sim = ros_harness.TopicCollector(ros_node.node, Image, f'{ros_namespace}/camera/image',
+                                         sensor_qos(10))
+        replay = ros_harness.TopicCollector(ros_node.node, Image,
+                                            f'{ros_namespace}/replay/image_raw', sensor_qos(10))
+        for collector, size in ((sim, (96, 72)), (replay, (480, 360))):
+            try:
+                msgs = collector.wait_for(2, timeout=40)
+            except TimeoutError:
+                pytest.fail(f'{graph.poll()} {output.getvalue()}')
+            assert (msgs[-1].width, msgs[-1].height) == size
+        assert graph.running() == ['cam', 'replay']
+        codes = graph.stop(sigint_timeout=15.0)
+        assert graph.poll() == []  # stopped on request: not reported as dead
+    assert codes == {'cam': 0, 'replay': 0}, output.getvalue()
+    text = output.getvalue()
+    assert '[cam] ' in text and 'sim camera 96x72 at 8.0 Hz' in text
+    assert '[replay] ' in text and 'replaying folder' in text
+    assert 'still running' not in text  # SIGINT was enough, no escalation
+
+
+def test_graph_reports_a_crashed_and_a_killed_node(ros_domain, ros_namespace, ros_log_dir,
+                                                   tmp_path):
+    specs = [NodeSpec(module='ldka_ros.nodes.replay_camera_node', name='bad_replay',
+                      namespace=ros_namespace,
+                      parameters={'path': str(tmp_path / 'missing')}),
+             NodeSpec(executable='sim_camera_node', name='cam', namespace=ros_namespace,
+                      parameters={'width': 64, 'height': 48, 'rate_hz': 2.0})]
+    output = io.StringIO()
+    with start_graph(specs, env=ros_harness.ros_child_env(ros_domain, ros_log_dir),
+                     output=output) as graph:
+        dead = graph.wait(timeout=40)
+        assert [d.name for d in dead] == ['bad_replay'], output.getvalue()
+        assert dead[0].returncode == 2
+        assert any('does not exist' in line for line in dead[0].last_lines)
+        assert "node 'bad_replay'" in output.getvalue()
+        assert 'exited with code 2' in output.getvalue()
+        ros_harness.wait_until(lambda: 'sim camera 64x48' in output.getvalue(), 40,
+                               'the sim camera to start')
+        os.kill(graph.nodes['cam'].pid, signal.SIGKILL)
+        dead = graph.wait(timeout=20)
+        assert [d.name for d in dead] == ['cam'] and dead[0].returncode == -signal.SIGKILL
+        assert 'killed by SIGKILL' in dead[0].describe()
+        assert graph.wait(timeout=0.2) == []  # each death is reported once
+        assert graph.running() == []
+
+
+class _LineReader:
+    """Collect a child's output lines in a thread (so the test can wait with a timeout)."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in iter(stream.readline, ''):
+            self.lines.append(line.rstrip('\n'))
+
+    def text(self) -> str:
+        return '\n'.join(self.lines)
+
+
+def _run_starter(args: list[str], env: dict) -> tuple[subprocess.Popen, _LineReader]:
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'ldka_ros.nodes.process_starter', *args], env=env,
+        cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    return proc, _LineReader(proc.stdout)
+
+
+def test_command_line_starter_stops_on_sigint_and_on_a_crash(
+        ros_domain, ros_namespace, ros_log_dir, camvid_root, tmp_path):
+    env = ros_harness.ros_child_env(ros_domain, ros_log_dir)
+    common = ['--namespace', ros_namespace.strip('/'), '-p', 'rate_hz:=2.0',
+              '-p', 'width:=64', '-p', 'height:=48']
+    folder = _frames(camvid_root, tmp_path)
+    ok, ok_out = _run_starter(
+        ['sim_camera_node', 'replay_camera_node', '-p', f'path:={folder}', *common], env)
+    bad, bad_out = _run_starter(
+        ['sim_camera_node', 'ldka_ros.nodes.replay_camera_node',
+         '-p', f'path:={tmp_path / "missing"}', *common], env)
+    try:
+        ros_harness.wait_until(
+            lambda: 'sim camera 64x48' in ok_out.text() and 'replaying folder' in ok_out.text(),
+            60, 'both nodes of the command-line starter to start')
+        ok.send_signal(signal.SIGINT)
+        assert ok.wait(timeout=40) == 0, ok_out.text()
+        # One node fails to start: the starter stops the other and exits 1 by itself.
+        assert bad.wait(timeout=60) == 1, bad_out.text()
+    finally:
+        for proc in (ok, bad):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=30)
+    text = ok_out.text()
+    assert '[replay_camera_node] [INFO]' in text and f'{ros_namespace.strip("/")}.' in text
+    assert 'exit codes: sim_camera_node=0, replay_camera_node=0' in text
+    text = bad_out.text()
+    assert "node 'replay_camera_node'" in text and 'exited with code 2' in text
+    assert 'exit codes: sim_camera_node=0, replay_camera_node=2' in text

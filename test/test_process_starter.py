@@ -40,7 +40,14 @@ def test_node_spec_command_line_and_graph_file(tmp_path):
         '--params-file', str(tmp_path / 'cam.yaml'),
         '-p', 'objects:=["duck", "tray"]', '-p', 'publish_ground_truth:=false',
         '-p', 'frame_id:="7"', '-r', '~/image_raw:=/robot/image']
+    assert cam.launch_kwargs() == {
+        'package': 'ldka_ros', 'executable': 'sim_camera_node', 'name': 'cam',
+        'namespace': 'robot', 'parameters': [str(tmp_path / 'cam.yaml'), {
+            'objects': ['duck', 'tray'], 'publish_ground_truth': False, 'frame_id': '7'}],
+        'remappings': [('~/image_raw', '/robot/image')], 'arguments': []}
     assert replay.label == 'replay_camera_node'
+    with pytest.raises(ValueError, match='launch files need an executable'):
+        replay.launch_kwargs()
     assert replay.command()[:3] == [sys.executable, '-m', 'ldka_ros.nodes.replay_camera_node']
 
     with pytest.raises(ValueError, match='exactly one of'):

@@ -95,6 +95,23 @@ class NodeSpec:
             args += ['-r', f'{src}:={dst}']
         return ['--ros-args', *args] if args else []
 
+    def launch_kwargs(self) -> dict[str, Any]:
+        """
+        Return keyword arguments for ``launch_ros.actions.Node`` that start the same node.
+
+        This keeps a launch file and this starter in step: both read one graph file.
+        Only ``executable`` specs exist in launch (``module`` ones are starter-only).
+        """
+        if self.executable is None:
+            raise ValueError(f'node {self.label!r} is given as a module; launch files need '
+                             'an executable')
+        parameters: list[Any] = [self.params_file] if self.params_file else []
+        if self.parameters:
+            parameters.append(dict(self.parameters))
+        return {'package': self.package, 'executable': self.executable, 'name': self.name,
+                'namespace': self.namespace or '', 'parameters': parameters,
+                'remappings': list(self.remaps.items()), 'arguments': list(self.extra_args)}
+
     def command(self, python: str = sys.executable) -> list[str]:
         """Return the full command line; FileNotFoundError if the program is not found."""
         if self.module is not None:

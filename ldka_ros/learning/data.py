@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 import warnings
 
 import cv2
@@ -32,6 +32,14 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
 CAMVID_CLASSES = CAMVID_CLASS_NAMES
 #: transform(rgb, label, rng) -> (rgb, label), all numpy.
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
+
+
+class LabelledSample(NamedTuple):
+    """One sample as written by :func:`write_folder_dataset`: file stem, RGB, label."""
+
+    stem: str
+    rgb: np.ndarray
+    label: np.ndarray
 
 
 def to_tensors(rgb: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,7 +346,7 @@ class CamVidDataset(_LabelFileDataset):
 
 
 def write_folder_dataset(root: str | os.PathLike,
-                         samples: Iterable[tuple[str, np.ndarray, np.ndarray]],
+                         samples: Iterable[LabelledSample | tuple[str, np.ndarray, np.ndarray]],
                          classes: Mapping[int, str] | ClassRegistry,
                          image_format: str = 'png') -> Path:
     """

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 # flake8's google order (ament config) sorts ldka_ros among the third-party modules.
 from ldka_ros.learning.classes import atomic_write_json
-from ldka_ros.learning.data import write_folder_dataset
+from ldka_ros.learning.data import LabelledSample, write_folder_dataset
 from ldka_ros.sim.tabletop import DEFAULT_OBJECTS, TabletopScene
 import numpy as np
 from tqdm import tqdm
@@ -91,7 +91,7 @@ def render_dataset(
     try:
         with TabletopScene(width, height, objects=tuple(ids), seed=seed, class_map=ids,
                            distractors=distractors) as scene:
-            def samples() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+            def samples() -> Iterator[LabelledSample]:
                 for i in tqdm(range(n_frames), desc='render', unit='frame',
                               disable=not progress):
                     if i % frames_per_layout == 0:
@@ -100,7 +100,7 @@ def render_dataset(
                     else:
                         scene.step(4.0)  # 0.6 rad on the orbit at the default speed
                     frame = scene.render()
-                    yield f'sim_{i:06d}', frame.rgb, lut[frame.class_mask]
+                    yield LabelledSample(f'sim_{i:06d}', frame.rgb, lut[frame.class_mask])
 
             write_folder_dataset(tmp, samples(), labelled)
             atomic_write_json(tmp / SIM_INFO, {

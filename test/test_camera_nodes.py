@@ -114,7 +114,7 @@ def test_replay_camera_publishes_camvid_frames_in_order(ros_launcher, ros_node, 
                                                         tmp_path):
     folder, decoded = _camvid_frames(camvid_root, tmp_path)
     ros_launcher.start_module('replay', REPLAY, params={
-        'path': str(folder), 'rate_hz': 10.0, 'loop': True, 'fov_deg': 60.0,
+        'path': str(folder), 'rate_hz': 6.0, 'loop': True, 'fov_deg': 60.0,
         'frame_id': 'replay_frame', 'qos': 'reliable'})
     base = f'{ros_launcher.namespace}/replay_camera'
     images = ros_harness.TopicCollector(ros_node.node, Image, f'{base}/image_raw',
@@ -148,7 +148,7 @@ def test_replay_camera_plays_a_video_and_stops_at_its_end(ros_launcher, ros_node
         writer.write(np.full((48, 64, 3), bgr, np.uint8))
     writer.release()
     looping = ros_launcher.start_module('looping', REPLAY, params={
-        'path': str(video), 'rate_hz': 15.0, 'qos': 'reliable'})
+        'path': str(video), 'rate_hz': 8.0, 'qos': 'reliable'})
     once = ros_launcher.start_module('once', REPLAY, params={
         'path': str(video), 'rate_hz': 15.0, 'loop': False}, remaps={'__node': 'once'})
     images = ros_harness.TopicCollector(

@@ -69,19 +69,22 @@ class OnnxRuntimeBackend(Backend):
 
     ``providers``: ``'auto'``, ``'cuda'``, ``'cpu'`` or a list of provider names.
     ``intra_op_threads``: ONNX Runtime's thread count (``None`` = its default, one per
-    core); set it when other processes (the learner) share the CPU.
+    core); set it when other processes (the learner) share the CPU. ``allow_spinning``:
+    ONNX Runtime's worker threads busy-wait for a while after each run (lower latency);
+    turn it off when the CPU is shared with a learner step or another framework.
     """
 
     name = 'onnxruntime'
 
     def __init__(self, onnx_path: str | os.PathLike, providers: str | Sequence[str] = 'auto',
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
         super().__init__(None)
         self._path = Path(onnx_path)
         if intra_op_threads is not None and int(intra_op_threads) < 0:
             raise ValueError(f'intra_op_threads must be >= 0, got {intra_op_threads}')
         self._providers_arg = providers
         self._threads = None if intra_op_threads is None else int(intra_op_threads)
+        self._spinning = bool(allow_spinning)
         self._requested: list[str] = []
         self._session = None
         self._fixed_batch: int | None = None
@@ -98,6 +101,8 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self._threads is not None:
             options.intra_op_num_threads = self._threads
+        if not self._spinning:
+            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         options.log_severity_level = 3  # errors only; provider fallbacks are reported below
         try:
             session = ort.InferenceSession(str(self._path), sess_options=options,
@@ -152,7 +157,8 @@ class OnnxRuntimeBackend(Backend):
 
         return {'device': device, 'providers': used, 'requested_providers': self._requested,
                 'precision': 'fp32', 'artefact': str(self._path),
-                'intra_op_threads': self._threads, 'onnxruntime_version': ort.__version__}
+                'intra_op_threads': self._threads, 'allow_spinning': self._spinning,
+                'onnxruntime_version': ort.__version__}
 
     @property
     def session(self):

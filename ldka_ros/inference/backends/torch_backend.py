@@ -23,38 +23,16 @@ from torch import nn
 
 def load_model(checkpoint: str | os.PathLike) -> nn.Module:
     """
-    Build a :class:`SegModel` from a checkpoint file (format in docs/ARCHITECTURE.md).
+    Build a :class:`SegModel` from a checkpoint file (``learning.checkpoint``), eval mode.
 
-    Uses ``learning.checkpoint.load_checkpoint`` where it exists; otherwise reads the
-    documented dict (``model_config`` + ``state_dict``) with ``weights_only=True``.
-    The backbone's pretrained-weights path is ignored: the state dict holds all weights.
+    FileNotFoundError / ValueError / RuntimeError with the reason for a bad file.
     """
-    from ldka_ros.learning.model import build_model, ModelConfig
+    from ldka_ros.learning.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
-    try:
-        from ldka_ros.learning import checkpoint as ckpt_module
-    except ImportError:
-        ckpt_module = None
-    loader = getattr(ckpt_module, 'load_checkpoint', None)
-    if loader is not None:
-        loaded = loader(path)
-        model = getattr(loaded, 'model', loaded[0] if isinstance(loaded, tuple) else loaded)
-        if isinstance(model, nn.Module):
-            return model.eval()
-    try:
-        data = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling error means "not a checkpoint"
-        raise ValueError(f'{path} is not a readable ldka_ros checkpoint: {exc}') from exc
-    if not isinstance(data, dict) or 'model_config' not in data or 'state_dict' not in data:
-        raise ValueError(f'{path} is not an ldka_ros checkpoint (needs model_config and '
-                         'state_dict keys)')
-    config = ModelConfig.from_dict(data['model_config'])
-    config.pretrained = None
-    model = build_model(config)
-    model.load_state_dict(data['state_dict'])
+    model, _classes, _meta = load_checkpoint(path)
     return model.eval()
 
 

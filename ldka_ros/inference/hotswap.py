@@ -308,7 +308,7 @@ class HotSwapper:
             report.warmup_s = time.perf_counter() - t0
             stage = 'validate'
             t0 = time.perf_counter()
-            report.metrics = self._validate(backend, request)
+            self._validate(backend, request, report.metrics)
             report.validate_s = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old backend
             if isinstance(exc, SwapRefused):
@@ -359,8 +359,8 @@ class HotSwapper:
         _release_quietly(slot.backend)
 
     # -- validation --------------------------------------------------------------
-    def _validate(self, backend: Backend, request: _Request) -> dict:
-        metrics: dict = {}
+    def _validate(self, backend: Backend, request: _Request, metrics: dict) -> None:
+        """Raise SwapRefused (or any error) to refuse; fill ``metrics`` on the way."""
         frame = None
         if request.validation_frames:
             frame = _resize_image(np.asarray(request.validation_frames[0][0]), backend.input_hw)
@@ -384,7 +384,6 @@ class HotSwapper:
                 raise SwapRefused('the validator returned False')
             if isinstance(outcome, dict):
                 metrics.update(outcome)
-        return metrics
 
     # -- shutdown ----------------------------------------------------------------
     def close(self, timeout: float | None = None) -> None:

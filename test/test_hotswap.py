@@ -10,9 +10,9 @@ B also serves as the "forgetful" new version for validation (it lost tree, car, 
 """
 from copy import deepcopy
 from pathlib import Path
-from types import SimpleNamespace
 import threading
 import time
+from types import SimpleNamespace
 
 from ldka_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 from ldka_ros.inference.hotswap import backend_factory_from_registry, HotSwapper

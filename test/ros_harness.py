@@ -143,7 +143,8 @@ class NodeProcess:
     def log_text(self, tail: int = 4000) -> str:
         """Return the last ``tail`` characters of the child's output."""
         try:
-            self._log.flush()
+            if not self._log.closed:
+                self._log.flush()
             data = self.log_path.read_bytes()
         except OSError as exc:
             return f'<no log: {exc}>'

@@ -7,6 +7,8 @@ frame and serves ``LabelObject`` (prompt -> mask with ``ldka_ros.imaging.prompts
 the test (process C) labels a car in that frame with the generated interface types and
 checks the answers against the frame's ground-truth labels.
 """
+import signal
+import sys
 import time
 
 import cv2
@@ -131,3 +133,20 @@ def test_label_object_across_processes(ros_launcher, ros_node, car_frame):
     codes = ros_launcher.stop_all()
     assert codes == {'label_server': 0, 'camera': 0}, ros_launcher.logs()
     assert not camera.group_alive() and not server.group_alive()
+
+
+def test_harness_kills_a_process_that_ignores_signals(ros_launcher):
+    """A child that ignores SIGINT/SIGTERM, with a grandchild, is still fully stopped."""
+    script = ('import signal, subprocess, sys, time\n'
+              'signal.signal(signal.SIGINT, signal.SIG_IGN)\n'
+              'signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
+              'subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])\n'
+              'print("started", flush=True)\n'
+              'time.sleep(600)\n')
+    proc = ros_launcher.start('stubborn', [sys.executable, '-c', script])
+    ros_harness.wait_until(lambda: 'started' in proc.log_text(), 20.0, 'the stubborn child')
+    assert proc.group_alive()
+    code = proc.stop(timeout=0.5)
+    assert code == -signal.SIGKILL
+    assert not proc.group_alive()
+    assert proc not in ros_harness.leaked_processes()

@@ -1,0 +1,453 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+The segmentation node: camera frames in; class-id mask, overlay, margin and legend out.
+
+Why it is built this way:
+
+- **Never a stale frame.** The image callback only stores the newest message; one worker
+  thread segments whatever is newest when it becomes free. A frame replaced before it
+  was processed counts as *skipped*, so a slow backend shows up as a skip rate instead of
+  a growing delay (a queue would make every mask older than the last).
+- **New models without a restart.** The learner publishes ``ModelVersion`` (latched);
+  the node loads, warms up and smoke-tests the new backend in the background
+  (``inference.hotswap.HotSwapper``) and switches between two frames. Every published
+  mask and its legend come wholly from one version. ``~/rollback`` goes back.
+- **Works with every camera.** Sensor-data QoS by default (matches best-effort and
+  reliable publishers), any supported encoding (``nodes.image_conversion``), any frame
+  size (``inference.pipeline`` resizes in and out).
+- **Observable.** ``/diagnostics`` carries rate, latency p50/p99, backend, device, model
+  version and skipped/dropped frames; ``~/legend`` (latched) names the classes and
+  colours of the version that produced the masks.
+
+Topics: sub ``image`` (sensor_msgs/Image, remappable), sub ``model_version_topic``
+(``/learner/model_version``); pub ``~/mask`` (mono8 class ids, header copied from the
+frame), ``~/overlay`` (rgb8), ``~/margin`` (32FC1, top-1 minus top-2 logit),
+``~/legend`` (ClassLegend, transient local), ``/diagnostics``. Services ``~/rollback``,
+``~/list_versions``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import sys
+import threading
+import time
+from typing import Any
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from ldka_ros.imaging.colors import overlay
+from ldka_ros.inference.hotswap import (backend_factory_from_registry, HotSwapper,
+                                        SwapEvent)
+from ldka_ros.inference.pipeline import SegmentationPipeline
+from ldka_ros.nodes import diagnostics as diag
+from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image, to_rgb
+from ldka_ros.nodes.params import declare_parameters, ParamSpec
+from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
+from ldka_ros.registry import ModelRegistry, RegistryError
+from ldka_ros_interfaces.msg import ClassLegend, ModelArtefact, ModelVersion
+from ldka_ros_interfaces.srv import ListVersions, Rollback
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import ColorRGBA
+
+BACKENDS = ('auto', 'onnxruntime', 'torch', 'tensorrt')
+SWAP_TIMEOUT_S = 300.0  # a TensorRT engine build on a Jetson can take minutes
+
+
+def _check_registry_path(value: str) -> str | None:
+    if not value:
+        return ('registry_path is empty: set it to the model registry directory '
+                '(e.g. -p registry_path:=/path/to/registry)')
+    return None
+
+
+PARAMS = [
+    ParamSpec('registry_path', '', 'Model registry directory (versions/, ACTIVE).',
+              read_only=True, check=_check_registry_path),
+    ParamSpec('initial_version', '', "Version to serve at start; '' = the registry's ACTIVE "
+              '(or its newest version when none is active).', read_only=True),
+    ParamSpec('backend', 'auto', 'Inference backend; auto probes TensorRT -> ONNX Runtime '
+              'CUDA -> ONNX Runtime CPU -> torch and falls back when one does not work.',
+              choices=BACKENDS, read_only=True),
+    ParamSpec('input_height', 0, "Model input height; 0 = the model's own (the exported "
+              'graph fixes it; needed only by the torch backend without a graph).',
+              minimum=0, maximum=8192, read_only=True),
+    ParamSpec('input_width', 0, "Model input width; 0 = the model's own.", minimum=0,
+              maximum=8192, read_only=True),
+    ParamSpec('threads', 0, 'CPU threads for ONNX Runtime; 0 = its default (one per core). '
+              'Lower it when the learner shares the CPU.', minimum=0, maximum=256,
+              read_only=True),
+    ParamSpec('qos', 'sensor_data', 'Camera subscription QoS: sensor_data/best_effort match '
+              'every publisher; reliable matches reliable publishers only.',
+              choices=IMAGE_QOS_CHOICES, read_only=True),
+    ParamSpec('model_version_topic', '/learner/model_version', 'ModelVersion topic of the '
+              'learner (transient local); new versions there are hot-swapped in.',
+              read_only=True),
+    ParamSpec('publish_overlay', True, 'Publish ~/overlay (camera image tinted by class).'),
+    ParamSpec('publish_margin', True, 'Publish ~/margin (32FC1 top-1 minus top-2 logit).'),
+    ParamSpec('overlay_alpha', 0.5, 'Weight of the class colour in ~/overlay.', minimum=0.0,
+              maximum=1.0),
+    ParamSpec('max_rate_hz', 0.0, 'Upper bound on segmented frames per second; 0 = as fast '
+              'as the backend goes. Frames in between are skipped, never queued.',
+              minimum=0.0, maximum=1000.0),
+    ParamSpec('diagnostics_period_s', 1.0, 'Period of /diagnostics messages.', minimum=0.05,
+              maximum=60.0, read_only=True),
+]
+
+
+def version_message(manifest: Any, registry_root: str | os.PathLike) -> ModelVersion:
+    """Return the ``ModelVersion`` message describing a registry manifest."""
+    msg = ModelVersion(id=manifest.id, parent_id=manifest.parent or '', step=int(manifest.step),
+                       registry_path=str(registry_root))
+    classes = sorted(manifest.classes, key=lambda c: int(c['id']))
+    msg.class_ids = [int(c['id']) for c in classes]
+    msg.class_names = [str(c['name']) for c in classes]
+    msg.colors = [_rgba(c['color']) for c in classes]
+    root = Path(registry_root)
+    for key, entry in sorted(manifest.artefacts.items()):
+        kind = key.split('@', 1)[0]
+        msg.artefacts.append(ModelArtefact(
+            kind=kind, path=str(root / 'versions' / manifest.id / entry.path),
+            sha256=entry.sha256, size_bytes=int(entry.size), device=entry.device or ''))
+    msg.metrics_json = json.dumps(manifest.metrics, sort_keys=True)
+    msg.created = _iso_to_time(manifest.created)
+    return msg
+
+
+def _rgba(color: Any) -> ColorRGBA:
+    r, g, b = (float(c) / 255.0 for c in color)
+    return ColorRGBA(r=r, g=g, b=b, a=1.0)
+
+
+def _iso_to_time(text: str) -> Time:
+    from datetime import datetime
+    try:
+        seconds = datetime.fromisoformat(str(text).replace('Z', '+00:00')).timestamp()
+    except ValueError:
+        return Time()
+    return Time(sec=int(seconds), nanosec=int(round((seconds % 1.0) * 1e9)) % 1_000_000_000)
+
+
+class SegmentationNode(Node):
+    """Segment the newest camera frame with the current model version; see module docs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('segmentation', **kwargs)
+        self.values = declare_parameters(self, PARAMS)
+        self.registry = ModelRegistry(self.values['registry_path'])
+        version_id = self._initial_version()
+        self._manifests: dict[str, Any] = {}
+        self.get_logger().info(f'loading model version {version_id} from {self.registry.root} '
+                               f'(backend {self.values["backend"]})')
+        backend = self._factory(version_id)()
+        self.swapper = HotSwapper(backend, version_id, warmup_frames=1)
+        self.pipeline = SegmentationPipeline(self.swapper)
+        self._palettes: dict[str, dict[int, tuple[int, int, int]]] = {}
+        self.stats = diag.RateLatencyStats(window_s=10.0)
+        self.infer_stats = diag.RateLatencyStats(window_s=10.0)
+        self._counts = {'received': 0, 'processed': 0, 'skipped': 0, 'dropped': 0}
+        self._last_error = ''
+        self._last_swap = 'none'
+        self._requested_version: str | None = None
+        self._cond = threading.Condition()
+        self._pending: tuple[Image, float] | None = None
+        self._last_start: float | None = None
+        self._running = True
+
+        self.mask_pub = self.create_publisher(Image, '~/mask', 2)
+        self.overlay_pub = self.create_publisher(Image, '~/overlay', 2)
+        self.margin_pub = self.create_publisher(Image, '~/margin', 2)
+        self.legend_pub = self.create_publisher(ClassLegend, '~/legend', latched_qos())
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._publish_legend(version_id)
+        self.swapper.add_listener(self._on_swap_event)
+
+        self.image_sub = self.create_subscription(Image, 'image', self._on_image,
+                                                  image_qos(self.values['qos']))
+        self.version_sub = self.create_subscription(
+            ModelVersion, self.values['model_version_topic'], self._on_model_version,
+            latched_qos())
+        services = MutuallyExclusiveCallbackGroup()
+        self.rollback_srv = self.create_service(Rollback, '~/rollback', self._on_rollback,
+                                                callback_group=services)
+        self.list_srv = self.create_service(ListVersions, '~/list_versions',
+                                            self._on_list_versions, callback_group=services)
+        self.diag_timer = self.create_timer(self.values['diagnostics_period_s'],
+                                            self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name='segmentation', daemon=True)
+        self._worker.start()
+        self.get_logger().info(f'serving {version_id} on {self._backend_info().get("name")} '
+                               f'({self._backend_info().get("device")}); subscribed to '
+                               f'{self.image_sub.topic_name}')
+
+    # -- models ------------------------------------------------------------------------
+    def _initial_version(self) -> str:
+        wanted = self.values['initial_version']
+        if wanted:
+            return self.registry.get(wanted).id
+        active = self.registry.active_id()
+        if active:
+            return self.registry.get(active).id
+        latest = self.registry.latest()
+        if latest is None:
+            raise RegistryError(f'model registry {self.registry.root} has no versions; train '
+                                'and publish a base model first (ldka train-base)')
+        self.get_logger().warning(f'no active version in {self.registry.root}; serving the '
+                                  f'newest, {latest.id}')
+        return latest.id
+
+    def _manifest(self, version_id: str) -> Any:
+        if version_id not in self._manifests:
+            self._manifests[version_id] = self.registry.get(version_id)
+        return self._manifests[version_id]
+
+    def _factory(self, version_id: str):
+        """Return the backend factory for a version with this node's backend settings."""
+        preference = self.values['backend']
+        hw = (self.values['input_height'], self.values['input_width'])
+        if (hw[0] == 0) != (hw[1] == 0):
+            raise ValueError('set both input_height and input_width, or neither (0 = the '
+                             "model's own size)")
+        kwargs: dict[str, Any] = {}
+        threads = self.values['threads'] or None
+        if preference in ('onnxruntime', 'auto', 'tensorrt'):
+            kwargs['intra_op_threads'] = threads
+        if preference != 'onnxruntime':
+            if hw[0]:
+                kwargs['input_hw'] = hw
+            elif preference == 'torch':
+                graph_hw = self._manifest(version_id).extra.get('input_hw')
+                if graph_hw:
+                    kwargs['input_hw'] = tuple(graph_hw)
+        return backend_factory_from_registry(self.registry, version_id, preference, **kwargs)
+
+    def _palette(self, version_id: str) -> dict[int, tuple[int, int, int]]:
+        if version_id not in self._palettes:
+            self._palettes[version_id] = {int(c['id']): tuple(int(v) for v in c['color'])
+                                          for c in self._manifest(version_id).classes}
+        return self._palettes[version_id]
+
+    def _publish_legend(self, version_id: str) -> None:
+        manifest = self._manifest(version_id)
+        classes = sorted(manifest.classes, key=lambda c: int(c['id']))
+        msg = ClassLegend(model_version=version_id)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.ids = [int(c['id']) for c in classes]
+        msg.names = [str(c['name']) for c in classes]
+        msg.colors = [_rgba(c['color']) for c in classes]
+        self.legend_pub.publish(msg)
+
+    def _on_swap_event(self, event: SwapEvent) -> None:
+        """Publish the legend as soon as the new version serves; log failures."""
+        if event.stage == 'switched':
+            self._publish_legend(event.version_id)
+            self.get_logger().info(f'now serving model version {event.version_id}')
+        elif event.stage in ('completed', 'failed', 'superseded') and event.report:
+            report = event.report
+            self._last_swap = f'{event.version_id}: {report.reason}'
+            if not report.ok:
+                self.get_logger().warning(f'swap to {event.version_id} not done: '
+                                          f'{report.reason}')
+
+    def request_swap(self, version_id: str):
+        """Start a background swap to ``version_id``; return the HotSwapper's future."""
+        manifest = self.registry.get(version_id)
+        self._manifests[manifest.id] = manifest
+        self._requested_version = manifest.id
+        return self.swapper.swap_to(self._factory(manifest.id), manifest.id)
+
+    def _on_model_version(self, msg: ModelVersion) -> None:
+        if msg.registry_path and Path(msg.registry_path).resolve() != \
+                self.registry.root.resolve():
+            self.get_logger().error(f'ignoring model version {msg.id}: it was published to '
+                                    f'{msg.registry_path}, this node serves '
+                                    f'{self.registry.root} (set registry_path to match)')
+            return
+        if msg.id in (self.swapper.current_version, self._requested_version):
+            return
+        self.get_logger().info(f'model version {msg.id} announced; loading it')
+        try:
+            self.request_swap(msg.id)
+        except (RegistryError, ValueError) as exc:
+            self._last_swap = f'{msg.id}: {exc}'
+            self.get_logger().error(f'cannot swap to {msg.id}: {exc}')
+
+    def _on_rollback(self, request, response):
+        current = self.swapper.current_version
+        try:
+            if request.version_id:
+                target = self.registry.get(request.version_id).id
+            else:
+                parent = self._manifest(current).parent
+                if not parent:
+                    raise RegistryError(f'version {current} has no parent to roll back to; '
+                                        'name a version')
+                target = self.registry.get(parent).id
+            if target == current:
+                response.success, response.active_version = True, current
+                response.message = f'{current} is already serving'
+                return response
+            report = self.request_swap(target).result(timeout=SWAP_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+            response.success = False
+            response.active_version = self.swapper.current_version
+            response.message = f'rollback failed: {exc}'
+            return response
+        response.success = bool(report.ok)
+        response.active_version = self.swapper.current_version
+        response.message = report.reason
+        if report.ok:
+            try:
+                self.registry.activate(target)
+            except RegistryError as exc:
+                response.message = f'serving {target}, but the registry ACTIVE pointer was ' \
+                                   f'not moved: {exc}'
+        return response
+
+    def _on_list_versions(self, request, response):
+        root = self.registry.root
+        response.versions = [version_message(m, root) for m in self.registry.list_versions()]
+        response.active_version = self.swapper.current_version
+        return response
+
+    # -- frames ------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        with self._cond:
+            self._counts['received'] += 1
+            if self._pending is not None:
+                self._counts['skipped'] += 1
+            self._pending = (msg, time.monotonic())
+            self._cond.notify()
+
+    def _take_newest(self) -> tuple[Image, float] | None:
+        """Wait for a frame (respecting max_rate_hz) and return the newest one."""
+        with self._cond:
+            while self._running and self._pending is None:
+                self._cond.wait(0.5)
+            if not self._running:
+                return None
+        rate = self.values['max_rate_hz']
+        if rate > 0 and self._last_start is not None:
+            wait = self._last_start + 1.0 / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # newer frames replace the pending one meanwhile
+        with self._cond:
+            item, self._pending = self._pending, None
+        return item
+
+    def _work(self) -> None:
+        while self._running:
+            item = self._take_newest()
+            if item is None:
+                return
+            self._last_start = time.monotonic()
+            try:
+                self._process(*item)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+                if not self.context.ok() or not self._running:
+                    return  # shutting down: the frame's publishers are already gone
+                with self._cond:
+                    self._counts['dropped'] += 1
+                self._last_error = f'{type(exc).__name__}: {exc}'
+                self.get_logger().error(f'frame dropped: {self._last_error}',
+                                        throttle_duration_sec=5.0)
+
+    def _process(self, msg: Image, received: float) -> None:
+        rgb = to_rgb(image_to_numpy(msg), msg.encoding)
+        result = self.pipeline.process(rgb)
+        header = msg.header
+        self.mask_pub.publish(numpy_to_image(result.class_ids, 'mono8', header))
+        if self.values['publish_overlay'] and self.overlay_pub.get_subscription_count() > 0:
+            tinted = overlay(rgb, result.class_ids, self._palette(result.version),
+                             alpha=self.values['overlay_alpha'])
+            self.overlay_pub.publish(numpy_to_image(tinted, 'rgb8', header))
+        if self.values['publish_margin'] and self.margin_pub.get_subscription_count() > 0:
+            margin = np.ascontiguousarray(result.margin, dtype=np.float32)
+            self.margin_pub.publish(numpy_to_image(margin, '32FC1', header))
+        self.stats.record(time.monotonic() - received)
+        self.infer_stats.record(result.infer_ms / 1000.0)
+        with self._cond:
+            self._counts['processed'] += 1
+
+    # -- diagnostics -------------------------------------------------------------------
+    def _backend_info(self) -> dict:
+        try:
+            return self.swapper.describe().get('backend', {})
+        except Exception:  # noqa: BLE001 - describe must never break diagnostics
+            return {}
+
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot()
+        infer = self.infer_stats.snapshot()
+        with self._cond:
+            counts = dict(self._counts)
+        info = self._backend_info()
+        state = self.swapper.describe()
+        level, message = diag.OK, f'segmenting at {snap["rate_hz"]:.1f} Hz'
+        if counts['received'] == 0:
+            level = diag.WARN
+            message = f'no camera frames received on {self.image_sub.topic_name}'
+        elif snap['frames'] == 0:
+            level, message = diag.WARN, 'no frame segmented in the last 10 s'
+            if counts['dropped']:
+                level, message = diag.ERROR, f'frames are dropped: {self._last_error}'
+        values = {
+            'rate_hz': snap['rate_hz'], 'latency_p50_ms': snap['latency_p50_ms'],
+            'latency_p99_ms': snap['latency_p99_ms'],
+            'inference_p50_ms': infer['latency_p50_ms'],
+            'backend': info.get('name', ''), 'device': info.get('device', ''),
+            'providers': ','.join(info.get('providers') or []),
+            'precision': info.get('precision', ''),
+            'model_version': state.get('version', ''),
+            'frames_received': counts['received'], 'frames_processed': counts['processed'],
+            'frames_skipped': counts['skipped'], 'frames_dropped': counts['dropped'],
+            'swap_in_progress': bool(state.get('swap_running') or state.get('swap_queued')),
+            'swaps_ok': state.get('swaps_ok', 0), 'swaps_failed': state.get('swaps_failed', 0),
+            'last_swap': self._last_swap, 'last_error': self._last_error,
+        }
+        status = diag.make_status(f'{self.get_fully_qualified_name()}: segmentation',
+                                  str(info.get('device', '')), level, message, values)
+        self.diag_pub.publish(diag.make_array(self.get_clock().now().to_msg(), [status]))
+
+    # -- shutdown ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the worker, release the backend (in-flight frame finishes first)."""
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        self.swapper.close(timeout=10.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the segmentation node until SIGINT/SIGTERM; exit 1 with the reason on bad setup."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = SegmentationNode()
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001 - bad setup: say why and exit non-zero
+        print(f'segmentation_node: {type(exc).__name__}: {exc}', file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

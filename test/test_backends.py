@@ -326,3 +326,26 @@ def test_tensorrt_engine_build_cache_and_refit(camvid_root, tmp_path):
         assert backend.load_origin == 'refit'
         got2 = backend.infer(batch)
     assert np.mean(got2.class_ids == ref2.class_ids) >= 0.999
+
+
+def test_bench_cli_writes_a_record(tmp_path, capsys):
+    from ldka_ros.cli.main import main
+
+    path = tmp_path / 'bench.json'
+    rc = main(['bench-inference', '--backbone', 'mobilenetv3_small_050', '--num-slots', '8',
+               '--active', '4', '--sizes', '64x96', '--iters', '3', '--warmup', '1',
+               '--backends', 'torch,onnxruntime,tensorrt', '--json', str(path)])
+    assert rc == 0
+    record = json.loads(path.read_text(encoding='utf-8'))
+    (result,) = record['results']
+    assert result['input_hw'] == [64, 96]
+    for name in ('torch', 'onnxruntime'):
+        stats = result['backends'][name]
+        assert stats['available'] and stats['iters'] == 3
+        assert stats['p50_ms'] <= stats['p99_ms'] <= stats['max_ms']
+        assert stats['argmax_agreement_vs_torch'] >= 0.999
+    if not TRT_OK:
+        assert result['backends']['tensorrt'] == {'available': False, 'reason': TRT_REASON}
+    assert record['model']['source'].startswith('random init')
+    assert record['command'].startswith('ldka bench-inference')
+    assert '| 64x96 | onnxruntime |' in capsys.readouterr().out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from pathlib import Path
 
 import cv2
@@ -223,3 +224,33 @@ def test_parity_rejects_non_rgb_images(model, exported):
         check_parity(model, path, [np.zeros((120, 160), np.uint8)])
     with pytest.raises(ValueError, match='at least one'):
         check_parity(model, path, [])
+
+
+def test_cli_export_with_parity_check(camvid_root, tmp_path, capsys):
+    from ldka_ros.cli.main import main
+    from ldka_ros.learning.checkpoint import save_checkpoint
+    from ldka_ros.learning.classes import camvid_registry
+
+    model = trained_model(camvid_root)
+    ckpt = save_checkpoint(tmp_path / 'model.pt', model, camvid_registry(model.num_slots))
+    out, report = tmp_path / 'out' / 'model.onnx', tmp_path / 'export.json'
+    rc = main(['export', '--checkpoint', str(ckpt), '--out', str(out), '--input-size', '96x128',
+               '--check-images', str(camvid_root / 'val'), '--check-count', '2',
+               '--json', str(report)])
+    assert rc == 0
+    data = json.loads(report.read_text(encoding='utf-8'))
+    assert data['parity']['passed'] and data['parity']['num_images'] == 2
+    assert data['export']['path'] == str(out)
+    meta = read_metadata(out)
+    assert meta['input_hw'] == [96, 128]
+    assert meta['classes']['1'] == 'sky' and meta['checkpoint_sha256'] == file_sha256(ckpt)
+    assert 'agreement' in capsys.readouterr().out
+    # An unreachable agreement fails the command and leaves the good file untouched.
+    before = file_sha256(out)
+    rc = main(['export', '--checkpoint', str(ckpt), '--out', str(out), '--input-size',
+               '64x96', '--check-images', str(camvid_root / 'val'), '--check-count', '1',
+               '--min-agreement', '1.5'])
+    assert rc == 2
+    assert 'parity check failed' in capsys.readouterr().err
+    assert file_sha256(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ['model.onnx']

@@ -330,3 +330,26 @@ def test_swap_from_registry_verifies_digests(models, tmp_path):
     with pytest.raises(VersionNotFoundError):
         backend_factory_from_registry(reg, 'v0042')
     swapper.close()
+
+
+def test_background_nice_lowers_only_the_swap_thread(models):
+    import os
+
+    def nice_of_this_thread():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice_of_this_thread()
+    seen = []
+    swapper = HotSwapper(ort(models.a), 'A', background_nice=5)
+    swapper.add_listener(lambda ev: seen.append((ev.stage, ev.version_id,
+                                                 nice_of_this_thread())))
+    assert swapper.swap_to(Factory(models.b), 'B').result(timeout=60).ok
+    assert swapper.swap_to(Factory(models.a), 'A2').result(timeout=60).ok
+    nice = {(stage, version): value for stage, version, value in seen}
+    # Loading happens at normal priority, warmup/validation after it at +5; the next
+    # swap starts on a fresh thread at normal priority again.
+    assert nice[('started', 'B')] == base and nice[('switched', 'B')] == min(19, base + 5)
+    assert nice[('started', 'A2')] == base
+    assert nice_of_this_thread() == base
+    assert_output_of(swapper.infer(models.frames[0][None]), models.expected['a'], 0)
+    swapper.close()

@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 import logging
+import os
 import threading
 import time
 from typing import Callable, Iterator, Sequence
@@ -124,10 +125,16 @@ class HotSwapper:
     ``initial_backend`` is loaded if it is not yet; the swapper owns it from now on (it
     releases it when replaced or on :meth:`close`). ``validator``: see :data:`Validator`.
     ``warmup_frames``: inferences run on a new backend before it may serve.
+    ``background_nice``: if set (Linux), the swap thread raises its own nice value by
+    this much *after* loading the new backend, so its warmup and validation inferences
+    yield the CPU to the serving thread. Effective where the backend runs inferences on
+    the calling thread (ONNX Runtime with ``intra_op_threads=1``, GPU backends); sessions
+    are always created at normal priority, so their thread pools never inherit it.
     """
 
     def __init__(self, initial_backend: Backend, version_id: str,
-                 validator: Validator | None = None, warmup_frames: int = 3) -> None:
+                 validator: Validator | None = None, warmup_frames: int = 3,
+                 background_nice: int | None = None) -> None:
         if not isinstance(initial_backend, Backend):
             raise TypeError(f'initial_backend must be a Backend, got '
                             f'{type(initial_backend).__name__}')
@@ -136,6 +143,7 @@ class HotSwapper:
         self._slot = _Slot(initial_backend, str(version_id))
         self._validator = validator
         self._warmup_frames = int(warmup_frames)
+        self._background_nice = background_nice
         self._listeners: list[SwapListener] = []
         self._pending: _Request | None = None
         self._running: _Request | None = None
@@ -263,29 +271,40 @@ class HotSwapper:
         return future
 
     def _work(self) -> None:
-        """Swap thread: take the queued request (if any), run it, repeat; exit when idle."""
-        while True:
-            with self._cond:
-                request, self._pending = self._pending, None
-                self._running = request
-                if request is None:
-                    self._worker = None
-                    return
-            try:
-                report = self._run_swap(request)
-            except BaseException as exc:  # noqa: BLE001 - the future must always resolve
-                LOG.exception('swap to %s crashed', request.version_id)
-                report = SwapReport(False, request.version_id, self.current_version,
-                                    f'internal error: {exc!r}')
-            with self._cond:
-                self._running = None
-                self._last_report = report
-                if report.ok:
-                    self._swaps_ok += 1
-                else:
-                    self._swaps_failed += 1
-            request.future.set_result(report)
-            self._emit('completed' if report.ok else 'failed', request.version_id, report)
+        """
+        Swap thread: run the queued request, then hand over to a fresh thread if needed.
+
+        One thread per swap, because a thread whose priority was lowered for warmup and
+        validation (``background_nice``) must never create the next backend's sessions:
+        their worker threads would inherit the low priority and serve frames slowly.
+        """
+        with self._cond:
+            request, self._pending = self._pending, None
+            self._running = request
+            if request is None:
+                self._worker = None
+                return
+        try:
+            report = self._run_swap(request)
+        except BaseException as exc:  # noqa: BLE001 - the future must always resolve
+            LOG.exception('swap to %s crashed', request.version_id)
+            report = SwapReport(False, request.version_id, self.current_version,
+                                f'internal error: {exc!r}')
+        with self._cond:
+            self._running = None
+            self._last_report = report
+            if report.ok:
+                self._swaps_ok += 1
+            else:
+                self._swaps_failed += 1
+        request.future.set_result(report)
+        self._emit('completed' if report.ok else 'failed', request.version_id, report)
+        with self._cond:
+            if self._pending is not None and not self._closed:
+                self._worker = threading.Thread(target=self._work, name='hotswap', daemon=True)
+                self._worker.start()
+            else:
+                self._worker = None
 
     def _run_swap(self, request: _Request) -> SwapReport:
         start = time.perf_counter()
@@ -302,6 +321,8 @@ class HotSwapper:
             t0 = time.perf_counter()
             backend.load()
             report.load_s = time.perf_counter() - t0
+            if self._background_nice:
+                _lower_thread_priority(int(self._background_nice))
             stage = 'warmup'
             t0 = time.perf_counter()
             backend.warmup(self._warmup_frames)
@@ -394,13 +415,18 @@ class HotSwapper:
         """
         with self._cond:
             pending, self._pending = self._pending, None
-            worker = self._worker
         if pending is not None:
             pending.future.set_result(SwapReport(False, pending.version_id,
                                                  self.current_version,
                                                  'refused: the HotSwapper was closed'))
-        if worker is not None:
+        while True:
+            with self._cond:
+                worker = self._worker
+            if worker is None or worker is threading.current_thread():
+                break
             worker.join(timeout)
+            if worker.is_alive():
+                break  # timed out: leave the running swap to finish on its own
         with self._cond:
             if self._closed:
                 return
@@ -414,6 +440,16 @@ class HotSwapper:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lower_thread_priority(increment: int) -> None:
+    """Raise the calling thread's nice value (Linux: per thread); ignore where unsupported."""
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + max(0, increment)))
+    except (AttributeError, OSError):
+        pass
 
 
 def _release_quietly(backend: Backend) -> None:

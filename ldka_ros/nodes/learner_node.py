@@ -1,0 +1,774 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+The learner node: an operator labels objects on camera frames, the robot learns them.
+
+Why it is built this way:
+
+- **Labels are never lost.** ``~/label_object`` turns a mask, box (GrabCut) or polygon
+  into a mask and stores the frame in the crash-safe ``FrameStore`` before it answers.
+  New class names get ids from a class registry kept beside the frame store
+  (``<frame_store>/classes.json``); the ids of learned classes come from the model
+  versions, so a name keeps its id (and its colour) for ever, and a killed node loses
+  nothing that was acknowledged.
+- **Training cannot take the node down.** ``~/learn`` (LearnClasses action) runs
+  ``python -m ldka_ros.learning.job`` as a child process, reads its JSON progress lines
+  as action feedback and its final line as the result. A crash of the job is a failed
+  goal, not a dead node; cancelling sends SIGTERM and the job stops between iterations
+  without publishing. If this node dies, the job notices (its parent changed) and stops
+  without publishing too.
+- **One job at a time, and the operator is told why.** rclpy's goal rejection carries no
+  reason, so a second goal is *accepted and immediately aborted* with the reason in
+  ``result.message`` (the running job is not disturbed).
+- **Services stay responsive during training.** Everything runs in a
+  MultiThreadedExecutor with a reentrant callback group; the action's execute callback
+  waits on the child process while labelling, listing and rollback calls are served.
+- **The segmentation node follows.** A published version goes out on ``~/model_version``
+  (ModelVersion, transient local), also at start-up, so a segmentation node that starts
+  or restarts later still loads the active version. During training the segmentation
+  node's ``max_rate_hz`` can be lowered (``segmentation_rate_while_training``) through its
+  parameter services and is restored afterwards.
+
+Interfaces: sub ``image`` (sensor_msgs/Image); services ``~/label_object``,
+``~/list_classes``, ``~/list_versions``, ``~/rollback``; action ``~/learn``; pub
+``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+import warnings
+
+from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image, to_rgb
+from ldka_ros.nodes.params import declare_parameters, ParamSpec
+from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
+from ldka_ros_interfaces.action import LearnClasses
+from ldka_ros_interfaces.msg import ClassLegend, ModelVersion
+from ldka_ros_interfaces.srv import LabelObject, ListClasses, ListVersions, Rollback
+import numpy as np
+from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+import rclpy
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import ColorRGBA, Header
+
+METHODS = ('ldka', 'ldka+gfr', 'mib', 'finetune')
+BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
+#: Job exit codes (see ldka_ros.learning.job).
+EXIT_CANCELLED = 3
+#: Seconds a cancelled job gets to stop before it is killed.
+CANCEL_GRACE_S = 60.0
+MAX_CLASS_NAME = 64
+DEFAULT_NUM_SLOTS = 32
+
+
+def _not_empty(name: str):
+    def check(value: str) -> str | None:
+        if not value:
+            return f'{name} is empty: set it (e.g. -p {name}:=/path)'
+        return None
+    return check
+
+
+PARAMS = [
+    ParamSpec('registry_path', '', 'Model registry directory (versions/, ACTIVE): where the '
+              'base model is and where learned versions are published.', read_only=True,
+              check=_not_empty('registry_path')),
+    ParamSpec('frame_store_path', '', "Directory of the operator's labelled frames and the "
+              "class registry (classes.json); '' = <registry_path>/../labelled_frames.",
+              read_only=True),
+    ParamSpec('default_iterations', 200, 'Training iterations of a learning step when the '
+              'goal gives max_iterations = 0.', minimum=1, maximum=1000000),
+    ParamSpec('default_max_seconds', 0.0, 'Wall-clock training budget when the goal gives '
+              'max_seconds = 0; 0 = no time limit.', minimum=0.0, maximum=1e7),
+    ParamSpec('method', 'ldka', 'Class-incremental method of a learning step.',
+              choices=METHODS),
+    ParamSpec('device', 'auto', "Training device: 'auto' (CUDA when available), 'cpu', "
+              "'cuda', 'cuda:N'."),
+    ParamSpec('backend', 'auto', 'Engine building after export: auto/tensorrt build a '
+              'TensorRT engine where TensorRT and a GPU exist (tensorrt: required); '
+              'onnxruntime/torch: ONNX only.', choices=BACKENDS),
+    ParamSpec('batch_size', 4, 'Training batch size of a learning step.', minimum=1,
+              maximum=256),
+    ParamSpec('learning_rate', 0.01, 'SGD learning rate of a learning step.', minimum=1e-7,
+              maximum=10.0),
+    ParamSpec('holdout_fraction', 0.2, "Share of each class's labelled frames held out for "
+              'validation (at least one when a class has two or more).', minimum=0.0,
+              maximum=0.9),
+    ParamSpec('seed', 0, 'Random seed of learning jobs (same frames + seed = same model).',
+              minimum=0, maximum=2 ** 31 - 1),
+    ParamSpec('python_executable', '', "Python interpreter that runs the learning job; '' = "
+              'the one running this node.'),
+    ParamSpec('job_threads', 0, 'CPU threads of the learning job; 0 = torch default. '
+              'Lower it so training leaves cores to the segmentation node.', minimum=0,
+              maximum=256),
+    ParamSpec('job_nice', 0, 'Niceness added to the learning job process (0..19).',
+              minimum=0, maximum=19),
+    ParamSpec('job_work_dir', '', "Directory for job scratch files and logs; '' = a "
+              'temporary directory.', read_only=True),
+    ParamSpec('qos', 'sensor_data', 'Camera subscription QoS (sensor_data matches every '
+              'publisher).', choices=IMAGE_QOS_CHOICES, read_only=True),
+    ParamSpec('segmentation_node', 'segmentation', 'Name of the segmentation node whose '
+              'max_rate_hz is lowered during training (relative names resolve in this '
+              "node's namespace)."),
+    ParamSpec('segmentation_rate_while_training', 0.0, "Segmentation node's max_rate_hz "
+              'while a job trains (restored afterwards); 0 = leave it unchanged.',
+              minimum=0.0, maximum=1000.0),
+]
+
+
+class Refused(Exception):
+    """A labelling request that cannot be stored; the message goes to the caller."""
+
+
+def _rgba(color) -> ColorRGBA:
+    r, g, b = (float(c) / 255.0 for c in color)
+    return ColorRGBA(r=r, g=g, b=b, a=1.0)
+
+
+class LearnerNode(Node):
+    """Store labelled frames, run learning jobs, publish model versions; see module docs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('learner', **kwargs)
+        from ldka_ros.learning.frame_store import FrameStore
+        from ldka_ros.registry import ModelRegistry
+
+        self.values = declare_parameters(self, PARAMS)
+        self.registry = ModelRegistry(Path(self.values['registry_path']).expanduser(),
+                                      create=True)
+        store = self.values['frame_store_path'] or str(
+            self.registry.root.parent / 'labelled_frames')
+        self.store_root = Path(store).expanduser().absolute()
+        self.classes_path = self.store_root / 'classes.json'
+        self.store = FrameStore(self.store_root, classes_path=self.classes_path)
+        self._latest: Image | None = None
+        self._latest_lock = threading.Lock()
+        self._class_lock = threading.Lock()
+        self._job_lock = threading.Lock()
+        self._job_goal = ''
+        self._proc: subprocess.Popen | None = None
+        self._slots: dict[str, int] = {}
+        group = ReentrantCallbackGroup()
+        self.group = group
+        self.image_sub = self.create_subscription(
+            Image, 'image', self._on_image, image_qos(self.values['qos']), callback_group=group)
+        self.version_pub = self.create_publisher(ModelVersion, '~/model_version',
+                                                 latched_qos())
+        self.mask_pub = self.create_publisher(Image, '~/last_label_mask', reliable_qos(1))
+        self.create_service(LabelObject, '~/label_object', self._on_label,
+                            callback_group=group)
+        self.create_service(ListClasses, '~/list_classes', self._on_list_classes,
+                            callback_group=group)
+        self.create_service(ListVersions, '~/list_versions', self._on_list_versions,
+                            callback_group=group)
+        self.create_service(Rollback, '~/rollback', self._on_rollback, callback_group=group)
+        self.action = ActionServer(
+            self, LearnClasses, '~/learn', execute_callback=self._execute,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda _handle: CancelResponse.ACCEPT, callback_group=group)
+        self._reconcile_learned_frames()
+        active = self._publish_active()
+        pending = self.store.pending_classes()
+        self.get_logger().info(
+            f'registry {self.registry.root} (active {active or "none"}), frames in '
+            f'{self.store_root} ({sum(pending.values())} pending: {pending}); camera '
+            f'{self.image_sub.topic_name}')
+
+    # -- camera ------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        with self._latest_lock:
+            self._latest = msg
+
+    # -- model versions ----------------------------------------------------------------
+    def _publish_active(self) -> str | None:
+        """Publish the active version (latched) and return its id, or None."""
+        try:
+            manifest = self.registry.active()
+        except Exception as exc:  # noqa: B902 - a broken registry must not stop the node
+            self.get_logger().error(f'cannot read the active version: {exc}')
+            return None
+        if manifest is None:
+            return None
+        self.version_pub.publish(_version_message(manifest, self.registry.root))
+        return manifest.id
+
+    def _reconcile_learned_frames(self) -> None:
+        """
+        Mark frames learned that a published version used but that are still pending.
+
+        A job publishes first and marks its frames second; if it was killed in between,
+        the version records the frames it used, and this start-up pass finishes the job.
+        """
+        for manifest in self.registry.list_versions():
+            frames = manifest.extra.get('frames') or {}
+            ids = list(frames.get('train', [])) + list(frames.get('heldout', []))
+            pending = []
+            for frame_id in ids:
+                try:
+                    if self.store.get(frame_id).pending:
+                        pending.append(frame_id)
+                except KeyError:
+                    continue
+            if pending:
+                self.store.mark_learned(pending, manifest.id)
+                self.get_logger().warning(f'{len(pending)} frames used by {manifest.id} were '
+                                          'still pending; marked learned')
+
+    def _num_slots(self, manifest) -> int:
+        """Return the class slots of a version's model (from its ONNX metadata)."""
+        if manifest is None:
+            return DEFAULT_NUM_SLOTS
+        if manifest.id not in self._slots:
+            slots = manifest.extra.get('num_slots')
+            if not slots and 'onnx' in manifest.artefacts:
+                try:
+                    from ldka_ros.inference.export import read_metadata
+
+                    path = self.registry.artefact_path(manifest.id, 'onnx', verify=False)
+                    slots = read_metadata(path).get('num_slots')
+                except Exception:  # noqa: B902 - fall back to the default size
+                    slots = None
+            self._slots[manifest.id] = int(slots or DEFAULT_NUM_SLOTS)
+        return self._slots[manifest.id]
+
+    # -- classes -----------------------------------------------------------------------
+    def _class_registry(self):
+        """
+        Return the class registry: classes.json merged with every version's legend.
+
+        Learned ids come from the model versions (any version, so ids stay reserved
+        across rollbacks); names only labelled so far come from classes.json.
+        """
+        from ldka_ros.learning.classes import ClassRegistry
+
+        active = self.registry.active()
+        slots = self._num_slots(active)
+        if self.classes_path.is_file():
+            data = ClassRegistry.load(self.classes_path).to_dict()
+            slots = max(slots, int(data['num_slots']))
+        else:
+            data = {'format': 'ldka_ros.classes/1', 'num_slots': slots,
+                    'classes': [{'id': 0, 'name': 'background', 'color': [0, 0, 0],
+                                 'step': 0}]}
+        data['num_slots'] = slots
+        by_id = {int(c['id']): c for c in data['classes']}
+        by_name = {c['name']: c for c in data['classes']}
+        for manifest in self.registry.list_versions():
+            for entry in manifest.classes:
+                cid, name = int(entry['id']), str(entry['name'])
+                if cid in by_id or name in by_name:
+                    continue
+                item = {'id': cid, 'name': name, 'color': list(entry['color']),
+                        'step': int(entry.get('step', manifest.step))}
+                data['classes'].append(item)
+                by_id[cid], by_name[name] = item, item
+        return ClassRegistry.from_dict(data), active
+
+    def _class_for(self, name: str) -> tuple[int, bool]:
+        """Return ``(class id, newly allocated)`` for a class name; Refused when full."""
+        with self._class_lock:
+            reg, active = self._class_registry()
+            if name == reg.background:
+                raise Refused(f'class name {name!r} is reserved for class 0 (everything that '
+                              'is not a labelled object)')
+            if name in reg:
+                if not self.classes_path.is_file():
+                    reg.save(self.classes_path)
+                return reg.get(name).id, False
+            step = (active.step + 1) if active is not None else 1
+            try:
+                info = reg.add(name, step=step)
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
+            reg.save(self.classes_path)
+            return info.id, True
+
+    # -- labelling -----------------------------------------------------------------------
+    def _on_label(self, request, response):
+        try:
+            return self._label(request, response)
+        except Refused as exc:
+            response.accepted = False
+            response.message = str(exc)
+        except Exception as exc:  # noqa: B902 - the caller gets every failure as a reason
+            self.get_logger().error(f'label_object failed: {exc!r}')
+            response.accepted = False
+            response.message = f'could not store the label: {type(exc).__name__}: {exc}'
+        if response.message:
+            self.get_logger().warning(f'label_object refused: {response.message}')
+        return response
+
+    def _label(self, request, response):
+        from ldka_ros.learning.classes import validate_class_name
+
+        name = request.class_name
+        if not name:
+            raise Refused('class_name is empty: name the object (e.g. "coffee_mug")')
+        if len(name) > MAX_CLASS_NAME:
+            raise Refused(f'class_name is {len(name)} characters long; at most '
+                          f'{MAX_CLASS_NAME} are allowed')
+        try:
+            validate_class_name(name)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        image_msg = request.image
+        if image_msg.width == 0 or image_msg.height == 0:
+            with self._latest_lock:
+                image_msg = self._latest
+            if image_msg is None:
+                raise Refused(f'no camera frame received yet on {self.image_sub.topic_name}; '
+                              'send the image in the request or check the camera topic')
+        try:
+            rgb = to_rgb(image_to_numpy(image_msg), image_msg.encoding)
+        except ValueError as exc:
+            raise Refused(f'image: {exc}') from None
+        height, width = rgb.shape[:2]
+        mask, note = self._prompt_mask(request, rgb)
+        if not mask.any():
+            raise Refused('the mask is empty: it marks no pixel of the object')
+        class_id, new = self._class_for(name)
+        try:
+            record = self.store.add(rgb, mask, name, class_id)
+        except ValueError as exc:
+            raise Refused(f'frame store refused the label: {exc}') from None
+        frames = len(self.store.frames(class_names=[name]))
+        pending = sum(self.store.pending_classes().values())
+        mask_msg = numpy_to_image(np.where(mask, np.uint8(255), np.uint8(0)), 'mono8',
+                                  image_msg.header)
+        self.mask_pub.publish(mask_msg)
+        response.accepted = True
+        response.class_id = int(class_id)
+        response.frames_for_class = frames
+        response.pending_frames = pending
+        response.frame_id = record.frame_id
+        if request.return_mask:
+            response.mask = mask_msg
+        response.message = (f'stored frame {record.frame_id} for {name!r} (id {class_id}'
+                            f'{", new class" if new else ""}; {int(mask.sum())} of '
+                            f'{width}x{height} pixels); {frames} frames of {name!r}, '
+                            f'{pending} pending in all' + (f'; {note}' if note else ''))
+        self.get_logger().info(response.message)
+        return response
+
+    def _prompt_mask(self, request, rgb: np.ndarray) -> tuple[np.ndarray, str]:
+        """Return the boolean object mask from the request's one prompt, and a note."""
+        from ldka_ros.imaging.prompts import box_to_mask, polygon_to_mask
+
+        height, width = rgb.shape[:2]
+        mask_msg, box, polygon = request.mask, request.box, request.polygon
+        given = []
+        if mask_msg.width > 0 or mask_msg.height > 0 or len(mask_msg.data) > 0:
+            given.append('mask')
+        if box.width > 0 or box.height > 0 or box.x_offset > 0 or box.y_offset > 0:
+            given.append('box')
+        if len(polygon.points) > 0:
+            given.append('polygon')
+        if not given:
+            raise Refused('no prompt: give exactly one of mask (mono8), box (width and '
+                          'height > 0) or polygon (>= 3 points)')
+        if len(given) > 1:
+            raise Refused(f'several prompts ({", ".join(given)}): give exactly one of mask, '
+                          'box or polygon')
+        if given == ['mask']:
+            if mask_msg.encoding not in ('mono8', '8UC1'):
+                raise Refused(f'mask encoding {mask_msg.encoding!r} is not supported: send '
+                              'a mono8 mask (non-zero = object)')
+            if (mask_msg.height, mask_msg.width) != (height, width):
+                raise Refused(f'mask size {mask_msg.width}x{mask_msg.height} differs from '
+                              f'the image size {width}x{height}')
+            try:
+                mask = np.asarray(image_to_numpy(mask_msg)) != 0
+            except ValueError as exc:
+                raise Refused(f'mask: {exc}') from None
+            return mask.reshape(height, width), ''
+        if given == ['box']:
+            if box.width == 0 or box.height == 0:
+                raise Refused(f'box {box.width}x{box.height} has no area: width and height '
+                              'must be > 0')
+            if box.x_offset + box.width > width or box.y_offset + box.height > height:
+                raise Refused(f'box (x {box.x_offset}, y {box.y_offset}, {box.width}x'
+                              f'{box.height}) goes outside the {width}x{height} image')
+            rect = (box.x_offset, box.y_offset, box.width, box.height)
+            return self._with_fallback_note(lambda: box_to_mask(rgb, rect))
+        points = [(p.x, p.y) for p in polygon.points]
+        if len(points) < 3:
+            raise Refused(f'polygon has {len(points)} points; it needs at least 3')
+        return self._with_fallback_note(lambda: polygon_to_mask((height, width), points, rgb))
+
+    @staticmethod
+    def _with_fallback_note(make) -> tuple[np.ndarray, str]:
+        """Run a prompt conversion; ValueError -> Refused; GrabCut fallback -> a note."""
+        from ldka_ros.imaging.prompts import PromptFallbackWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', PromptFallbackWarning)
+            try:
+                mask = make()
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
+        notes = [str(w.message) for w in caught if issubclass(w.category, PromptFallbackWarning)]
+        return np.asarray(mask, dtype=bool), '; '.join(notes)
+
+    # -- listing and rollback ------------------------------------------------------------
+    def _on_list_classes(self, request, response):
+        manifest = self.registry.active()
+        legend = ClassLegend(header=Header(stamp=self.get_clock().now().to_msg()))
+        if manifest is not None:
+            legend.model_version = manifest.id
+            for entry in sorted(manifest.classes, key=lambda c: int(c['id'])):
+                legend.ids.append(int(entry['id']))
+                legend.names.append(str(entry['name']))
+                legend.colors.append(_rgba(entry['color']))
+        response.legend = legend
+        pending = self.store.pending_classes()
+        response.pending_classes = sorted(pending)
+        response.pending_frames = [int(pending[n]) for n in sorted(pending)]
+        return response
+
+    def _on_list_versions(self, request, response):
+        response.versions = [_version_message(m, self.registry.root)
+                             for m in self.registry.list_versions()]
+        response.active_version = self.registry.active_id() or ''
+        return response
+
+    def _on_rollback(self, request, response):
+        from ldka_ros.registry.manifest import parse_version_id
+
+        if self._job_lock.locked():
+            response.success = False
+            response.active_version = self.registry.active_id() or ''
+            response.message = (f'a learning job ({self._job_goal}) is running; cancel it or '
+                                'wait for it before rolling back')
+            return response
+        try:
+            active = self.registry.active()
+            if not request.version_id:
+                target = self.registry.rollback()
+            else:
+                wanted = self.registry.get(request.version_id)
+                if active is not None and wanted.id == active.id:
+                    target = wanted
+                elif active is not None and parse_version_id(wanted.id) < active.number:
+                    target = self.registry.rollback(wanted.id)
+                else:
+                    target = self.registry.activate(wanted.id)
+        except Exception as exc:  # noqa: B902 - registry errors name the reason
+            response.success = False
+            response.active_version = self.registry.active_id() or ''
+            response.message = f'rollback failed: {exc}'
+            return response
+        self._publish_active()
+        response.success = True
+        response.active_version = target.id
+        response.message = (f'{target.id} is active (was {active.id if active else "none"})'
+                            f'; announced on {self.version_pub.topic_name}')
+        self.get_logger().info(response.message)
+        return response
+
+    # -- learning ------------------------------------------------------------------------
+    def _execute(self, goal_handle):
+        result = LearnClasses.Result()
+        goal_id = bytes(goal_handle.goal_id.uuid).hex()[:8]
+        if not self._job_lock.acquire(blocking=False):
+            goal_handle.abort()
+            result.message = (f'refused: learning job {self._job_goal} is still running; '
+                              'wait for it to finish or cancel it')
+            self.get_logger().warning(f'goal {goal_id} {result.message}')
+            return result
+        try:
+            self._job_goal = goal_id
+            return self._learn(goal_handle, goal_id, result)
+        except Exception as exc:  # noqa: B902 - a failure ends the goal, not the node
+            self.get_logger().error(f'learning goal {goal_id} failed: {exc!r}')
+            if goal_handle.is_active:
+                goal_handle.abort()
+            result.success = False
+            result.message = f'learning failed in the node: {type(exc).__name__}: {exc}'
+            return result
+        finally:
+            self._job_goal = ''
+            self._job_lock.release()
+
+    def _job_spec(self, goal, work: Path) -> dict:
+        values = self.values
+        backend = values['backend']
+        engine = {'auto': 'auto', 'tensorrt': 'tensorrt'}.get(backend, 'none')
+        iterations = int(goal.max_iterations) or int(values['default_iterations'])
+        seconds = float(goal.max_seconds) or float(values['default_max_seconds'])
+        return {
+            'registry_path': str(self.registry.root), 'frame_store_path': str(self.store_root),
+            'classes': list(goal.classes), 'max_iterations': iterations,
+            'max_seconds': seconds, 'method': values['method'], 'device': values['device'],
+            'engine': engine, 'seed': int(values['seed']),
+            'batch_size': int(values['batch_size']), 'lr': float(values['learning_rate']),
+            'holdout_fraction': float(values['holdout_fraction']),
+            'work_dir': str(work / 'work'), 'parent_pid': os.getpid(),
+            'num_threads': int(values['job_threads']),
+        }
+
+    def _precheck(self, goal) -> str | None:
+        """Return why a goal cannot start (checked here so no process is spawned)."""
+        if self.registry.active() is None:
+            return (f'model registry {self.registry.root} has no active version: publish a '
+                    'base model first')
+        pending = self.store.pending_classes()
+        if not pending:
+            return 'nothing to learn: no pending labelled frames (use ~/label_object first)'
+        missing = [c for c in goal.classes if c not in pending]
+        if missing:
+            return (f'no pending labelled frames for {missing}; pending classes: '
+                    f'{sorted(pending)}')
+        return None
+
+    def _learn(self, goal_handle, goal_id: str, result):
+        goal = goal_handle.request
+        problem = self._precheck(goal)
+        if problem:
+            goal_handle.abort()
+            result.message = problem
+            self.get_logger().warning(f'goal {goal_id} refused: {problem}')
+            return result
+        root = Path(self.values['job_work_dir']).expanduser() if self.values['job_work_dir'] \
+            else Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f'ldka-learn-{goal_id}-', dir=root))
+        spec = self._job_spec(goal, work)
+        (work / 'spec.json').write_text(json.dumps(spec, indent=2))
+        log_path = work / 'job.log'
+        restore = self._throttle_segmentation()
+        self.get_logger().info(f'goal {goal_id}: learning {list(goal.classes) or "all pending"}'
+                               f' ({spec["max_iterations"]} iterations, {spec["method"]}); '
+                               f'log {log_path}')
+        try:
+            code, final = self._run_job(goal_handle, work, log_path)
+        finally:
+            if restore is not None:
+                restore()
+        data = (final or {}).get('result', {})
+        message = data.get('message') or (
+            f'learning job exited with code {code} without a result; log tail:\n'
+            + _tail(log_path))
+        result.message = message
+        if code == 0 and data.get('success'):
+            manifest = self.registry.get(data['version_id'])
+            self._feedback(goal_handle, {'phase': 'swapping', 'progress': 1.0,
+                                         'phase_progress': 0.0, 'eta_seconds': 0.0})
+            self.version_pub.publish(_version_message(manifest, self.registry.root))
+            self._feedback(goal_handle, {'phase': 'swapping', 'progress': 1.0,
+                                         'phase_progress': 1.0, 'eta_seconds': 0.0})
+            result.success = True
+            result.version_id = manifest.id
+            result.class_names = [str(n) for n in data.get('class_names', [])]
+            result.class_iou = [_float(v) for v in data.get('class_iou', [])]
+            result.miou_old = _float(data.get('miou_old'))
+            result.miou_new = _float(data.get('miou_new'))
+            goal_handle.succeed()
+            shutil.rmtree(work, ignore_errors=True)
+        elif goal_handle.is_cancel_requested and code == EXIT_CANCELLED:
+            goal_handle.canceled()
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            result.message = f'{message} (job log: {log_path})'
+            goal_handle.abort()
+        self.get_logger().info(f'goal {goal_id} ended (job exit {code}): {result.message}')
+        return result
+
+    def _run_job(self, goal_handle, work: Path, log_path: Path) -> tuple[int, dict | None]:
+        """Run the job process, forward its progress as feedback; return (code, result)."""
+        python = self.values['python_executable'] or sys.executable
+        nice = int(self.values['job_nice'])
+        env = dict(os.environ, PYTHONUNBUFFERED='1')
+        with open(log_path, 'wb') as log:
+            proc = subprocess.Popen(
+                [python, '-m', 'ldka_ros.learning.job', '--spec', str(work / 'spec.json')],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
+        self._proc = proc
+        if nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(
+                    os.PRIO_PROCESS, 0) + nice)
+            except OSError as exc:
+                self.get_logger().warning(f'could not renice the learning job: {exc}')
+        lines: queue.Queue = queue.Queue()
+
+        def pump() -> None:
+            for raw in iter(proc.stdout.readline, b''):
+                lines.put(raw)
+            lines.put(None)
+
+        threading.Thread(target=pump, name='job-output', daemon=True).start()
+        final = None
+        cancel_sent = 0.0
+        finished = False
+        while not finished:
+            try:
+                raw = lines.get(timeout=0.2)
+            except queue.Empty:
+                raw = b''
+            if raw is None:
+                finished = True
+            elif raw:
+                try:
+                    item = json.loads(raw)
+                except json.JSONDecodeError:
+                    self.get_logger().warning(f'job printed a non-JSON line: {raw[:200]!r}')
+                    continue
+                if 'result' in item:
+                    final = item
+                elif 'phase' in item:
+                    self._feedback(goal_handle, item)
+            stopping = goal_handle.is_cancel_requested or not self.context.ok()
+            if stopping and not cancel_sent and proc.poll() is None:
+                self.get_logger().info('cancelling the learning job (SIGTERM)')
+                proc.send_signal(signal.SIGTERM)
+                cancel_sent = time.monotonic()
+            if cancel_sent and time.monotonic() - cancel_sent > CANCEL_GRACE_S \
+                    and proc.poll() is None:
+                self.get_logger().error('learning job ignored SIGTERM; killing it')
+                proc.kill()
+        code = proc.wait()
+        self._proc = None
+        return code, final
+
+    def _feedback(self, goal_handle, item: dict) -> None:
+        feedback = LearnClasses.Feedback()
+        feedback.phase = str(item.get('phase', ''))
+        feedback.progress = _float(item.get('progress'), 0.0)
+        feedback.phase_progress = _float(item.get('phase_progress'), 0.0)
+        losses = item.get('losses') or {}
+        feedback.loss_names = [str(k) for k in losses]
+        feedback.loss_values = [_float(v) for v in losses.values()]
+        feedback.eta_seconds = _float(item.get('eta_seconds'), -1.0)
+        try:
+            goal_handle.publish_feedback(feedback)
+        except Exception as exc:  # noqa: B902 - a lost feedback message is not fatal
+            self.get_logger().debug(f'feedback not sent: {exc}')
+
+    def stop_job(self, timeout: float = 15.0) -> None:
+        """Cancel a running job (SIGTERM, then SIGKILL after ``timeout``) at shutdown."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    # -- segmentation node throttling ----------------------------------------------------
+    def _throttle_segmentation(self):
+        """Lower the segmentation node's max_rate_hz; return a function restoring it."""
+        rate = float(self.values['segmentation_rate_while_training'])
+        target = self.values['segmentation_node'].rstrip('/')
+        if rate <= 0 or not target:
+            return None
+        getter = self.create_client(GetParameters, f'{target}/get_parameters',
+                                    callback_group=self.group)
+        setter = self.create_client(SetParameters, f'{target}/set_parameters',
+                                    callback_group=self.group)
+
+        def call(client, request):
+            done = threading.Event()
+            future = client.call_async(request)
+            future.add_done_callback(lambda _f: done.set())
+            if not done.wait(5.0):
+                client.remove_pending_request(future)
+                return None
+            return future.result()
+
+        def set_rate(value: float) -> bool:
+            param = ParameterMsg(name='max_rate_hz', value=ParameterValue(
+                type=ParameterType.PARAMETER_DOUBLE, double_value=float(value)))
+            reply = call(setter, SetParameters.Request(parameters=[param]))
+            return bool(reply and reply.results and reply.results[0].successful)
+
+        def cleanup() -> None:
+            self.destroy_client(getter)
+            self.destroy_client(setter)
+
+        if not getter.wait_for_service(timeout_sec=1.0):
+            self.get_logger().info(f'no segmentation node {target!r} to throttle')
+            cleanup()
+            return None
+        reply = call(getter, GetParameters.Request(names=['max_rate_hz']))
+        if reply is None or not reply.values:
+            cleanup()
+            return None
+        previous = reply.values[0].double_value
+        if not set_rate(rate):
+            self.get_logger().warning(f'could not set {target} max_rate_hz to {rate}')
+            cleanup()
+            return None
+        self.get_logger().info(f'{target} max_rate_hz {previous} -> {rate} while training')
+
+        def restore() -> None:
+            if not set_rate(previous):
+                self.get_logger().warning(f'could not restore {target} max_rate_hz '
+                                          f'to {previous}')
+            cleanup()
+
+        return restore
+
+
+def _version_message(manifest, root):
+    """Return the ModelVersion message of a manifest (the segmentation node's builder)."""
+    from ldka_ros.nodes.segmentation_node import version_message
+
+    return version_message(manifest, root)
+
+
+def _float(value, default: float = float('nan')) -> float:
+    try:
+        return float(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors='replace')[-chars:]
+    except OSError as exc:
+        return f'<no log: {exc}>'
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the learner node until shutdown; return the exit code."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = LearnerNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f'learner_node: error: {exc}', file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            node.stop_job()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -244,77 +244,118 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     stream = Stream(swapper, frames, args.rate)
     stream.start()
     events: dict = {}
-    swapper.add_listener(lambda ev: events.setdefault(ev.stage, time.monotonic()))
+    swapper.add_listener(
+        lambda ev: events.setdefault((ev.stage, ev.version_id), time.monotonic()))
     time.sleep(args.baseline_s)
-    t_publish_start = time.monotonic()
-    v2 = registry.publish({'onnx': step_onnx}, step_legend, parent=v1.id, step=1,
-                          activate=True)
-    t_published = time.monotonic()
-    future = swapper.swap_to(backend_factory_from_registry(registry, v2.id, **kwargs), v2.id,
-                             validation_frames=validation, tolerance=1.0)
-    report = future.result(timeout=300)
-    t_done = time.monotonic()
-    time.sleep(args.after_s)
+    t_first_publish = time.monotonic()
+    swaps, windows = [], []
+    parent = v1
+    for i in range(args.swaps):
+        onnx_path, legend = (step_onnx, step_legend) if i % 2 == 0 else (base_onnx, base_legend)
+        t_publish_start = time.monotonic()
+        version = registry.publish({'onnx': onnx_path}, legend, parent=parent.id,
+                                   step=i + 1, activate=True)
+        t_published = time.monotonic()
+        future = swapper.swap_to(backend_factory_from_registry(registry, version.id, **kwargs),
+                                 version.id, validation_frames=validation, tolerance=1.0)
+        report = future.result(timeout=300)
+        t_done = time.monotonic()
+        windows.append((t_publish_start, t_done + 1.0))
+        swaps.append({'version': version.id, 'report': report.to_dict(),
+                      'publish_s': t_published - t_publish_start,
+                      't_publish_start': t_publish_start, 't_published': t_published,
+                      't_done': t_done})
+        parent = version
+        time.sleep(args.after_s)
     stream.stop()
     t_end = time.monotonic()
     sampler.stop()
     swapper.close()
 
-    first_new = min((t for t, ver in stream.outputs.values() if ver == v2.id), default=None)
-    t_switch = events.get('switched')
-    baseline = stream.stats(stream.t0, t_publish_start)
-    swap_window = stream.stats(t_publish_start, t_done + 1.0)
-    after = stream.stats(t_done + 1.0, t_end)
-    rss_before = sampler.window(stream.t0, t_publish_start)
-    rss_swap = sampler.window(t_publish_start, t_done)
-    rss_after = sampler.window(t_done + 0.5, t_end)
     mib = 1 / (1 << 20)
+    for swap, (start, end) in zip(swaps, windows):
+        first = min((t for t, ver in stream.outputs.values() if ver == swap['version']),
+                    default=None)
+        switched = events.get(('switched', swap['version']))
+        swap['published_to_switch_s'] = switched - swap['t_published'] if switched else None
+        swap['published_to_first_output_s'] = (first - swap['t_published']) if first else None
+        swap['window'] = stream.stats(start, end)
+        rss = sampler.window(swap['t_publish_start'], swap['t_done'])
+        swap['rss_peak_mib'] = max(rss) * mib if rss else None
+    steady_ranges = [(stream.t0, t_first_publish)]
+    steady_ranges += [(end, nxt[0]) for (_, end), nxt in zip(windows, windows[1:] + [(t_end,)])]
+    in_swap = [stream.stats(start, end) for start, end in windows]
+    rss_before = sampler.window(stream.t0, t_first_publish)
+    rss_after = sampler.window(windows[-1][1], t_end) if windows else []
     return {
         'command': 'python -m ldka_ros.inference.swap_bench ' + ' '.join(sys.argv[1:]),
         'config': {'rate_hz': args.rate, 'input_hw': list(hw), 'backbone': args.backbone,
-                   'intra_op_threads': args.threads, 'baseline_s': args.baseline_s,
-                   'background_nice': args.background_nice,
-                   'after_s': args.after_s, 'validation_frames': args.validation_frames,
+                   'intra_op_threads': args.threads, 'background_nice': args.background_nice,
+                   'baseline_s': args.baseline_s, 'after_s': args.after_s,
+                   'swaps': args.swaps, 'validation_frames': args.validation_frames,
                    'onnx_mib': base_onnx.stat().st_size * mib, 'cpu_count': os.cpu_count()},
-        'baseline': baseline, 'swap_window': swap_window, 'after': after,
+        'baseline': stream.stats(stream.t0, t_first_publish),
+        'steady_all': _merge([stream.stats(a, b) for a, b in steady_ranges]),
+        'swap_windows': _merge(in_swap),
+        'swaps': swaps,
         'errors': stream.errors[:20], 'error_count': len(stream.errors),
-        'swap': report.to_dict(),
-        'publish_s': t_published - t_publish_start,
-        'published_to_switch_s': (t_switch - t_published) if t_switch else None,
-        'published_to_first_output_s': (first_new - t_published) if first_new else None,
+        'published_to_first_output_s_max': max(
+            (s['published_to_first_output_s'] or float('inf') for s in swaps), default=None),
         'rss_before_mib': statistics.median(rss_before) * mib if rss_before else None,
-        'rss_peak_swap_mib': max(rss_swap) * mib if rss_swap else None,
+        'rss_peak_swap_mib': max((s['rss_peak_mib'] or 0 for s in swaps), default=None),
         'rss_after_mib': statistics.median(rss_after) * mib if rss_after else None,
-        'versions': [v1.id, v2.id],
     }
+
+
+def _merge(parts: list[dict]) -> dict:
+    """Combine per-window statistics: counts add up, maxima stay maxima."""
+    parts = [p for p in parts if p.get('frames', 0) >= 2]
+    if not parts:
+        return {'frames': 0}
+    total = {key: sum(p[key] for p in parts)
+             for key in ('frames', 'outputs', 'dropped', 'dropped_not_processed',
+                         'dropped_late')}
+    total['drop_rate'] = total['dropped'] / total['frames']
+    for key in ('max_gap_ms', 'latency_max_ms', 'latency_p95_ms', 'gap_p99_ms'):
+        total[key] = max(p[key] for p in parts)
+    weights = [p['frames'] for p in parts]
+    for key in ('latency_median_ms', 'output_rate_hz'):
+        total[key] = float(np.average([p[key] for p in parts], weights=weights))
+    total['windows'] = len(parts)
+    return total
 
 
 def print_table(result: dict) -> None:
     period_ms = 1000 / result['config']['rate_hz']
-    rows = [('phase', 'frames', 'dropped', 'late', 'not run', 'max gap ms', 'lat p50 ms',
-             'lat p95 ms', 'out Hz')]
-    for name in ('baseline', 'swap_window', 'after'):
-        s = result[name]
+    rows = [('window', 'frames', 'dropped', 'late', 'not run', 'max gap ms', 'lat p50 ms',
+             'lat p95 ms', 'out Hz', 'pub->1st out s')]
+
+    def row(name, s, first=''):
         if s.get('frames', 0) < 2:
-            continue
+            return
         rows.append((name, s['frames'], s['dropped'], s['dropped_late'],
                      s['dropped_not_processed'], f'{s["max_gap_ms"]:.1f}',
                      f'{s["latency_median_ms"]:.1f}', f'{s["latency_p95_ms"]:.1f}',
-                     f'{s["output_rate_hz"]:.1f}'))
+                     f'{s["output_rate_hz"]:.1f}', first))
+
+    row('baseline (no swap)', result['baseline'])
+    row('all steady periods', result['steady_all'])
+    for swap in result['swaps']:
+        first = swap['published_to_first_output_s']
+        row(f'swap to {swap["version"]}', swap['window'], f'{first:.2f}' if first else 'n/a')
+    row('all swap windows', result['swap_windows'])
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print('  '.join(str(v).rjust(w) for v, w in zip(row, widths)))
-    swap = result['swap']
+    for line in rows:
+        print('  '.join(str(v).rjust(w) for v, w in zip(line, widths)))
     print(f'\nframe period {period_ms:.1f} ms (gap target <= {1.1 * period_ms:.1f} ms); '
-          f'swap ok={swap["ok"]} ({swap["reason"]})')
-    print(f'publish {result["publish_s"]:.3f} s; published -> switch '
-          f'{result["published_to_switch_s"] or float("nan"):.3f} s; published -> first '
-          f'output of the new version {result["published_to_first_output_s"] or float("nan"):.3f}'
-          f' s (load {swap["load_s"]:.3f}, warmup {swap["warmup_s"]:.3f}, validate '
-          f'{swap["validate_s"]:.3f}, release {swap["release_s"]:.3f})')
-    print(f'RSS: before {result["rss_before_mib"]:.0f} MiB, peak while both loaded '
-          f'{result["rss_peak_swap_mib"]:.0f} MiB, after {result["rss_after_mib"]:.0f} MiB; '
-          f'inference errors {result["error_count"]}')
+          f'inference errors: {result["error_count"]}')
+    for swap in result['swaps']:
+        rep = swap['report']
+        print(f'{swap["version"]}: ok={rep["ok"]} publish {swap["publish_s"]:.3f} s, load '
+              f'{rep["load_s"]:.3f}, warmup {rep["warmup_s"]:.3f}, validate '
+              f'{rep["validate_s"]:.3f}, release {rep["release_s"]:.3f} s')
+    print(f'RSS: before {result["rss_before_mib"]:.0f} MiB, peak while old and new coexist '
+          f'{result["rss_peak_swap_mib"]:.0f} MiB, after {result["rss_after_mib"]:.0f} MiB')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--background-nice', type=int, default=0,
                         help='HotSwapper background_nice (0 = off)')
     parser.add_argument('--baseline-s', type=float, default=10.0)
-    parser.add_argument('--after-s', type=float, default=5.0)
+    parser.add_argument('--after-s', type=float, default=5.0,
+                        help='seconds of streaming after each swap')
+    parser.add_argument('--swaps', type=int, default=3, help='swaps, one after the other')
     parser.add_argument('--frames', type=int, default=30, help='distinct CamVid frames')
     parser.add_argument('--validation-frames', type=int, default=4,
                         help='labelled frames the swap validates on (0 = smoke test only)')

@@ -1,0 +1,72 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+Launch the perception graph: segmentation node + learner node (+ RViz).
+
+    ros2 launch ldka_ros perception.launch.py camera_topic:=/camera/image_raw \
+        registry_path:=~/.ldka_ros/registry backend:=auto use_rviz:=true
+
+Both nodes read ``config/perception.yaml`` (or ``params_file``) and subscribe to the
+camera through the remap ``image:=<camera_topic>``. The learner's ``~/model_version``
+(``<namespace>/learner/model_version``, latched) is what the segmentation node
+follows: its ``model_version_topic`` is the relative name ``learner/model_version``,
+so every model the learner publishes (or rolls back to) is hot-swapped into the
+running segmentation node.
+
+Machines without ``ros2 launch`` (pip-only ROS) start the same graph, described once
+more in ``config/graph.yaml``, with
+``python -m ldka_ros.nodes.process_starter --graph config/graph.yaml``; a test keeps
+the two descriptions in step.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'ldka_ros'
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Return the launch description (arguments, two nodes, optional RViz)."""
+    share = get_package_share_directory(PACKAGE)
+    camera_topic = LaunchConfiguration('camera_topic')
+    namespace = LaunchConfiguration('namespace')
+    registry_path = LaunchConfiguration('registry_path')
+    backend = LaunchConfiguration('backend')
+    params_file = LaunchConfiguration('params_file')
+    arguments = [
+        DeclareLaunchArgument('camera_topic', default_value='/camera/image_raw',
+                              description='sensor_msgs/Image topic of the camera'),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='namespace of both nodes'),
+        DeclareLaunchArgument('registry_path', default_value='~/.ldka_ros/registry',
+                              description='model registry directory (base model inside)'),
+        DeclareLaunchArgument('backend', default_value='auto',
+                              description='inference backend: auto, tensorrt, onnxruntime, '
+                                          'torch'),
+        DeclareLaunchArgument('use_rviz', default_value='false',
+                              description='start RViz with config/perception.rviz'),
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share, 'config', 'perception.yaml'),
+                              description='ROS parameters of both nodes'),
+    ]
+    segmentation = Node(
+        package=PACKAGE, executable='segmentation_node', name='segmentation',
+        namespace=namespace, output='screen',
+        # A relative topic: the learner of the same namespace.
+        parameters=[params_file, {'registry_path': registry_path, 'backend': backend,
+                                  'model_version_topic': 'learner/model_version'}],
+        remappings=[('image', camera_topic)])
+    learner = Node(
+        package=PACKAGE, executable='learner_node', name='learner',
+        namespace=namespace, output='screen',
+        parameters=[params_file, {'registry_path': registry_path, 'backend': backend}],
+        remappings=[('image', camera_topic)])
+    rviz = Node(
+        package='rviz2', executable='rviz2', name='rviz2', output='screen',
+        arguments=['-d', os.path.join(share, 'config', 'perception.rviz')],
+        condition=IfCondition(LaunchConfiguration('use_rviz')))
+    return LaunchDescription(arguments + [segmentation, learner, rviz])

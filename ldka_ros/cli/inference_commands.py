@@ -150,7 +150,8 @@ def cmd_bench(args) -> int:
                            model_info=info)
     record['command'] = _bench_command(args)
     print(f'model: {info["source"]}, {info["backbone"]}, {info["num_slots"]} slots; '
-          f'{args.iters} iterations after {args.warmup} warm-up, interleaved')
+          f'{args.iters} iterations after {args.warmup} warm-up, interleaved; load average '
+          f'{record.get("load_average_start")} -> {record.get("load_average_end")}')
     print(format_table(record))
     if args.json:
         _write_json(args.json, record)

@@ -170,13 +170,23 @@ def run_benchmark(model: Any, backends: Sequence[str], sizes: Sequence[tuple[int
         torch.set_num_threads(int(threads))
     model = model.eval()
     record = {'date': datetime.date.today().isoformat(), 'machine': machine_info(),
+              'load_average_start': _loadavg(),
               'model': model_info or {}, 'iters': iters, 'warmup': warmup, 'threads': threads,
               'batch': batch, 'results': []}
     with tempfile.TemporaryDirectory(prefix='ldka_bench_', dir=workdir) as tmp:
         for hw in sizes:
             record['results'].append(benchmark_size(model, backends, tuple(hw), iters, warmup,
                                                     threads, Path(tmp), batch=batch))
+    record['load_average_end'] = _loadavg()
     return record
+
+
+def _loadavg() -> list[float] | None:
+    """Return the 1/5/15-minute load averages (other processes skew CPU timings)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def format_table(record: dict) -> str:

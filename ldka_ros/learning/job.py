@@ -20,8 +20,9 @@ Phases, in order (each reported as it starts and as it advances):
     ``export_onnx`` at the parent version's input size, then a parity check of the ONNX
     file against the torch model on real labelled frames (a failed check fails the job).
 ``building_engine``
-    a TensorRT engine where TensorRT and a GPU exist (refit of the parent's engine when
-    only weights changed); otherwise the phase reports ``skipped: <reason>``.
+    a TensorRT engine, in the engine cache the segmentation node reads, where TensorRT
+    and a GPU exist (a refit of the parent's engine: only weights changed); otherwise
+    the phase reports ``skipped: <reason>``.
 ``validating``
     per-class IoU of the new classes on their held-out frames, and old-class retention.
 ``publishing``
@@ -107,6 +108,8 @@ class JobSpec:
     method: str = 'ldka'
     device: str = 'auto'
     engine: str = 'auto'
+    engine_precision: str = 'fp16'
+    engine_cache_dir: str = ''
     seed: int = 0
     batch_size: int = 4
     lr: float = 0.01
@@ -140,6 +143,9 @@ class JobSpec:
         """Raise ValueError with the reason for any out-of-range value."""
         if self.method not in METHODS:
             raise ValueError(f'method {self.method!r} unknown; use one of {", ".join(METHODS)}')
+        if self.engine_precision not in ('fp16', 'fp32'):
+            raise ValueError(f'engine_precision must be fp16 or fp32, got '
+                             f'{self.engine_precision!r}')
         if self.engine not in ENGINE_MODES:
             raise ValueError(f'engine {self.engine!r} unknown; use one of '
                              f'{", ".join(ENGINE_MODES)}')
@@ -590,9 +596,13 @@ def build_engine(spec: JobSpec, prep: Prepared, onnx_path: Path, work: Path,
     """
     Run the ``building_engine`` phase; return ``(engine path or None, status, device)``.
 
-    Where TensorRT cannot run the status is ``skipped: <reason>`` and the segmentation
-    node uses the ONNX graph (ONNX Runtime). With ``engine='tensorrt'`` a missing
-    TensorRT is an error instead.
+    Where TensorRT runs, the engine is built (or *refitted* from the parent's engine: a
+    step changes weights, never shapes) into the TensorRT engine cache that the
+    segmentation node reads (``$LDKA_TRT_CACHE`` or the ``engine_cache_dir`` of the
+    spec), keyed by the ONNX file's sha256; the registry copies that file unchanged, so
+    the node's swap finds the engine ready instead of building for minutes. Elsewhere
+    the status is ``skipped: <reason>`` and the node runs the ONNX graph. With
+    ``engine='tensorrt'`` a missing TensorRT is an error instead.
     """
     report.start('building_engine')
     if spec.engine == 'none':
@@ -600,36 +610,43 @@ def build_engine(spec: JobSpec, prep: Prepared, onnx_path: Path, work: Path,
         report.update(1.0, message=status)
         return None, status, ''
     try:
-        from ldka_ros.inference.backends import tensorrt_backend as trt_mod
+        from ldka_ros.inference.backends.tensorrt_backend import (tensorrt_status,
+                                                                  TensorRTBackend)
     except ImportError as exc:
-        reason = f'skipped: no TensorRT backend in this installation ({exc})'
-        return _engine_unavailable(spec, report, reason)
-    builder = getattr(trt_mod, 'build_engine_for_job', None)
-    probe = getattr(trt_mod, 'tensorrt_unavailable_reason', None)
-    reason = probe() if callable(probe) else None
-    if reason is None:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as exc:
-            reason = f'import tensorrt failed: {exc}'
-    if reason is None:
-        import torch
-
-        if not torch.cuda.is_available():
-            reason = 'no CUDA GPU available'
-    if reason is not None or builder is None:
-        return _engine_unavailable(spec, report, f'skipped: {reason or "no engine builder"}')
+        return _engine_unavailable(spec, report, f'skipped: no TensorRT backend ({exc})')
+    ok, reason = tensorrt_status()
+    if not ok:
+        return _engine_unavailable(spec, report, f'skipped: {reason}')
     control.check()
-    parent_engine = _parent_engine(prep)
+    done = [0.0]
+    backend = None
 
-    def on_progress(fraction: float, message: str = '') -> None:
-        report.update(fraction, message=message)
+    def on_progress(phase: str, step: int, num_steps: int) -> None:
+        if control.cancelled and backend is not None:
+            backend.cancel_build()
+        if num_steps > 0 and step >= 0:
+            done[0] = max(done[0], 0.95 * min(1.0, step / num_steps))
+        report.update(done[0], message=f'TensorRT {phase} {max(step, 0)}/{num_steps}')
 
-    engine_path, how, device = builder(onnx_path, work / 'model.engine', parent_engine,
-                                       on_progress)
+    backend = TensorRTBackend(onnx_path, cache_dir=spec.engine_cache_dir or None,
+                              precision=spec.engine_precision, progress=on_progress)
+    try:
+        backend.load()
+    except RuntimeError:
+        control.check()  # a cancelled build raises RuntimeError: report the cancel
+        raise
+    try:
+        record = backend.record
+        how = backend.load_origin or 'build'
+        device = record.key.gpu if record is not None else ''
+        path = backend.cache.dir / record.engine_file if record is not None else None
+        seconds = backend.load_seconds
+    finally:
+        backend.release()
     control.check()
-    report.update(1.0, message=f'engine {how}')
-    return Path(engine_path), str(how), str(device)
+    status = f'{how} in {seconds:.1f} s ({spec.engine_precision}, {device})'
+    report.update(1.0, message=f'engine {status}')
+    return path, status, device
 
 
 def _engine_unavailable(spec: JobSpec, report: Reporter, reason: str):
@@ -637,16 +654,6 @@ def _engine_unavailable(spec: JobSpec, report: Reporter, reason: str):
         raise RuntimeError(f'engine=tensorrt was requested but {reason[len("skipped: "):]}')
     report.update(1.0, message=reason)
     return None, reason, ''
-
-
-def _parent_engine(prep: Prepared) -> Path | None:
-    """Return the parent's TensorRT engine file for a refit, if it has one."""
-    for key, entry in prep.parent.artefacts.items():
-        if key.startswith('tensorrt@'):
-            path = prep.registry.version_dir(prep.parent.id) / entry.path
-            if path.is_file():
-                return path
-    return None
 
 
 def _predict(model, rgb: np.ndarray, input_hw: tuple[int, int], device) -> np.ndarray:
@@ -787,11 +794,11 @@ def publish(spec: JobSpec, prep: Prepared, model, bank, onnx_path: Path, engine:
              'frames': {'train': prep.train_ids, 'heldout': prep.heldout_ids},
              'learned_classes': sorted(prep.step_ids)}
     report.update(0.2, message='copying artefacts into the registry')
+    if engine_path is not None:
+        extra['engine_cache_file'] = str(engine_path)
+        extra['engine_device'] = engine_device
     manifest = prep.registry.publish(artefacts, legend, parent=prep.parent.id, step=step,
                                      metrics=_finite(metrics), extra=extra, activate=True)
-    if engine_path is not None and engine_device:
-        manifest = prep.registry.add_device_artefact(manifest.id, 'tensorrt', engine_path,
-                                                     engine_device)
     report.update(0.8, message=f'published {manifest.id}')
     if spec.mark_learned:
         prep.store.mark_learned(prep.train_ids + prep.heldout_ids, manifest.id)

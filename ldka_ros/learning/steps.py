@@ -1,0 +1,676 @@
+"""
+Training steps: the base step and one class-incremental step (fine-tune, MiB, LDKA, joint).
+
+Why one loop for every method: the comparison between methods is only fair when data
+order, augmentation, optimiser, schedule and budget are identical, so the methods differ
+in their loss function alone (``_StepLoss``). The loop itself provides what the robot
+needs from a learning job: a progress callback, cancellation between iterations,
+periodic atomic checkpoints from which a killed job resumes exactly (model, optimiser,
+iteration and every random state), and a clear error naming the loss term that went
+NaN instead of silently writing a broken model.
+
+Determinism: every sample's augmentation is drawn from a generator seeded by
+``(seed, iteration, position)`` and the batches from a per-epoch permutation seeded by
+``(seed, epoch)``, so the data a given iteration sees does not depend on workers, on
+where a run was resumed, or on the method.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+import io
+import logging
+import math
+import os
+from pathlib import Path
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+from ldka_ros.learning import losses as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr', 'joint')
+STATE_FORMAT = 'ldka_ros.train_state/1'
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation budget and data handling, shared by every method."""
+
+    iterations: int = 1000
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    crop: tuple[int, int] = (256, 256)
+    device: str = 'auto'
+    seed: int = 0
+    num_workers: int = 0
+    freeze_backbone: bool = False
+    eval_every: int = 0
+    amp: bool = False
+    #: Random rescale range before cropping, horizontal flips and colour jitter.
+    scale: tuple[float, float] = (0.75, 1.25)
+    hflip: bool = True
+    jitter: float = 0.1
+    momentum: float = 0.9
+    #: Learning-rate multiplier of the (pretrained) backbone.
+    backbone_lr_mult: float = 1.0
+    #: Keep BatchNorm statistics frozen (eval mode) while training. Incremental steps
+    #: see only images of the new classes; updating the running statistics on them
+    #: shifts every old class's features.
+    freeze_bn: bool = False
+    #: Iterations between training-state checkpoints (when a path is given).
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        self.crop = (int(self.crop[0]), int(self.crop[1]))
+        self.scale = (float(self.scale[0]), float(self.scale[1]))
+        if self.iterations < 1:
+            raise ValueError(f'iterations must be >= 1, got {self.iterations}')
+        if self.batch_size < 1:
+            raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
+        if not self.lr > 0:
+            raise ValueError(f'lr must be > 0, got {self.lr}')
+        if min(self.crop) < 8:
+            raise ValueError(f'crop must be at least 8x8, got {self.crop}')
+
+    def key(self) -> dict:
+        """Return the fields that change the result (not device, workers or eval cadence)."""
+        data = asdict(self)
+        for name in ('device', 'num_workers', 'eval_every', 'checkpoint_every'):
+            data.pop(name)
+        data['crop'], data['scale'] = list(self.crop), list(self.scale)
+        return data
+
+
+@dataclass
+class LDKAConfig:
+    """
+    LDKA loss weights and ablation switches (defaults: see docs/benchmarks/learning_camvid.md).
+
+    ``pseudo``: old-model pseudo-labels with CE (otherwise MiB's unbiased CE);
+    ``pml``: progressive margin weighting of that CE; ``kd``: MiB's unbiased KD;
+    ``dss``: curvature damping; ``pert``: perturbation stabilisation; ``mad``:
+    misclassification-aware decoupling; ``gfr``: Gaussian feature replay. All
+    switches off with ``pseudo=False`` and ``kd=True`` is exactly MiB's loss.
+    """
+
+    pml: bool = True
+    beta0: float = 1.0
+    kd: bool = True
+    lambda_kd: float = 10.0
+    dss: bool = True
+    lambda_dss: float = 0.5
+    pert: bool = True
+    lambda_pert: float = 0.1
+    sigma: float = 0.1
+    mad: bool = True
+    lambda_mad: float = 1.0
+    mu: float = 0.9
+    gfr: bool = False
+    lambda_gfr: float = 0.5
+    tau: float = 0.7
+    pseudo: bool = True
+    gfr_samples: int = 64
+
+    @classmethod
+    def ablation(cls, name: str) -> 'LDKAConfig':
+        """
+        Return the cumulative ablation stage ``name``.
+
+        ``base`` (= MiB's loss), ``+pml`` (pseudo-labels + PML), ``+skd`` (+ curvature
+        damping and perturbation), ``+mad``, ``+gfr``.
+        """
+        stages = ('base', '+pml', '+skd', '+mad', '+gfr')
+        if name not in stages:
+            raise ValueError(f'unknown ablation stage {name!r}; known: {", ".join(stages)}')
+        level = stages.index(name)
+        return cls(pseudo=level >= 1, pml=level >= 1, dss=level >= 2, pert=level >= 2,
+                   mad=level >= 3, gfr=level >= 4)
+
+
+@dataclass
+class ProgressEvent:
+    """One progress report (every iteration, and once per feature-collection pass)."""
+
+    phase: str
+    iteration: int
+    total: int
+    losses: dict[str, float]
+    seconds: float
+    eta_seconds: float
+
+
+class Cancelled(Exception):
+    """A learning job stopped because its cancel event was set (checkpoint kept)."""
+
+
+@dataclass
+class StepResult:
+    """A trained model, the feature bank after the step, and how training went."""
+
+    model: torch.nn.Module
+    feature_bank: L.GaussianFeatureBank | None
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    seconds_per_iter: float = 0.0
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+# -- devices and seeds -------------------------------------------------------------------
+def resolve_device(device: str = 'auto') -> torch.device:
+    """Return ``cuda`` when available for ``'auto'``; ValueError for an unusable request."""
+    if device in (None, '', 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} requested but CUDA is not available; '
+                         "use --device cpu or 'auto'")
+    return dev
+
+
+def _mix(*values: int) -> int:
+    """Derive a 63-bit seed from integers (SeedSequence: well spread, stable across runs)."""
+    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values])
+               .generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def batch_plan(num_samples: int, batch_size: int, seed: int, iteration: int
+               ) -> list[tuple[int, int]]:
+    """
+    Return ``[(index, sample_seed), ...]`` for one iteration.
+
+    Epochs are permutations seeded by ``(seed, epoch)``; a dataset smaller than a batch
+    (a handful of operator frames) is repeated with fresh augmentation seeds.
+    """
+    if num_samples < 1:
+        raise ValueError('the training dataset is empty')
+    per_epoch = max(1, num_samples // batch_size)
+    epoch, pos = divmod(iteration, per_epoch)
+    order: list[int] = []
+    rep = 0
+    while len(order) < (pos + 1) * batch_size:
+        perm = np.random.default_rng(_mix(seed, epoch, rep)).permutation(num_samples)
+        order.extend(int(i) for i in perm)
+        rep += 1
+    chosen = order[pos * batch_size:(pos + 1) * batch_size]
+    return [(idx, _mix(seed, iteration, k, 7)) for k, idx in enumerate(chosen)]
+
+
+class _PlanSampler(torch.utils.data.Sampler):
+    """Yield the batch plans of iterations ``start..total-1``."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int,
+                 total: int) -> None:
+        self.args = (num_samples, batch_size, seed)
+        self.start, self.total = start, total
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it in range(self.start, self.total):
+            yield batch_plan(*self.args, it)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+class _TrainView(torch.utils.data.Dataset):
+    """Items keyed by ``(index, sample_seed)``: the base transform, then ``Augment``."""
+
+    def __init__(self, dataset, cfg: TrainConfig) -> None:
+        from ldka_ros.learning.data import Augment
+
+        self.dataset = dataset
+        self.augment = Augment(crop=cfg.crop, scale=cfg.scale, hflip=cfg.hflip,
+                               jitter=cfg.jitter)
+        self.crop = cfg.crop
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        from ldka_ros.learning.data import to_tensors
+
+        index, sample_seed = key
+        rng = np.random.default_rng(sample_seed)
+        if hasattr(self.dataset, 'sample'):
+            rgb, label = self.dataset.sample(index, rng)
+            return to_tensors(*self.augment(rgb, label, rng))
+        image, label = self.dataset[index]  # plain tensor dataset: crop/pad only
+        return _tensor_crop(image, label.long(), self.crop, rng)
+
+
+def _tensor_crop(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int],
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    ch, cw = crop
+    h, w = label.shape
+    ph, pw = max(0, ch - h), max(0, cw - w)
+    if ph or pw:
+        image = F.pad(image, (0, pw, 0, ph))
+        label = F.pad(label, (0, pw, 0, ph), value=L.IGNORE)
+    y = int(rng.integers(0, label.shape[0] - ch + 1))
+    x = int(rng.integers(0, label.shape[1] - cw + 1))
+    return image[:, y:y + ch, x:x + cw].contiguous(), label[y:y + ch, x:x + cw].contiguous()
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seed numpy/torch in a worker (augmentation itself uses per-sample generators)."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+
+
+# -- model preparation ------------------------------------------------------------------
+def mib_init(model: torch.nn.Module, new_class_ids: Sequence[int]) -> None:
+    """
+    Initialise new class slots from background (MiB), keeping the old predictions.
+
+    ``w_new = w_bg``, ``b_new = b_bg - log(|C_t| + 1)`` and ``b_bg`` set to the same:
+    background's probability is split evenly between itself and the new classes, so
+    at iteration 0 the sum over {bg} U new equals the old background probability.
+    """
+    new = [int(c) for c in new_class_ids]
+    with torch.no_grad():
+        weight, bias = model.classifier.weight, model.classifier.bias
+        shift = math.log(len(new) + 1)
+        new_bias = bias[0] - shift
+        for c in new:
+            weight[c].copy_(weight[0])
+            bias[c].copy_(new_bias)
+        bias[0].copy_(new_bias)
+
+
+def _check_classes(model: torch.nn.Module, class_ids: Sequence[int]) -> list[int]:
+    ids = sorted({int(c) for c in class_ids})
+    bad = [c for c in ids if not 0 <= c < model.num_slots]
+    if bad:
+        raise ValueError(f"class ids {bad} outside the model's {model.num_slots} slots")
+    return ids
+
+
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    backbone, rest = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (backbone if name.startswith('backbone.') else rest).append(param)
+    groups = [{'params': rest, 'lr_mult': 1.0}]
+    if backbone:
+        groups.append({'params': backbone, 'lr_mult': cfg.backbone_lr_mult})
+    return groups
+
+
+def _set_train_mode(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    model.train()
+    if cfg.freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    if cfg.freeze_backbone:
+        model.backbone.eval()
+
+
+def _finite_params(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _fingerprint(model: torch.nn.Module) -> float:
+    """Return a cheap number that changes when the (teacher) model's weights differ."""
+    with torch.no_grad():
+        return round(float(sum(p.double().abs().sum() for p in model.parameters())), 6)
+
+
+# -- losses per method ------------------------------------------------------------------
+class _StepLoss:
+    """The loss of one method; returns named terms whose sum is optimised."""
+
+    def __init__(self, method: str, model, teacher, old_classes: list[int],
+                 new_classes: list[int], ldka: LDKAConfig, bank, device: torch.device,
+                 seed: int) -> None:
+        self.method, self.model, self.teacher = method, model, teacher
+        self.old, self.new = old_classes, new_classes
+        self.ldka, self.bank = ldka, bank
+        self.competition = L.CompetitionMatrix(model.num_slots, ldka.mu)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(_mix(seed, 11))
+        self.cpu_generator = torch.Generator()
+        self.cpu_generator.manual_seed(_mix(seed, 13))
+        self.device = device
+        self.gfr_classes: list[int] = []
+        if method == 'ldka+gfr' or (method == 'ldka' and ldka.gfr):
+            if bank is None:
+                raise ValueError(f'method {method!r} with feature replay needs the feature '
+                                 'bank of the previous step (StepResult.feature_bank)')
+            self.gfr_classes = [c for c in bank.classes() if c in old_classes and c != 0]
+
+    def state_dict(self) -> dict:
+        return {'competition': self.competition.state_dict(),
+                'generator': self.generator.get_state(),
+                'cpu_generator': self.cpu_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.competition.load_state_dict(state['competition'])
+        self.generator.set_state(state['generator'])
+        self.cpu_generator.set_state(state['cpu_generator'])
+
+    def __call__(self, images: torch.Tensor, target: torch.Tensor, progress: float
+                 ) -> dict[str, torch.Tensor]:
+        out = self.model(images)
+        logits = out.logits
+        if self.method in ('finetune', 'joint', 'base'):
+            return {'ce': F.cross_entropy(logits.float(), target, ignore_index=L.IGNORE)}
+        with torch.no_grad():
+            old_logits = self.teacher(images).logits.float()
+        logits = logits.float()
+        if self.method == 'mib':
+            return {'ce': L.unbiased_ce(logits, target, self.old),
+                    'kd': self.ldka.lambda_kd * L.unbiased_kd(logits, old_logits, self.old,
+                                                              self.new)}
+        return self._ldka(logits, out.features, old_logits, target, progress)
+
+    def _ldka(self, logits, features, old_logits, target, progress) -> dict[str, torch.Tensor]:
+        cfg = self.ldka
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.pseudo:
+            target = L.pseudo_label(target, old_logits, self.old, cfg.tau)
+            valid = target != L.IGNORE
+            pixel = F.cross_entropy(logits, target, ignore_index=L.IGNORE, reduction='none')
+        else:
+            valid = target != L.IGNORE
+            pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
+        if cfg.pml:
+            terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel)
+        else:
+            terms['ce'] = (pixel * valid).sum() / valid.sum().clamp(min=1)
+        if cfg.kd:
+            terms['kd'] = cfg.lambda_kd * L.unbiased_kd(logits, old_logits, self.old, self.new)
+        if cfg.dss:
+            terms['dss'] = cfg.lambda_dss * L.curvature_damping(logits, old_logits)
+        if cfg.pert:
+            terms['pert'] = cfg.lambda_pert * L.perturbation_loss(
+                self.model.classify, features, cfg.sigma, generator=self.generator)
+        if cfg.mad:
+            self.competition.update(torch.softmax(logits.detach(), dim=1), target)
+            terms['mad'] = cfg.lambda_mad * L.mad_loss(
+                self.model.classifier.weight, self.competition.gamma(), self.new)
+        if self.gfr_classes:
+            terms['gfr'] = cfg.lambda_gfr * L.gfr_loss(
+                self.model.classify, self.bank, self.gfr_classes, cfg.gfr_samples,
+                generator=self.cpu_generator, device=self.device)
+        return terms
+
+
+# -- checkpoints ------------------------------------------------------------------------
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    from ldka_ros.learning.classes import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_state(path: Path, key: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as exc:  # noqa: B902 - any unreadable file means the same thing
+        raise RuntimeError(f'training checkpoint {path} is unreadable ({exc}); delete it '
+                           'or pass resume=False') from exc
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        raise ValueError(f'{path} is not a training-state checkpoint ({STATE_FORMAT})')
+    if state['key'] != key:
+        diff = sorted(k for k in set(key) | set(state['key'])
+                      if key.get(k) != state['key'].get(k))
+        raise ValueError(f'training checkpoint {path} belongs to a different run '
+                         f'(differs in {diff}); delete it or pass resume=False')
+    return state
+
+
+# -- the loop ---------------------------------------------------------------------------
+def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: dict,
+           device: torch.device, progress: ProgressFn | None,
+           cancel: threading.Event | None, checkpoint_path, resume: bool,
+           eval_fn: Callable | None) -> tuple[list[dict], float, float]:
+    """Run the optimisation loop; return ``(history, seconds, seconds_per_iter)``."""
+    if len(dataset) == 0:
+        raise ValueError(f'{phase}: the training dataset is empty')
+    if cfg.freeze_backbone:
+        for param in model.backbone.parameters():
+            param.requires_grad_(False)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    use_amp = bool(cfg.amp and device.type == 'cuda')
+    scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
+    path = Path(checkpoint_path) if checkpoint_path else None
+    start, history, spent = 0, [], 0.0
+    state = _load_state(path, key) if (path is not None and resume) else None
+    if state is not None:
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scaler.load_state_dict(state['scaler'])
+        loss.load_state_dict(state['loss'])
+        torch.set_rng_state(state['torch_rng'])
+        start, history, spent = state['iteration'], state['history'], state['seconds']
+        log.info('%s: resuming from %s at iteration %d/%d', phase, path, start,
+                 cfg.iterations)
+    else:
+        torch.manual_seed(cfg.seed)
+
+    def save(iteration: int) -> None:
+        if path is None:
+            return
+        if not _finite_params(model):
+            raise RuntimeError(f'{phase}: model parameters became non-finite before '
+                               f'iteration {iteration}; checkpoint {path} left untouched')
+        _atomic_torch_save({'format': STATE_FORMAT, 'key': key, 'iteration': iteration,
+                            'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                            'scaler': scaler.state_dict(), 'loss': loss.state_dict(),
+                            'torch_rng': torch.get_rng_state(), 'history': history,
+                            'seconds': spent + (time.perf_counter() - t0),
+                            'done': iteration >= cfg.iterations}, path)
+
+    loader = torch.utils.data.DataLoader(
+        _TrainView(dataset, cfg), batch_sampler=_PlanSampler(
+            len(dataset), cfg.batch_size, cfg.seed, start, cfg.iterations),
+        num_workers=cfg.num_workers, worker_init_fn=_worker_init,
+        pin_memory=device.type == 'cuda', persistent_workers=False)
+    _set_train_mode(model, cfg)
+    t0 = time.perf_counter()
+    done_here = 0
+    iteration = start
+    for images, target in loader:
+        if cancel is not None and cancel.is_set():
+            save(iteration)
+            raise Cancelled(f'{phase} cancelled at iteration {iteration}/{cfg.iterations}'
+                            + (f'; resume from {path}' if path else ''))
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        lr_now = cfg.lr * (1.0 - iteration / cfg.iterations) ** 0.9
+        for group in optimizer.param_groups:
+            group['lr'] = lr_now * group['lr_mult']
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            terms = loss(images, target, iteration / max(1, cfg.iterations - 1))
+        values = {}
+        for name, term in terms.items():
+            value = float(term.detach())
+            if not math.isfinite(value):
+                raise RuntimeError(
+                    f'{phase}: loss term {name!r} is {value} at iteration {iteration} '
+                    '(check the data for NaN/inf and lower the learning rate); '
+                    + (f'the last good checkpoint {path} is kept' if path else
+                       'nothing was saved'))
+            values[name] = value
+        total = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        iteration += 1
+        done_here += 1
+        values['total'] = float(sum(values.values()))
+        record = {'iteration': iteration, 'lr': lr_now, **values}
+        if eval_fn is not None and cfg.eval_every > 0 and iteration % cfg.eval_every == 0:
+            model.eval()
+            record['eval'] = eval_fn(model)
+            _set_train_mode(model, cfg)
+        history.append(record)
+        if path is not None and (iteration % cfg.checkpoint_every == 0
+                                 or iteration == cfg.iterations):
+            save(iteration)
+        if progress is not None:
+            elapsed = time.perf_counter() - t0
+            rate = elapsed / done_here
+            progress(ProgressEvent(phase, iteration, cfg.iterations, values,
+                                   spent + elapsed, rate * (cfg.iterations - iteration)))
+    if cancel is not None and cancel.is_set() and iteration < cfg.iterations:
+        save(iteration)
+        raise Cancelled(f'{phase} cancelled at iteration {iteration}/{cfg.iterations}')
+    seconds = time.perf_counter() - t0
+    if not _finite_params(model):
+        raise RuntimeError(f'{phase}: model parameters became non-finite during training')
+    per_iter = seconds / done_here if done_here else (
+        spent / max(1, start) if start else 0.0)
+    return history, spent + seconds, per_iter
+
+
+# -- feature statistics for replay ------------------------------------------------------
+def feature_labels(label: torch.Tensor, size: tuple[int, int], num_slots: int,
+                   purity: float = 0.75) -> torch.Tensor:
+    """
+    Downsample a label map ``(B, H, W)`` to feature resolution, keeping only pure cells.
+
+    A feature cell gets a class when at least ``purity`` of its pixels carry it, else
+    ``IGNORE``: boundary cells mix classes and would blur the stored statistics.
+    """
+    lab = label.clone()
+    lab[(lab < 0) | (lab >= num_slots)] = num_slots
+    onehot = F.one_hot(lab, num_slots + 1).permute(0, 3, 1, 2).float()
+    frac = F.adaptive_avg_pool2d(onehot, size)
+    best, idx = frac[:, :num_slots].max(dim=1)
+    return torch.where(best >= purity, idx, torch.full_like(idx, L.IGNORE))
+
+
+@torch.no_grad()
+def collect_feature_bank(model, dataset, class_ids: Sequence[int],
+                         bank: L.GaussianFeatureBank | None = None,
+                         device: str | torch.device = 'auto',
+                         progress: ProgressFn | None = None,
+                         cancel: threading.Event | None = None) -> L.GaussianFeatureBank:
+    """
+    Return a copy of ``bank`` with fresh statistics for ``class_ids`` from ``dataset``.
+
+    Runs the model (eval mode) over every sample at its dataset size; only pixels
+    labelled with one of ``class_ids`` count, so a step records its new classes and
+    the older classes keep the statistics of the step that taught them.
+    """
+    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    dim = model.config.decoder_channels
+    bank = copy.deepcopy(bank) if bank is not None else L.GaussianFeatureBank(
+        model.num_slots, dim)
+    classes = [int(c) for c in class_ids]
+    bank.reset(classes)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    for i in range(len(dataset)):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled('feature collection cancelled')
+        image, label = dataset[i]
+        out = model(image.unsqueeze(0).to(device))
+        labels = feature_labels(label.unsqueeze(0).to(device), tuple(out.features.shape[-2:]),
+                                model.num_slots)
+        bank.update(out.features, labels, classes)
+        if progress is not None:
+            elapsed = time.perf_counter() - t0
+            progress(ProgressEvent('features', i + 1, len(dataset), {}, elapsed,
+                                   elapsed / (i + 1) * (len(dataset) - i - 1)))
+    model.train(was_training)
+    bank.fit()
+    return bank
+
+
+# -- public entry points ----------------------------------------------------------------
+def train_base(model, dataset, class_ids: Sequence[int], cfg: TrainConfig,
+               progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+               checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
+               eval_fn: Callable | None = None, collect_features: bool = True) -> StepResult:
+    """
+    Train the base step: plain CE on ``class_ids`` (background 0 is always active).
+
+    ``model`` is not modified; the trained copy is returned (on the CPU, eval mode)
+    with a feature bank of the base classes for later replay.
+    """
+    device = resolve_device(cfg.device)
+    ids = _check_classes(model, [0, *class_ids])
+    net = copy.deepcopy(model).to(device)
+    net.set_active(ids)
+    key = {'phase': 'base', 'classes': ids, 'cfg': cfg.key(), 'samples': len(dataset)}
+    loss = _StepLoss('base', net, None, ids, [], LDKAConfig(), None, device, cfg.seed)
+    history, seconds, per_iter = _train(net, dataset, loss, cfg, 'base', key, device,
+                                        progress, cancel, checkpoint_path, resume, eval_fn)
+    bank = None
+    if collect_features:
+        bank = collect_feature_bank(net, dataset, ids, None, device, progress, cancel)
+    return StepResult(net.cpu().eval(), bank, history, seconds, per_iter)
+
+
+def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
+               cfg: TrainConfig, ldka: LDKAConfig | None = None,
+               feature_bank: L.GaussianFeatureBank | None = None,
+               progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+               checkpoint_path: str | os.PathLike | None = None, resume: bool = True,
+               eval_fn: Callable | None = None) -> StepResult:
+    """
+    Learn ``new_class_ids`` from ``dataset`` (labels: new classes, 0, 255) with ``method``.
+
+    ``finetune``: CE on the step labels. ``mib``: unbiased CE + unbiased KD + MiB init.
+    ``ldka``: pseudo-labels, PML-weighted CE, SKD (KD, curvature damping,
+    perturbation) and MAD as switched in ``ldka``; ``ldka+gfr`` adds Gaussian feature
+    replay from ``feature_bank``. ``joint``: CE with ``dataset`` labelled for every
+    seen class, starting from ``old_model`` (the upper bound). The old model is not
+    modified; the new one is a copy with the new slots switched on (no shape changes),
+    returned on the CPU in eval mode.
+    """
+    if method not in METHODS:
+        raise ValueError(f'unknown method {method!r}; known methods: {", ".join(METHODS)}')
+    ldka = ldka or LDKAConfig(gfr=method == 'ldka+gfr')
+    if method == 'ldka+gfr' and not ldka.gfr:
+        ldka = LDKAConfig(**{**asdict(ldka), 'gfr': True})
+    device = resolve_device(cfg.device)
+    new = _check_classes(old_model, new_class_ids)
+    old = old_model.active_classes()
+    if 0 in new:
+        raise ValueError('background (0) cannot be a new class')
+    again = [c for c in new if c in old and method != 'joint']
+    if again:
+        raise ValueError(f'classes {again} are already active in the old model; a step '
+                         'learns classes the model does not know yet')
+    if not new:
+        raise ValueError('learn_step needs at least one new class id')
+    teacher = None
+    if method not in ('finetune', 'joint'):
+        teacher = copy.deepcopy(old_model).to(device).eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+    net = copy.deepcopy(old_model).to(device)
+    fresh = [c for c in new if c not in old]
+    if method in ('mib', 'ldka', 'ldka+gfr'):
+        mib_init(net, fresh)
+    net.set_active(new)
+    key = {'phase': 'step', 'method': method, 'new': new, 'old': old, 'cfg': cfg.key(),
+           'ldka': asdict(ldka) if method.startswith('ldka') else None,
+           'samples': len(dataset), 'old_model': _fingerprint(old_model)}
+    loss = _StepLoss(method, net, teacher, old, new, ldka, feature_bank, device, cfg.seed)
+    history, seconds, per_iter = _train(net, dataset, loss, cfg, method, key, device,
+                                        progress, cancel, checkpoint_path, resume, eval_fn)
+    bank = feature_bank
+    if method == 'ldka+gfr' or ldka.gfr or feature_bank is not None:
+        bank = collect_feature_bank(net, dataset, fresh, feature_bank, device, progress,
+                                    cancel)
+    return StepResult(net.cpu().eval(), bank, history, seconds, per_iter)

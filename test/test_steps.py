@@ -1,0 +1,251 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""Learning steps on real CamVid images: learning, shapes, determinism, resume, errors."""
+import os
+from pathlib import Path
+import subprocess
+import sys
+import threading
+
+from ldka_ros.learning.evaluate import evaluate
+from ldka_ros.learning.protocols import eval_set, step_train_set
+from ldka_ros.learning.steps import (batch_plan, Cancelled, LDKAConfig, learn_step, METHODS,
+                                     ProgressEvent)
+from learning_fixtures import (BASE_CLASSES, CROP, NEW_CLASSES, require_camvid, tiny_base,
+                               tiny_config, tiny_protocol, tiny_train, tiny_val)
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def base():
+    require_camvid()
+    return tiny_base()
+
+
+@pytest.fixture(scope='module')
+def step_data():
+    return step_train_set(tiny_train(), tiny_protocol(), 1)
+
+
+def _few(dataset, n):
+    from ldka_ros.learning.data import LabelMapped
+
+    return LabelMapped(dataset.dataset, dataset.indices[:n], dataset.label_map,
+                       classes=dataset.classes)
+
+
+@pytest.fixture(scope='module')
+def ldka_step(base, step_data):
+    events = []
+    res = learn_step(base.model, step_data, NEW_CLASSES, 'ldka+gfr',
+                     tiny_config(iterations=40, lr=0.01, freeze_bn=True),
+                     feature_bank=base.feature_bank, progress=events.append)
+    return res, events
+
+
+def test_ldka_step_learns_the_new_class_and_reports_old(base, ldka_step):
+    res, events = ldka_step
+    proto = tiny_protocol()
+    before = evaluate(base.model, eval_set(tiny_val(), proto, 0), proto.seen_classes(0),
+                      proto.seen_classes(0), [])
+    after = evaluate(res.model, eval_set(tiny_val(), proto, 1), proto.seen_classes(1),
+                     proto.old_classes(1), NEW_CLASSES)
+    car = after.per_class_iou[NEW_CLASSES[0]]
+    assert car > 0.05, f'new class IoU {car:.3f} after the step'
+    assert before.per_class_iou[NEW_CLASSES[0]] != before.per_class_iou[NEW_CLASSES[0]] \
+        or NEW_CLASSES[0] not in before.per_class_iou  # unseen before the step
+    assert 0.0 < after.miou_old <= 1.0
+    for cid in BASE_CLASSES:
+        assert 0.0 <= after.per_class_iou[cid] <= 1.0
+    # progress: one event per iteration, in order, with every active loss term
+    train_events = [e for e in events if e.phase == 'ldka+gfr']
+    assert [e.iteration for e in train_events] == list(range(1, 41))
+    assert isinstance(train_events[-1], ProgressEvent)
+    assert {'pml', 'kd', 'dss', 'pert', 'mad', 'gfr'} <= set(train_events[-1].losses)
+    assert res.seconds_per_iter > 0 and len(res.history) == 40
+    # the bank now also holds the new class, learned from this step's labels
+    assert NEW_CLASSES[0] in res.feature_bank.classes()
+    assert set(BASE_CLASSES) <= set(res.feature_bank.classes())
+
+
+def test_adding_classes_changes_no_tensor_shape(base, ldka_step):
+    res, _ = ldka_step
+    old_state, new_state = base.model.state_dict(), res.model.state_dict()
+    assert old_state.keys() == new_state.keys()
+    for key in old_state:
+        assert old_state[key].shape == new_state[key].shape, key
+    assert res.model.active_classes() == sorted([0, *BASE_CLASSES, *NEW_CLASSES])
+    assert base.model.active_classes() == sorted([0, *BASE_CLASSES])  # old model untouched
+    x = torch.rand(1, 3, *CROP)
+    with torch.no_grad():
+        assert base.model(x).logits.shape == res.model(x).logits.shape
+
+
+def test_mib_init_keeps_old_predictions(base, step_data):
+    res = learn_step(base.model, step_data, NEW_CLASSES, 'mib',
+                     tiny_config(iterations=1, lr=1e-12, freeze_bn=True))
+    x, _ = tiny_val()[0]
+    with torch.no_grad():
+        old = torch.softmax(base.model(x[None]).logits, 1)
+        new = torch.softmax(res.model(x[None]).logits, 1)
+    folded = new[:, 0] + new[:, NEW_CLASSES].sum(1)
+    assert torch.allclose(folded, old[:, 0], atol=1e-3)
+    assert torch.allclose(new[:, BASE_CLASSES], old[:, BASE_CLASSES], atol=1e-3)
+
+
+@pytest.mark.parametrize('method', ['finetune', 'ldka+gfr'])
+def test_same_seed_same_weights(base, step_data, method):
+    data = _few(step_data, 3)  # fewer images than a batch: repeated with new crops
+    cfg = tiny_config(iterations=3, lr=0.01)
+    runs = [learn_step(base.model, data, NEW_CLASSES, method, cfg,
+                       feature_bank=base.feature_bank).model.state_dict() for _ in range(2)]
+    other = learn_step(base.model, data, NEW_CLASSES, method, tiny_config(
+        iterations=3, lr=0.01, seed=1), feature_bank=base.feature_bank).model.state_dict()
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+    assert any(not torch.equal(runs[0][k], other[k]) for k in runs[0]
+               if runs[0][k].is_floating_point())
+
+
+def test_batch_plan_is_a_pure_function():
+    assert batch_plan(5, 4, 3, 7) == batch_plan(5, 4, 3, 7)
+    assert batch_plan(5, 4, 3, 7) != batch_plan(5, 4, 3, 8)
+    assert len(batch_plan(2, 4, 0, 0)) == 4  # tiny data sets fill the batch
+    with pytest.raises(ValueError, match='empty'):
+        batch_plan(0, 4, 0, 0)
+
+
+def test_cancel_then_resume_matches_uninterrupted_run(base, step_data, tmp_path):
+    data = _few(step_data, 6)
+    cfg = tiny_config(iterations=6, lr=0.01, checkpoint_every=2)
+    reference = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg).model.state_dict()
+    path = tmp_path / 'state.pt'
+    cancel = threading.Event()
+
+    def stop_at_3(event):
+        if event.iteration == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match='iteration 3'):
+        learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg, progress=stop_at_3,
+                   cancel=cancel, checkpoint_path=path)
+    assert torch.load(path, weights_only=False)['iteration'] == 3
+    resumed = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg, checkpoint_path=path)
+    assert resumed.history[-1]['iteration'] == 6 and len(resumed.history) == 6
+    state = resumed.model.state_dict()
+    for key in reference:
+        assert torch.equal(reference[key], state[key]), key
+    # a finished state is not trained again
+    again = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg, checkpoint_path=path)
+    assert torch.equal(again.model.classifier.weight, resumed.model.classifier.weight)
+    # a checkpoint of another configuration is refused, not silently mixed in
+    with pytest.raises(ValueError, match='different run'):
+        learn_step(base.model, data, NEW_CLASSES, 'mib', cfg, checkpoint_path=path)
+
+
+def test_cancel_before_start():
+    require_camvid()
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        learn_step(tiny_base().model, step_train_set(tiny_train(), tiny_protocol(), 1),
+                   NEW_CLASSES, 'finetune', tiny_config(iterations=5), cancel=cancel)
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {test_dir!r})
+from learning_fixtures import NEW_CLASSES, tiny_config, tiny_protocol, tiny_train
+from ldka_ros.learning.checkpoint import load_checkpoint
+from ldka_ros.learning.protocols import step_train_set
+from ldka_ros.learning.steps import learn_step
+from ldka_ros.learning.data import LabelMapped
+model, _, _ = load_checkpoint({model!r})
+full = step_train_set(tiny_train(), tiny_protocol(), 1)
+data = LabelMapped(full.dataset, full.indices[:6], full.label_map, classes=full.classes)
+def die(event):
+    if event.iteration == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+learn_step(model, data, NEW_CLASSES, 'mib', tiny_config(iterations=6, lr=0.01,
+           checkpoint_every=2), progress=die, checkpoint_path={state!r})
+"""
+
+
+def test_killed_process_resumes(base, step_data, tmp_path):
+    from ldka_ros.learning.checkpoint import save_checkpoint
+
+    model_path, state = tmp_path / 'base.pt', tmp_path / 'state.pt'
+    save_checkpoint(model_path, base.model, tiny_protocol().registry(16))
+    script = _KILL_SCRIPT.format(test_dir=str(Path(__file__).parent), model=str(model_path),
+                                 state=str(state))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert torch.load(state, weights_only=False)['iteration'] == 4
+    data = _few(step_data, 6)
+    cfg = tiny_config(iterations=6, lr=0.01, checkpoint_every=2)
+    from ldka_ros.learning.checkpoint import load_checkpoint
+
+    reloaded, _, _ = load_checkpoint(model_path)
+    resumed = learn_step(reloaded, data, NEW_CLASSES, 'mib', cfg, checkpoint_path=state)
+    assert len(resumed.history) == 6
+    reference = learn_step(reloaded, data, NEW_CLASSES, 'mib', cfg)
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+class _PoisonedFrames(torch.utils.data.Dataset):
+    """Real CamVid frames as plain tensors; from ``poison_from`` on, images hold NaN."""
+
+    def __init__(self, base_set, poison: bool) -> None:
+        self.base_set, self.poison = base_set, poison
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index):
+        image, label = self.base_set[index]
+        if self.poison:
+            image = image.clone()
+            image[:, :8, :8] = float('nan')
+        return image, label
+
+
+def test_nan_loss_names_the_term_and_keeps_checkpoint(base, step_data, tmp_path):
+    path = tmp_path / 'state.pt'
+    cfg = tiny_config(iterations=6, lr=0.01, checkpoint_every=2)
+    cancel = threading.Event()
+    clean = _PoisonedFrames(step_data, poison=False)
+    with pytest.raises(Cancelled):
+        learn_step(base.model, clean, NEW_CLASSES, 'ldka', cfg, cancel=cancel,
+                   checkpoint_path=path,
+                   progress=lambda e: cancel.set() if e.iteration == 2 else None)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match=r"loss term 'pml' is nan at iteration 2"):
+        learn_step(base.model, _PoisonedFrames(step_data, poison=True), NEW_CLASSES, 'ldka',
+                   cfg, checkpoint_path=path)
+    assert path.read_bytes() == before
+    state = torch.load(path, weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state['model'].values()
+               if v.is_floating_point())
+    with pytest.raises(RuntimeError, match="loss term 'ce'"):
+        learn_step(base.model, _PoisonedFrames(step_data, poison=True), NEW_CLASSES,
+                   'finetune', tiny_config(iterations=2))
+
+
+def test_bad_inputs_are_clear_errors(base, step_data):
+    with pytest.raises(ValueError, match='known methods: ' + ', '.join(METHODS).replace(
+            '+', r'\+')):
+        learn_step(base.model, step_data, NEW_CLASSES, 'sgd', tiny_config())
+    with pytest.raises(ValueError, match='feature bank'):
+        learn_step(base.model, step_data, NEW_CLASSES, 'ldka+gfr', tiny_config())
+    with pytest.raises(ValueError, match='already active'):
+        learn_step(base.model, step_data, [BASE_CLASSES[0]], 'mib', tiny_config())
+    with pytest.raises(ValueError, match='outside'):
+        learn_step(base.model, step_data, [99], 'mib', tiny_config())
+    with pytest.raises(ValueError, match='iterations'):
+        tiny_config(iterations=0)
+    with pytest.raises(ValueError, match='ablation stage'):
+        LDKAConfig.ablation('+everything')

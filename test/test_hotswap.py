@@ -299,6 +299,7 @@ def test_requests_during_a_swap_queue_and_the_newest_wins(models):
     assert first.result(timeout=120).ok and third.result(timeout=120).ok
     assert swapper.current_version == 'B3' and not swapper.swap_in_progress
     assert ('superseded', 'A2') in stages and ('started', 'A2') not in stages
+    assert stages[:2] == [('queued', 'B'), ('started', 'B')]
     assert stages.index(('completed', 'B')) < stages.index(('started', 'B3'))
     swapper.close()
     late = swapper.swap_to(Factory(models.a), 'A4').result(timeout=5)
@@ -352,4 +353,39 @@ def test_background_nice_lowers_only_the_swap_thread(models):
     assert nice[('started', 'A2')] == base
     assert nice_of_this_thread() == base
     assert_output_of(swapper.infer(models.frames[0][None]), models.expected['a'], 0)
+    swapper.close()
+
+
+def test_paced_background_inferences_follow_served_frames(models):
+    """With a stream running, each warmup/validation inference waits for a served frame."""
+    swapper = HotSwapper(ort(models.a), 'A', pace_background=True)
+    marks = []
+
+    class Recording(OnnxRuntimeBackend):
+        def infer(self, batch):
+            marks.append(swapper._served_seq)
+            return super().infer(batch)
+
+    stop = threading.Event()
+
+    def stream():
+        while not stop.is_set():
+            swapper.infer(models.frames[0][None])
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        report = swapper.swap_to(lambda: Recording(models.a, providers='cpu',
+                                                   intra_op_threads=1),
+                                 'A2', validation_frames=models.validation[:2]).result(120)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert report.ok, report.reason
+    # 3 warmup + 1 smoke test + 2 validation frames, each after its own served frame;
+    # later entries are the stream's own calls on the new backend.
+    background = marks[:6]
+    assert all(b > a for a, b in zip(background, background[1:])), marks
     swapper.close()

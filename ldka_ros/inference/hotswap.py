@@ -130,11 +130,16 @@ class HotSwapper:
     yield the CPU to the serving thread. Effective where the backend runs inferences on
     the calling thread (ONNX Runtime with ``intra_op_threads=1``, GPU backends); sessions
     are always created at normal priority, so their thread pools never inherit it.
+    ``pace_background``: while frames are being served, start each warmup/validation
+    inference of a swap right after a served inference has finished, so that background
+    work fills the idle part of the frame period instead of competing with the next
+    frame (on a small CPU, that competition is what costs frames). An attribute, so it
+    can be changed between swaps.
     """
 
     def __init__(self, initial_backend: Backend, version_id: str,
                  validator: Validator | None = None, warmup_frames: int = 3,
-                 background_nice: int | None = None) -> None:
+                 background_nice: int | None = None, pace_background: bool = True) -> None:
         if not isinstance(initial_backend, Backend):
             raise TypeError(f'initial_backend must be a Backend, got '
                             f'{type(initial_backend).__name__}')
@@ -144,6 +149,10 @@ class HotSwapper:
         self._validator = validator
         self._warmup_frames = int(warmup_frames)
         self._background_nice = background_nice
+        self.pace_background = bool(pace_background)
+        self._serving = 0  # in-flight inferences from callers (not the swap's own)
+        self._served_seq = 0
+        self._last_served = float('-inf')
         self._listeners: list[SwapListener] = []
         self._pending: _Request | None = None
         self._running: _Request | None = None
@@ -163,18 +172,47 @@ class HotSwapper:
         the backend is not released, even if a swap replaces it, so a caller can read
         ``backend.input_hw``, resize and infer consistently.
         """
+        with self._lease(serving=True) as leased:
+            yield leased
+
+    @contextmanager
+    def _lease(self, serving: bool) -> Iterator[tuple[Backend, str]]:
         with self._cond:
             if self._closed:
                 raise RuntimeError('HotSwapper is closed')
             slot = self._slot
             slot.inflight += 1
+            if serving:
+                self._serving += 1
         try:
             yield slot.backend, slot.version_id
         finally:
             with self._cond:
                 slot.inflight -= 1
-                if slot.retired and slot.inflight == 0:
+                if serving:
+                    self._serving -= 1
+                    self._served_seq += 1
+                    self._last_served = time.monotonic()
                     self._cond.notify_all()
+                elif slot.retired and slot.inflight == 0:
+                    self._cond.notify_all()
+
+    def _wait_for_idle_gap(self, timeout: float = 0.25) -> None:
+        """
+        Return when a served inference has just finished (see ``pace_background``).
+
+        Returns at once when pacing is off or nothing was served in the last half second
+        (no stream: nothing to protect), and after ``timeout`` at the latest (a stream
+        slower than that must not stall the swap).
+        """
+        if not self.pace_background:
+            return
+        with self._cond:
+            if time.monotonic() - self._last_served > 0.5:
+                return
+            seq = self._served_seq
+            self._cond.wait_for(lambda: self._served_seq != seq and self._serving == 0,
+                                timeout)
 
     def infer(self, batch: np.ndarray) -> InferenceResult:
         """Run ``batch`` on the current backend (see :meth:`Backend.infer`)."""
@@ -249,7 +287,7 @@ class HotSwapper:
         future.set_running_or_notify_cancel()
         request = _Request(backend_factory, str(version_id), validation_frames,
                            float(tolerance), old_classes, future)
-        superseded = None
+        new_worker = None
         with self._cond:
             if self._closed:
                 report = SwapReport(False, request.version_id, self._slot.version_id,
@@ -257,17 +295,17 @@ class HotSwapper:
                 future.set_result(report)
                 return future
             superseded, self._pending = self._pending, request
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, name='hotswap',
-                                                daemon=True)
-                self._worker.start()
-            self._cond.notify_all()
+            if self._worker is None:  # only the worker itself sets it back to None
+                new_worker = self._worker = threading.Thread(target=self._work,
+                                                             name='hotswap', daemon=True)
         if superseded is not None:
             report = SwapReport(False, superseded.version_id, self.current_version,
                                 f'superseded by a newer request for {request.version_id}')
             superseded.future.set_result(report)
             self._emit('superseded', superseded.version_id, report)
         self._emit('queued', request.version_id)
+        if new_worker is not None:
+            new_worker.start()  # after 'queued', so listeners see the stages in order
         return future
 
     def _work(self) -> None:
@@ -325,7 +363,9 @@ class HotSwapper:
                 _lower_thread_priority(int(self._background_nice))
             stage = 'warmup'
             t0 = time.perf_counter()
-            backend.warmup(self._warmup_frames)
+            for _ in range(max(1, self._warmup_frames)):
+                self._wait_for_idle_gap()
+                backend.warmup(1)
             report.warmup_s = time.perf_counter() - t0
             stage = 'validate'
             t0 = time.perf_counter()
@@ -385,12 +425,14 @@ class HotSwapper:
         frame = None
         if request.validation_frames:
             frame = _resize_image(np.asarray(request.validation_frames[0][0]), backend.input_hw)
+        self._wait_for_idle_gap()
         _smoke_test(backend, frame)
         if request.validation_frames:
-            with self.acquire() as (old_backend, _):
+            with self._lease(serving=False) as (old_backend, _):
                 metrics.update(compare_old_class_miou(old_backend, backend,
                                                       request.validation_frames,
-                                                      request.old_classes))
+                                                      request.old_classes,
+                                                      before_each=self._wait_for_idle_gap))
             drop = metrics['old_miou_serving'] - metrics['old_miou_new']
             metrics['tolerance'] = request.tolerance
             if drop > request.tolerance:
@@ -399,7 +441,7 @@ class HotSwapper:
                     f'{metrics["old_miou_new"]:.3f} (more than the tolerance '
                     f'{request.tolerance:.3f}) on {metrics["frames"]} labelled frames')
         if self._validator is not None:
-            with self.acquire() as (old_backend, _):
+            with self._lease(serving=False) as (old_backend, _):
                 outcome = self._validator(backend, old_backend)
             if outcome is False:
                 raise SwapRefused('the validator returned False')
@@ -424,6 +466,9 @@ class HotSwapper:
                 worker = self._worker
             if worker is None or worker is threading.current_thread():
                 break
+            if worker.ident is None:  # created by swap_to, start() not yet called
+                time.sleep(0.001)
+                continue
             worker.join(timeout)
             if worker.is_alive():
                 break  # timed out: leave the running swap to finish on its own
@@ -503,15 +548,18 @@ def _iou_per_class(conf: np.ndarray, classes: Sequence[int]) -> dict[int, float]
 
 
 def compare_old_class_miou(old: Backend, new: Backend, frames: Sequence,
-                           old_classes: Sequence[int] | None = None) -> dict:
+                           old_classes: Sequence[int] | None = None,
+                           before_each: Callable[[], None] | None = None) -> dict:
     """
     Return the mIoU over the old classes of the serving and of the new backend.
 
     Why old classes only: a new version is expected to *add* classes; what must not
     happen is that it forgets the ones the robot relies on (catastrophic forgetting).
     Predictions are compared at label resolution; label 255 is ignored. Classes that
-    appear neither in the labels nor in a prediction do not count.
+    appear neither in the labels nor in a prediction do not count. ``before_each`` is
+    called before every inference (the swapper paces them with it).
     """
+    pause = before_each or (lambda: None)
     labels, old_preds, new_preds = [], [], []
     for item in frames:
         image, label = np.asarray(item[0]), np.asarray(item[1])
@@ -519,7 +567,9 @@ def compare_old_class_miou(old: Backend, new: Backend, frames: Sequence,
             raise ValueError(f'validation labels must be uint8 (H, W), got {label.dtype} '
                              f'{label.shape}')
         labels.append(label)
+        pause()
         old_preds.append(_predict(old, image, label.shape))
+        pause()
         new_preds.append(_predict(new, image, label.shape))
     if old_classes is None:
         in_labels = set(np.unique(np.concatenate([lb.ravel() for lb in labels])).tolist())

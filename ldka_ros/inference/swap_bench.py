@@ -252,6 +252,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     parent = v1
     for i in range(args.swaps):
         onnx_path, legend = (step_onnx, step_legend) if i % 2 == 0 else (base_onnx, base_legend)
+        paced = args.pace == 'on' or (args.pace == 'alternate' and i % 2 == 0)
+        swapper.pace_background = paced
         t_publish_start = time.monotonic()
         version = registry.publish({'onnx': onnx_path}, legend, parent=parent.id,
                                    step=i + 1, activate=True)
@@ -261,7 +263,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         report = future.result(timeout=300)
         t_done = time.monotonic()
         windows.append((t_publish_start, t_done + 1.0))
-        swaps.append({'version': version.id, 'report': report.to_dict(),
+        swaps.append({'version': version.id, 'paced': paced, 'report': report.to_dict(),
                       'publish_s': t_published - t_publish_start,
                       't_publish_start': t_publish_start, 't_published': t_published,
                       't_done': t_done})
@@ -284,19 +286,21 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         swap['rss_peak_mib'] = max(rss) * mib if rss else None
     steady_ranges = [(stream.t0, t_first_publish)]
     steady_ranges += [(end, nxt[0]) for (_, end), nxt in zip(windows, windows[1:] + [(t_end,)])]
-    in_swap = [stream.stats(start, end) for start, end in windows]
     rss_before = sampler.window(stream.t0, t_first_publish)
     rss_after = sampler.window(windows[-1][1], t_end) if windows else []
     return {
         'command': 'python -m ldka_ros.inference.swap_bench ' + ' '.join(sys.argv[1:]),
         'config': {'rate_hz': args.rate, 'input_hw': list(hw), 'backbone': args.backbone,
                    'intra_op_threads': args.threads, 'background_nice': args.background_nice,
+                   'pace': args.pace,
                    'baseline_s': args.baseline_s, 'after_s': args.after_s,
                    'swaps': args.swaps, 'validation_frames': args.validation_frames,
                    'onnx_mib': base_onnx.stat().st_size * mib, 'cpu_count': os.cpu_count()},
         'baseline': stream.stats(stream.t0, t_first_publish),
         'steady_all': _merge([stream.stats(a, b) for a, b in steady_ranges]),
-        'swap_windows': _merge(in_swap),
+        'swap_windows': _merge([s['window'] for s in swaps]),
+        'swap_windows_paced': _merge([s['window'] for s in swaps if s['paced']]),
+        'swap_windows_unpaced': _merge([s['window'] for s in swaps if not s['paced']]),
         'swaps': swaps,
         'errors': stream.errors[:20], 'error_count': len(stream.errors),
         'published_to_first_output_s_max': max(
@@ -342,8 +346,12 @@ def print_table(result: dict) -> None:
     row('all steady periods', result['steady_all'])
     for swap in result['swaps']:
         first = swap['published_to_first_output_s']
-        row(f'swap to {swap["version"]}', swap['window'], f'{first:.2f}' if first else 'n/a')
+        row(f'swap to {swap["version"]} ({"paced" if swap["paced"] else "unpaced"})',
+            swap['window'], f'{first:.2f}' if first else 'n/a')
     row('all swap windows', result['swap_windows'])
+    if result['config']['pace'] == 'alternate':
+        row('paced swap windows', result['swap_windows_paced'])
+        row('unpaced swap windows', result['swap_windows_unpaced'])
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for line in rows:
         print('  '.join(str(v).rjust(w) for v, w in zip(line, widths)))
@@ -372,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--baseline-s', type=float, default=10.0)
     parser.add_argument('--after-s', type=float, default=5.0,
                         help='seconds of streaming after each swap')
-    parser.add_argument('--swaps', type=int, default=3, help='swaps, one after the other')
+    parser.add_argument('--swaps', type=int, default=4, help='swaps, one after the other')
+    parser.add_argument('--pace', choices=('on', 'off', 'alternate'), default='alternate',
+                        help='HotSwapper.pace_background for each swap (alternate: on for '
+                        'the 1st, 3rd, ... swap, off for the others: side by side in one run)')
     parser.add_argument('--frames', type=int, default=30, help='distinct CamVid frames')
     parser.add_argument('--validation-frames', type=int, default=4,
                         help='labelled frames the swap validates on (0 = smoke test only)')

@@ -325,3 +325,55 @@ def test_killed_learner_publishes_nothing_and_loses_no_frame(
             continue
     assert listing is not None, 'the restarted learner does not answer'
     assert dict(zip(listing.pending_classes, listing.pending_frames)) == {'car': 3}
+
+
+@pytest.mark.slow
+def test_start_marks_frames_of_a_published_version_learned(learner_setup, ros_launcher,
+                                                           ros_node, ros_namespace):
+    """A job killed between publishing and marking its frames: the next start finishes."""
+    from ldka_ros.learning.frame_store import FrameStore
+    from ldka_ros_interfaces.srv import ListClasses
+    from test_learning_job import label_frames, run_job, write_spec
+
+    tmp_path, frames = learner_setup
+    ids = label_frames(tmp_path / 'frames', frames[:3])
+    spec = write_spec(tmp_path / 'job.json', registry_path=str(tmp_path / 'registry'),
+                      frame_store_path=str(tmp_path / 'frames'), max_iterations=2,
+                      batch_size=2, device='cpu', num_threads=2, mark_learned=False)
+    code, lines, err = run_job(spec)
+    assert code == 0 and lines[-1]['result']['version_id'] == 'v0002', err[-2000:]
+    assert FrameStore(tmp_path / 'frames').pending_classes() == {'car': 3}
+    _start_learner(ros_launcher, tmp_path)
+    srv = _services(ros_node, ros_namespace, ros_launcher)
+    listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request())
+    assert list(listing.pending_classes) == [] and listing.legend.model_version == 'v0002'
+    records = FrameStore(tmp_path / 'frames').frames()
+    assert sorted(r.frame_id for r in records) == sorted(ids)
+    assert {r.learned_in_version for r in records} == {'v0002'}
+    # Labelling a class the active model already knows is stored, with a note.
+    rgb, mask = frames[3]
+    reply = ros_harness.call_service(srv['label_object'],
+                                     _label_request('car', rgb=rgb, mask=mask))
+    assert reply.accepted and reply.class_id == CAR_ID
+    assert 'already a class of v0002' in reply.message
+
+
+def test_without_a_base_model_labels_and_goals_are_refused(tmp_path, camvid_root,
+                                                           ros_launcher, ros_node,
+                                                           ros_namespace):
+    from action_msgs.msg import GoalStatus
+    from ldka_ros_interfaces.action import LearnClasses
+    from ldka_ros_interfaces.srv import ListVersions
+
+    rgb, mask = camvid_car_frames(camvid_root, 1)[0]
+    _start_learner(ros_launcher, tmp_path)  # an empty registry is created
+    srv = _services(ros_node, ros_namespace, ros_launcher)
+    reply = ros_harness.call_service(srv['label_object'],
+                                     _label_request('car', rgb=rgb, mask=mask))
+    assert not reply.accepted and 'no active version' in reply.message
+    listed = ros_harness.call_service(srv['list_versions'], ListVersions.Request())
+    assert list(listed.versions) == [] and listed.active_version == ''
+    runner = _GoalRunner(_action_client(ros_node, ros_namespace, ros_launcher),
+                         LearnClasses.Goal())
+    result = runner.wait(30.0)
+    assert runner.status == GoalStatus.STATUS_ABORTED and 'no active version' in result.message

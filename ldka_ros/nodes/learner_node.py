@@ -282,6 +282,10 @@ class LearnerNode(Node):
         """Return ``(class id, newly allocated)`` for a class name; Refused when full."""
         with self._class_lock:
             reg, active = self._class_registry()
+            if active is None:
+                raise Refused(f'model registry {self.registry.root} has no active version: '
+                              'publish a base model first (new class ids are allocated '
+                              'after the classes it knows)')
             if name == reg.background:
                 raise Refused(f'class name {name!r} is reserved for class 0 (everything that '
                               'is not a labelled object)')
@@ -341,6 +345,11 @@ class LearnerNode(Node):
         if not mask.any():
             raise Refused('the mask is empty: it marks no pixel of the object')
         class_id, new = self._class_for(name)
+        learned = self._learned_in_active(name)
+        if learned:
+            note = '; '.join(filter(None, [note, (
+                f'{name!r} is already a class of {learned}: its frames are kept, but a '
+                'class-incremental step only learns classes the model does not know')]))
         try:
             record = self.store.add(rgb, mask, name, class_id)
         except ValueError as exc:
@@ -363,6 +372,13 @@ class LearnerNode(Node):
                             f'{pending} pending in all' + (f'; {note}' if note else ''))
         self.get_logger().info(response.message)
         return response
+
+    def _learned_in_active(self, name: str) -> str:
+        """Return the active version's id if it already knows class ``name``, else ''."""
+        manifest = self.registry.active()
+        if manifest is not None and any(c['name'] == name for c in manifest.classes):
+            return manifest.id
+        return ''
 
     def _prompt_mask(self, request, rgb: np.ndarray) -> tuple[np.ndarray, str]:
         """Return the boolean object mask from the request's one prompt, and a note."""

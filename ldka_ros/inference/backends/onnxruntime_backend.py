@@ -153,12 +153,15 @@ class OnnxRuntimeBackend(Backend):
     def _describe(self) -> dict:
         used = list(self._session.get_providers()) if self._session is not None else []
         device = 'cuda' if CUDA_EP in used else ('cpu' if used else 'unknown')
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+            version = ort.__version__
+        except ImportError:
+            version = None
         return {'device': device, 'providers': used, 'requested_providers': self._requested,
                 'precision': 'fp32', 'artefact': str(self._path),
                 'intra_op_threads': self._threads, 'allow_spinning': self._spinning,
-                'onnxruntime_version': ort.__version__}
+                'onnxruntime_version': version}
 
     @property
     def session(self):

@@ -37,6 +37,7 @@ import logging
 import os
 from pathlib import Path
 import re
+import tempfile
 import threading
 import time
 from typing import Callable
@@ -347,7 +348,14 @@ class TensorRTBackend(Backend):
         torch.cuda.set_device(self._device_index)
         props = torch.cuda.get_device_properties(self._device_index)
         self._gpu = f'{props.name} sm{props.major}{props.minor}'
-        self.cache.check_writable()
+        try:
+            self.cache.check_writable()
+        except RuntimeError as exc:
+            # Still serve at TensorRT speed; only the cache is lost at the next start.
+            fallback = Path(tempfile.gettempdir()) / f'ldka_ros_trt_{os.getuid()}'
+            LOG.error('%s; using %s for now', exc, fallback)
+            self.cache = EngineCache(fallback)
+            self.cache.check_writable()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         started = time.perf_counter()

@@ -133,13 +133,15 @@ class HotSwapper:
     ``pace_background``: while frames are being served, start each warmup/validation
     inference of a swap right after a served inference has finished, so that background
     work fills the idle part of the frame period instead of competing with the next
-    frame (on a small CPU, that competition is what costs frames). An attribute, so it
-    can be changed between swaps.
+    frame. An attribute, so it can be changed between swaps. Off by default: on the
+    shared 2-core benchmark machine it lengthened swaps without saving frames (see
+    docs/benchmarks/hotswap.md); it can only help where the idle part of the frame
+    period is longer than one background inference.
     """
 
     def __init__(self, initial_backend: Backend, version_id: str,
                  validator: Validator | None = None, warmup_frames: int = 3,
-                 background_nice: int | None = None, pace_background: bool = True) -> None:
+                 background_nice: int | None = None, pace_background: bool = False) -> None:
         if not isinstance(initial_backend, Backend):
             raise TypeError(f'initial_backend must be a Backend, got '
                             f'{type(initial_backend).__name__}')

@@ -237,7 +237,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     v1 = registry.publish({'onnx': base_onnx}, base_legend, step=0, activate=True)
     kwargs = {'providers': 'cpu', 'intra_op_threads': args.threads}
     swapper = HotSwapper(backend_factory_from_registry(registry, v1.id, **kwargs)(), v1.id,
-                         background_nice=args.background_nice or None)
+                         warmup_frames=args.warmup, background_nice=args.background_nice or None)
     swapper.infer(frames[0][None])
     sampler = RssSampler()
     sampler.start()
@@ -292,7 +292,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         'command': 'python -m ldka_ros.inference.swap_bench ' + ' '.join(sys.argv[1:]),
         'config': {'rate_hz': args.rate, 'input_hw': list(hw), 'backbone': args.backbone,
                    'intra_op_threads': args.threads, 'background_nice': args.background_nice,
-                   'pace': args.pace,
+                   'pace': args.pace, 'warmup_frames': args.warmup,
                    'baseline_s': args.baseline_s, 'after_s': args.after_s,
                    'swaps': args.swaps, 'validation_frames': args.validation_frames,
                    'onnx_mib': base_onnx.stat().st_size * mib, 'cpu_count': os.cpu_count()},
@@ -381,12 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--after-s', type=float, default=5.0,
                         help='seconds of streaming after each swap')
     parser.add_argument('--swaps', type=int, default=4, help='swaps, one after the other')
-    parser.add_argument('--pace', choices=('on', 'off', 'alternate'), default='alternate',
+    parser.add_argument('--pace', choices=('on', 'off', 'alternate'), default='off',
                         help='HotSwapper.pace_background for each swap (alternate: on for '
                         'the 1st, 3rd, ... swap, off for the others: side by side in one run)')
     parser.add_argument('--frames', type=int, default=30, help='distinct CamVid frames')
-    parser.add_argument('--validation-frames', type=int, default=4,
-                        help='labelled frames the swap validates on (0 = smoke test only)')
+    parser.add_argument('--validation-frames', type=int, default=0,
+                        help='labelled frames the swap validates on (0 = smoke test only, '
+                        'as the segmentation node does: the learning job validates)')
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='warmup inferences of a new backend (the node uses 1)')
     parser.add_argument('--camvid', help='CamVid root (default: $LDKA_CAMVID or '
                         '../shared/data/camvid)')
     parser.add_argument('--workdir', help='where exports and the registry go (default: temp)')

@@ -282,6 +282,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         swap['published_to_switch_s'] = switched - swap['t_published'] if switched else None
         swap['published_to_first_output_s'] = (first - swap['t_published']) if first else None
         swap['window'] = stream.stats(start, end)
+        if switched:
+            # Where in the swap the frames go: publishing, load/warmup/validate, the
+            # switch and release, or the first second on the new backend.
+            swap['phases'] = {
+                'publish': stream.stats(start, swap['t_published']),
+                'load_to_switch': stream.stats(swap['t_published'], switched),
+                'switch_to_done': stream.stats(switched, swap['t_done']),
+                'first_second_after': stream.stats(swap['t_done'], end),
+            }
         rss = sampler.window(swap['t_publish_start'], swap['t_done'])
         swap['rss_peak_mib'] = max(rss) * mib if rss else None
     steady_ranges = [(stream.t0, t_first_publish)]
@@ -357,6 +366,10 @@ def print_table(result: dict) -> None:
         print('  '.join(str(v).rjust(w) for v, w in zip(line, widths)))
     print(f'\nframe period {period_ms:.1f} ms (gap target <= {1.1 * period_ms:.1f} ms); '
           f'inference errors: {result["error_count"]}')
+    for swap in result['swaps']:
+        phases = swap.get('phases', {})
+        print(f'{swap["version"]} drops by phase: ' + ', '.join(
+            f'{name} {p.get("dropped", 0)}/{p.get("frames", 0)}' for name, p in phases.items()))
     for swap in result['swaps']:
         rep = swap['report']
         print(f'{swap["version"]}: ok={rep["ok"]} publish {swap["publish_s"]:.3f} s, load '

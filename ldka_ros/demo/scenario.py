@@ -1,0 +1,218 @@
+"""
+The demo's measurements and decisions that need no ROS: IoU of masks, frames to label.
+
+Why apart from the ROS client: these rules decide what the demo reports (how old and new
+classes are scored) and which frames the "operator" labels; they are tested directly
+on rendered frames, and the ROS side only feeds them messages.
+
+How classes are scored (one confusion matrix per phase, over every scored frame):
+
+- **new-class IoU**: IoU of the taught class against the simulator's exact mask, all
+  pixels counted. Before teaching the model cannot output the class, so it is 0.
+- **old-class mIoU**: mean IoU of background and the base classes with the taught
+  object's ground-truth pixels *ignored*. Before teaching, the old model calls the duck
+  background, which is what it was trained to do; ignoring those pixels in both phases
+  makes before and after comparable, while a taught class that spreads onto other
+  objects or the table still lowers their IoU (those pixels are counted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import math
+from typing import Iterable, Mapping
+
+from ldka_ros.learning.evaluate import ConfusionMatrix, IGNORE_INDEX
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+
+class IoUMeter:
+    """
+    Accumulate (prediction, ground truth) mask pairs and score old and new classes.
+
+    ``classes`` maps class id -> name for every id that may occur (background 0
+    included); ``new_ids`` are the classes being taught. Ids outside ``classes`` in
+    a prediction count as wrong for the ground-truth class (they are folded into one
+    extra "other" column), so a stray id never raises in the middle of a demo.
+    """
+
+    def __init__(self, classes: Mapping[int, str], new_ids: Iterable[int]) -> None:
+        self.classes = {int(k): str(v) for k, v in classes.items()}
+        if 0 not in self.classes:
+            self.classes[0] = 'background'
+        self.new_ids = sorted({int(c) for c in new_ids})
+        unknown = [c for c in self.new_ids if c not in self.classes]
+        if unknown:
+            raise ValueError(f'new class ids {unknown} are not among the classes '
+                             f'{sorted(self.classes)}')
+        self.old_ids = sorted(c for c in self.classes if c not in self.new_ids)
+        self.size = max(self.classes) + 2  # the last column collects unknown ids
+        self.other = self.size - 1
+        self.full = ConfusionMatrix(self.size)
+        self.old = ConfusionMatrix(self.size)
+        self.frames = 0
+        self.new_pixels = 0
+
+    def _fold(self, ids: np.ndarray, is_truth: bool) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f'masks must be (H, W), got shape {ids.shape}')
+        known = np.zeros(256, dtype=bool)
+        known[list(self.classes)] = True
+        if is_truth:
+            known[IGNORE_INDEX] = True
+        lut = np.where(known, np.arange(256), self.other).astype(np.int64)
+        return lut[ids.astype(np.uint8)]
+
+    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        """Add one frame: ``pred`` and ``truth`` are (H, W) uint8 class ids of equal size."""
+        pred, truth = np.asarray(pred), np.asarray(truth)
+        if pred.shape != truth.shape:
+            raise ValueError(f'prediction {pred.shape} and ground truth {truth.shape} differ '
+                             'in size')
+        p = self._fold(pred, False)
+        t = self._fold(truth, True)
+        self.full.update(p, t)
+        t_old = t.copy()
+        is_new = np.isin(t, self.new_ids)
+        t_old[is_new] = IGNORE_INDEX
+        self.old.update(p, t_old)
+        self.frames += 1
+        self.new_pixels += int(is_new.sum())
+
+    def per_class_iou(self) -> dict[str, float | None]:
+        """Return name -> IoU (old classes scored without new-class pixels; None if absent)."""
+        full, old = self.full.iou(), self.old.iou()
+        out: dict[str, float | None] = {}
+        for cid, name in sorted(self.classes.items()):
+            matrix, values = (self.full, full) if cid in self.new_ids else (self.old, old)
+            present = matrix.gt_pixels()[cid] > 0
+            out[name] = float(values[cid]) if present and math.isfinite(values[cid]) else None
+        return out
+
+    def summary(self) -> dict:
+        """Return ``{frames, old_miou, new_iou, per_class_iou, pixel_accuracy, ...}``."""
+        per_class = self.per_class_iou()
+        old = [per_class[self.classes[c]] for c in self.old_ids]
+        old = [v for v in old if v is not None]
+        new = {self.classes[c]: per_class[self.classes[c]] for c in self.new_ids}
+        new_values = [v for v in new.values() if v is not None]
+        return {
+            'frames': self.frames,
+            'old_miou': float(np.mean(old)) if old else None,
+            'new_iou': float(np.mean(new_values)) if new_values else None,
+            'new_class_iou': new,
+            'per_class_iou': per_class,
+            'pixel_accuracy': _nan_to_none(self.full.pixel_accuracy()),
+            'new_class_pixels': self.new_pixels,
+        }
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass
+class LabelCandidate:
+    """Why a frame was or was not chosen for labelling."""
+
+    ok: bool
+    reason: str
+    box: Box | None = None
+    area_fraction: float = 0.0
+    fill: float = 0.0
+
+
+def check_label_candidate(truth: np.ndarray, box: Box | None, class_id: int,
+                          min_area_fraction: float = 0.004, min_fill: float = 0.3,
+                          border: int = 2) -> LabelCandidate:
+    """
+    Decide whether an object's box on this frame is worth sending as a label.
+
+    A person would not click an object cut off by the image border, a speck far away,
+    or one mostly hidden behind another object: the box must stay ``border`` pixels
+    inside the frame, cover at least ``min_area_fraction`` of it, and the object's
+    visible pixels must fill at least ``min_fill`` of the box (GrabCut then has a
+    clear foreground to find).
+    """
+    truth = np.asarray(truth)
+    if box is None:
+        return LabelCandidate(False, 'object not visible')
+    x, y, w, h = (int(v) for v in box)
+    height, width = truth.shape[:2]
+    if w <= 0 or h <= 0:
+        return LabelCandidate(False, f'empty box {box}')
+    if x < border or y < border or x + w > width - border or y + h > height - border:
+        return LabelCandidate(False, 'object cut off by the image border', (x, y, w, h))
+    area = w * h / float(width * height)
+    if area < min_area_fraction:
+        return LabelCandidate(False, f'object too small ({100 * area:.2f}% of the frame)',
+                              (x, y, w, h), area)
+    fill = float((truth[y:y + h, x:x + w] == class_id).mean())
+    if fill < min_fill:
+        return LabelCandidate(False, f'object mostly hidden ({100 * fill:.0f}% of its box)',
+                              (x, y, w, h), area, fill)
+    return LabelCandidate(True, 'ok', (x, y, w, h), area, fill)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Return the IoU of two boolean masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+@dataclass
+class DemoSettings:
+    """
+    How much the demo measures and teaches; ``quick()`` is the reduced form for tests.
+
+    ``eval_frames`` masks are scored before and after teaching; ``label_frames`` frames
+    of the new object are labelled, at least ``label_spacing_s`` apart so they show it
+    from different sides; ``learn_iterations`` / ``learn_seconds`` bound the learning
+    step (0 seconds = no wall-clock limit).
+    """
+
+    new_object: str = 'duck'
+    eval_frames: int = 30
+    label_frames: int = 6
+    label_spacing_s: float = 1.5
+    learn_iterations: int = 80
+    learn_seconds: float = 0.0
+    #: SGD learning rate of the step. The learner's default (0.01) made the LDKA losses
+    #: diverge (curvature-damping term exploding within ten iterations) on the demo's
+    #: small base models; 0.003 trained stably.
+    learn_lr: float = 0.003
+    camera_rate_hz: float = 4.0
+    camera_speed: float = 0.3
+    #: Faster orbit while labelling, so the labelled views differ.
+    label_camera_speed: float = 0.6
+    seg_threads: int = 1
+    #: The segmentation node's max_rate_hz while the learner trains (0 = unchanged),
+    #: so that training gets most of a small CPU while the masks keep coming.
+    seg_rate_while_learning: float = 1.0
+    startup_timeout_s: float = 180.0
+    label_timeout_s: float = 240.0
+    learn_timeout_s: float = 1200.0
+    swap_timeout_s: float = 180.0
+    eval_timeout_s: float = 240.0
+    overlay_frames: int = 3
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ('eval_frames', 'label_frames', 'learn_iterations', 'overlay_frames'):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.camera_rate_hz <= 0:
+            raise ValueError(f'camera_rate_hz must be > 0, got {self.camera_rate_hz}')
+        if self.learn_seconds < 0:
+            raise ValueError(f'learn_seconds must be >= 0, got {self.learn_seconds}')
+
+    @classmethod
+    def quick(cls, **changes) -> 'DemoSettings':
+        """Return the reduced settings used by the test (fewer frames and iterations)."""
+        base = {'eval_frames': 8, 'label_frames': 4, 'label_spacing_s': 1.0,
+                'learn_iterations': 30, 'camera_rate_hz': 4.0, 'overlay_frames': 1}
+        base.update(changes)
+        return cls(**base)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.ros
 def _start_learner(launcher, tmp_path, **params):
     values = {'registry_path': str(tmp_path / 'registry'),
               'frame_store_path': str(tmp_path / 'frames'), 'default_iterations': 3,
-              'batch_size': 2, 'device': 'cpu', 'seed': 1, 'job_threads': 2,
+              'batch_size': 2, 'device': 'cpu', 'seed': 1, 'job_threads': 1,
               'job_work_dir': str(tmp_path / 'jobs')}
     values.update(params)
     return launcher.start_module('learner', 'ldka_ros.nodes.learner_node', params=values)
@@ -339,7 +339,7 @@ def test_start_marks_frames_of_a_published_version_learned(learner_setup, ros_la
     ids = label_frames(tmp_path / 'frames', frames[:3])
     spec = write_spec(tmp_path / 'job.json', registry_path=str(tmp_path / 'registry'),
                       frame_store_path=str(tmp_path / 'frames'), max_iterations=2,
-                      batch_size=2, device='cpu', num_threads=2, mark_learned=False)
+                      batch_size=2, device='cpu', num_threads=1, mark_learned=False)
     code, lines, err = run_job(spec)
     assert code == 0 and lines[-1]['result']['version_id'] == 'v0002', err[-2000:]
     assert FrameStore(tmp_path / 'frames').pending_classes() == {'car': 3}

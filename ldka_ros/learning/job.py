@@ -83,6 +83,9 @@ ENGINE_MODES = ('auto', 'tensorrt', 'none')
 MAX_OLD_CLASS_FRAMES = 8
 #: Frames used for the ONNX parity check.
 PARITY_FRAMES = 4
+#: Divergence handling: restarts with the learning rate divided by LR_BACKOFF.
+LR_RETRIES = 2
+LR_BACKOFF = 4.0
 
 
 class JobCancelled(Exception):
@@ -112,7 +115,7 @@ class JobSpec:
     engine_cache_dir: str = ''
     seed: int = 0
     batch_size: int = 4
-    lr: float = 0.01
+    lr: float = 0.003
     freeze_bn: bool = True
     holdout_fraction: float = 0.2
     input_hw: list[int] = field(default_factory=list)
@@ -184,6 +187,7 @@ class Reporter:
         self.phase = ''
         self.phase_started = self.started
         self.timings: dict[str, float] = {}
+        self._last = 0.0
         self._lock = threading.Lock()
 
     def _base(self, phase: str) -> float:
@@ -212,7 +216,9 @@ class Reporter:
                eta_seconds: float | None = None, message: str = '') -> None:
         """Report progress within the current phase (0..1)."""
         frac = min(1.0, max(0.0, float(phase_progress)))
-        progress = self._base(self.phase) + PHASE_WEIGHTS[self.phase] * frac
+        # Never backwards (a training restart after divergence restarts phase_progress).
+        progress = max(self._last, self._base(self.phase) + PHASE_WEIGHTS[self.phase] * frac)
+        self._last = progress
         if eta_seconds is None:
             elapsed = self.clock() - self.started
             eta_seconds = elapsed * (1.0 - progress) / progress if progress > 0.05 else -1.0
@@ -491,23 +497,65 @@ def _load_feature_bank(registry, parent, notes: list[str]):
                                                           weights_only=True))
 
 
+def _diverged(exc: BaseException) -> bool:
+    """Return True for the training loop's non-finite loss/weights error."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        ' is nan ' in text or ' is inf ' in text or ' is -inf ' in text
+        or 'non-finite' in text)
+
+
 def train(spec: JobSpec, prep: Prepared, work: Path, report: Reporter,
           control: StopControl) -> tuple[Any, Any, dict]:
-    """Run the ``training`` phase; return ``(model, feature_bank, training summary)``."""
-    import torch
+    """
+    Run the ``training`` phase; return ``(model, feature_bank, training summary)``.
 
+    If the loss diverges (NaN/inf: a handful of frames and a learning rate too high for
+    them), training restarts from the old model with the learning rate divided by
+    ``LR_BACKOFF``, up to ``LR_RETRIES`` times: nobody on a robot should have to tune
+    a learning rate. The wall-clock budget counts across attempts.
+    """
     from ldka_ros.learning.data import Resize
-    from ldka_ros.learning.steps import Cancelled, learn_step, TrainConfig
 
     crop = tuple(int(v) for v in spec.crop) if spec.crop else prep.input_hw
-    cfg = TrainConfig(iterations=int(spec.max_iterations), batch_size=int(spec.batch_size),
-                      lr=float(spec.lr), crop=crop, device=spec.device, seed=int(spec.seed),
-                      freeze_bn=bool(spec.freeze_bn),
-                      checkpoint_every=max(1, int(spec.max_iterations)))
     dataset = prep.store.dataset(prep.step_ids, prep.train_ids,
                                  transform=Resize(prep.input_hw))
-    report.start('training', f'{spec.method}: {cfg.iterations} iterations on '
+    report.start('training', f'{spec.method}: {spec.max_iterations} iterations on '
                              f'{len(dataset)} frames')
+    started = time.monotonic()
+    lr = float(spec.lr)
+    notes = []
+    for attempt in range(LR_RETRIES + 1):
+        try:
+            model, bank, summary = _train_once(spec, prep, dataset, crop, lr, work, report,
+                                               control, started)
+            break
+        except RuntimeError as exc:
+            if not _diverged(exc) or attempt == LR_RETRIES:
+                raise
+            notes.append(f'diverged at lr {lr:g} ({str(exc).split(";")[0]})')
+            lr /= LR_BACKOFF
+            report.update(0.0, message=f'{notes[-1]}; retrying with lr {lr:g}')
+    summary['lr_retries'] = notes
+    report.update(1.0, losses=summary['final_losses'], message=(
+        f'trained {summary["iterations"]} iterations in {summary["seconds"]:.1f} s'
+        + (' (time budget reached)' if summary['stopped_by_time_budget'] else '')
+        + (f' at lr {lr:g} after {len(notes)} divergence(s)' if notes else '')))
+    return model, bank, summary
+
+
+def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], lr: float,
+                work: Path, report: Reporter, control: StopControl,
+                started: float) -> tuple[Any, Any, dict]:
+    """Run one ``learn_step`` attempt at learning rate ``lr``."""
+    import torch
+
+    from ldka_ros.learning.steps import Cancelled, learn_step, TrainConfig
+
+    cfg = TrainConfig(iterations=int(spec.max_iterations), batch_size=int(spec.batch_size),
+                      lr=lr, crop=crop, device=spec.device, seed=int(spec.seed),
+                      freeze_bn=bool(spec.freeze_bn),
+                      checkpoint_every=max(1, int(spec.max_iterations)))
     budget = float(spec.max_seconds)
     state_path = work / 'train_state.pt'
 
@@ -515,7 +563,8 @@ def train(spec: JobSpec, prep: Prepared, work: Path, report: Reporter,
         if event.phase == 'features':
             return
         report.training(event.iteration, event.total, event.losses, event.eta_seconds)
-        if budget > 0 and event.seconds >= budget and event.iteration < event.total:
+        if budget > 0 and time.monotonic() - started >= budget \
+                and event.iteration < event.total:
             control.stop('budget')
 
     new_ids = sorted(prep.step_ids.values())
@@ -554,9 +603,6 @@ def train(spec: JobSpec, prep: Prepared, work: Path, report: Reporter,
                'final_losses': {k: v for k, v in last.items() if k not in ('iteration', 'lr')},
                'train_frames': len(dataset), 'crop': list(crop), 'batch_size': cfg.batch_size,
                'lr': cfg.lr, 'seed': cfg.seed, 'freeze_bn': cfg.freeze_bn}
-    report.update(1.0, losses=summary['final_losses'], message=(
-        f'trained {len(history)} iterations in {seconds:.1f} s'
-        + (' (time budget reached)' if stopped_early else '')))
     return model, bank, summary
 
 

@@ -101,6 +101,7 @@ class JobSpec:
     know yet. ``input_hw`` empty = the parent version's input size. ``crop`` empty = the
     input size. ``engine``: ``auto`` builds a TensorRT engine where possible, ``tensorrt``
     requires it, ``none`` skips it. ``parent_pid`` > 0: stop when that process dies.
+    ``num_threads`` 0 = half the CPU cores.
     """
 
     registry_path: str
@@ -859,8 +860,9 @@ def run_job(spec: JobSpec, report: Reporter, control: StopControl) -> dict:
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2 ** 32)
     torch.manual_seed(spec.seed)
-    if spec.num_threads > 0:
-        torch.set_num_threads(int(spec.num_threads))
+    # 0 = half the cores: the segmentation node serves the camera on the other half, and
+    # OpenMP threads spinning against it made a step several times slower on 2 cores.
+    torch.set_num_threads(int(spec.num_threads) or max(1, (os.cpu_count() or 2) // 2))
     own_work = not spec.work_dir
     work = Path(spec.work_dir) if spec.work_dir else Path(tempfile.mkdtemp(prefix='ldka-job-'))
     work.mkdir(parents=True, exist_ok=True)

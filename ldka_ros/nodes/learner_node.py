@@ -113,9 +113,8 @@ PARAMS = [
               minimum=0, maximum=2 ** 31 - 1),
     ParamSpec('python_executable', '', "Python interpreter that runs the learning job; '' = "
               'the one running this node.'),
-    ParamSpec('job_threads', 0, 'CPU threads of the learning job; 0 = torch default. '
-              'Lower it so training leaves cores to the segmentation node.', minimum=0,
-              maximum=256),
+    ParamSpec('job_threads', 0, 'CPU threads of the learning job; 0 = half the CPU cores '
+              '(the segmentation node keeps the other half).', minimum=0, maximum=256),
     ParamSpec('job_nice', 0, 'Niceness added to the learning job process (0..19).',
               minimum=0, maximum=19),
     ParamSpec('job_work_dir', '', "Directory for job scratch files and logs; '' = a "

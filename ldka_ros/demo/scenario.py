@@ -176,14 +176,17 @@ class DemoSettings:
 
     new_object: str = 'duck'
     eval_frames: int = 30
-    label_frames: int = 6
+    label_frames: int = 8
     label_spacing_s: float = 1.5
     learn_iterations: int = 80
     learn_seconds: float = 0.0
     #: SGD learning rate of the step. The learner's default (0.01) made the LDKA losses
     #: diverge (curvature-damping term exploding within ten iterations) on the demo's
-    #: small base models; 0.003 trained stably.
-    learn_lr: float = 0.003
+    #: small test-size base model; 0.003-0.005 trained stably.
+    learn_lr: float = 0.005
+    #: Smallest share of the frame the object's box must cover to be labelled: larger
+    #: views give the learner more pixels of the object per frame.
+    label_min_area: float = 0.008
     camera_rate_hz: float = 4.0
     camera_speed: float = 0.3
     #: Faster orbit while labelling, so the labelled views differ.

@@ -527,6 +527,7 @@ class _Run:
         self.spin_thread: threading.Thread | None = None
         self.goal_handle = None
         self.log = None
+        self.graph_cpu_s: float | None = None
 
     # -- checks used while waiting ---------------------------------------------------
     def check_graph(self) -> None:
@@ -601,6 +602,9 @@ class _Run:
                       and node.learn_client.server_is_ready(), o.settings.startup_timeout_s,
                       'the learner node')
         self.report.versions['before'] = node.current_version
+        deadline = time.monotonic() + 5.0  # diagnostics come once a second
+        while not node.diagnostics_snapshot() and time.monotonic() < deadline:
+            time.sleep(0.1)
         diag = node.diagnostics_snapshot()
         self.echo(f'segmentation serves {node.current_version} on '
                   f'{diag.get("backend", "?")} ({diag.get("device", "?")})')
@@ -707,7 +711,7 @@ class _Run:
                     frame.truth.height, frame.truth.width)
                 entry = (frame.boxes.get('boxes') or {}).get(name)
                 box = tuple(entry['box']) if entry else None
-                cand = check_label_candidate(truth, box, scene_id)
+                cand = check_label_candidate(truth, box, scene_id, s.label_min_area)
                 if not cand.ok:
                     skipped[cand.reason.split(' (')[0]] = skipped.get(
                         cand.reason.split(' (')[0], 0) + 1
@@ -814,6 +818,7 @@ class _Run:
                 wait_future(self.goal_handle.cancel_goal_async(), 10.0)
             except Exception:  # noqa: B902 - the graph is stopped next anyway
                 pass
+        self.graph_cpu_s = _descendant_cpu_seconds()
         if self.graph is not None:
             self.echo('stopping the graph ...')
             try:
@@ -940,6 +945,9 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoReport:
         report.stages = run.timer.to_dict()
         report.total_s = round(run.timer.total(), 2)
         report.machine = _machine()
+        # CPU seconds, which unlike wall time hardly depend on other jobs on the machine.
+        report.machine['demo_process_cpu_s'] = round(time.process_time(), 1)
+        report.machine['graph_cpu_s'] = run.graph_cpu_s
         try:
             json_path, _ = write_report(run.paths.out, report)
             report.images['report_json'] = str(json_path)
@@ -952,6 +960,22 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoReport:
     echo('')
     echo(format_report(report))
     return report
+
+
+def _descendant_cpu_seconds() -> float | None:
+    """Return CPU seconds used by this process's descendants (nodes and their jobs)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dev dependency
+        return None
+    total = 0.0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            continue
+    return round(total, 1)
 
 
 def _machine() -> dict:

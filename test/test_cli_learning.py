@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ldka_ros.cli.main import main
-from learning_fixtures import require_camvid, REPO_ROOT
+from learning_fixtures import REPO_ROOT, require_camvid
 import pytest
 
 pytestmark = pytest.mark.slow

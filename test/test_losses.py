@@ -211,3 +211,18 @@ def test_pseudo_label_rules():
     target = torch.tensor([[[0, 0, 0, 5]]])
     out = L.pseudo_label(target, old, old_classes=[0, 1, 2], tau=0.7)
     assert out.tolist() == [[[2, 255, 0, 5]]]
+
+
+def test_curvature_damping_folds_new_classes_into_background():
+    # MiB's initialisation (new rows = background, biases lowered by log(n + 1)) keeps
+    # the folded background logit, so it must not count as a margin change.
+    torch.manual_seed(8)
+    old = torch.randn(1, 6, 3, 3)
+    old[:, 4:] = -1e4  # slots 4, 5 inactive in the old model
+    new = old.clone()
+    new[:, 0] = old[:, 0] - math.log(3)
+    new[:, 4] = new[:, 0]
+    new[:, 5] = new[:, 0]
+    assert L.curvature_damping(new, old, new_classes=[4, 5]).item() == pytest.approx(
+        0.0, abs=1e-8)
+    assert L.curvature_damping(new, old).item() > 0.0

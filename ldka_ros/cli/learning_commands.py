@@ -18,10 +18,10 @@ import sys
 PRESETS = {
     'quick': {'image_size': (120, 160), 'crop': (96, 128), 'base_iterations': 10,
               'step_iterations': 10, 'batch_size': 4, 'max_train_images': 12,
-              'max_val_images': 6, 'base_lr': 0.02, 'step_lr': 0.005},
-    'default': {'image_size': (180, 240), 'crop': (128, 160), 'base_iterations': 600,
-                'step_iterations': 200, 'batch_size': 8, 'max_train_images': None,
-                'max_val_images': None, 'base_lr': 0.02, 'step_lr': 0.005},
+              'max_val_images': 6, 'base_lr': 0.02, 'step_lr': 0.002},
+    'default': {'image_size': (180, 240), 'crop': (128, 160), 'base_iterations': 300,
+                'step_iterations': 150, 'batch_size': 8, 'max_train_images': None,
+                'max_val_images': None, 'base_lr': 0.02, 'step_lr': 0.001},
 }
 
 
@@ -197,6 +197,8 @@ def register(subparsers) -> None:
     p.add_argument('--seed-list', help='explicit comma list of seeds (overrides --seeds)')
     p.add_argument('--out', required=True, help='output folder (cache kept inside)')
     p.add_argument('--json', help='also write the results JSON here')
+    p.add_argument('--cache', help='cache folder for base and step checkpoints (default: '
+                   'OUT/cache; share it between protocols with the same base classes)')
     p.add_argument('--base-iterations', type=int)
     p.add_argument('--step-iterations', type=int)
     p.add_argument('--base-lr', type=float)
@@ -206,6 +208,14 @@ def register(subparsers) -> None:
     p.add_argument('--num-slots', type=int, default=16)
     p.add_argument('--pretrained', default='local')
     p.set_defaults(func=cmd_benchmark)
+
+    p = subparsers.add_parser('learn-speed', help='seconds/iteration of methods, interleaved')
+    _common(p)
+    p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr')
+    p.add_argument('--rounds', type=int, default=4)
+    p.add_argument('--iterations', type=int, default=5, help='iterations per block')
+    p.add_argument('--json', help='write the measurements as JSON here')
+    p.set_defaults(func=cmd_learn_speed)
 
 
 def _camvid(args, split: str, settings: dict):
@@ -369,6 +379,7 @@ def cmd_benchmark(args) -> int:
                        image_size=settings['image_size'],
                        max_train_images=settings['max_train_images'],
                        max_val_images=settings['max_val_images'], progress=bars,
+                       cache_dir=args.cache,
                        echo=lambda text: (bars.close(), print(text, flush=True)))
     bars.close()
     doc['command'] = 'ldka ' + ' '.join(sys.argv[1:]) if sys.argv else ''
@@ -378,4 +389,26 @@ def cmd_benchmark(args) -> int:
 
         atomic_write_json(args.json, doc)
     print(json.dumps({'wrote': str(Path(args.out) / 'results.json')}))
+    return 0
+
+
+def cmd_learn_speed(args) -> int:
+    """Measure s/iter of each method in interleaved blocks; print ratios to the first."""
+    from ldka_ros.learning.benchmark import measure_speed
+
+    settings = _settings(args)
+    _, step_cfg = _configs(args, settings)
+    doc = measure_speed(_data_root(args), args.methods.split(','), rounds=args.rounds,
+                        iterations=args.iterations, cfg=step_cfg,
+                        image_size=settings['image_size'], protocol=args.protocol)
+    doc['command'] = 'ldka ' + ' '.join(sys.argv[1:])
+    print('| method | median s/iter | ratio to ' + doc['methods'][0] + ' |')
+    print('| --- | --- | --- |')
+    for method in doc['methods']:
+        print(f"| {method} | {doc['median_seconds_per_iter'][method]:.3f} | "
+              f"{doc['ratio_to_first'][method]:.2f} |")
+    if args.json:
+        from ldka_ros.learning.classes import atomic_write_json
+
+        atomic_write_json(args.json, doc)
     return 0

@@ -107,15 +107,39 @@ def _clean(value):
     return value
 
 
+class _MarginRecorder(torch.nn.Module):
+    """Pass-through wrapper that keeps each batch's margin over the ``seen`` slots."""
+
+    def __init__(self, model: torch.nn.Module, seen: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer('seen', torch.tensor(sorted(seen)), persistent=False)
+        self.margins: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor):
+        out = self.model(images)
+        logits = out.logits.float().index_select(1, self.seen.to(out.logits.device))
+        top = logits.topk(2, dim=1).values
+        self.margins.extend((top[:, 0] - top[:, 1]).cpu())
+        return out
+
+
 def _evaluate_row(model, val, protocol, t: int, device, batch_size: int) -> dict:
-    """Evaluate after step ``t``: all seen classes, plus margins on base-class pixels."""
-    from ldka_ros.learning.evaluate import evaluate
+    """
+    Evaluate after step ``t``: all seen classes, plus margins on base-class pixels.
+
+    One forward pass: the margins recorded while ``evaluate`` runs are matched with
+    the labels of the base step's evaluation view (same images, same order), which
+    gives the margin statistics of the old classes' pixels alone.
+    """
+    from ldka_ros.learning.evaluate import evaluate, MARGIN_EDGES
     from ldka_ros.learning.protocols import eval_set
 
     old = protocol.old_classes(1) if protocol.num_steps > 1 else protocol.seen_classes(0)
     seen = protocol.seen_classes(t)
     new = [c for c in seen if c not in old]
-    res = evaluate(model, eval_set(val, protocol, t), seen, old, new, device=device,
+    recorder = _MarginRecorder(model, seen)
+    res = evaluate(recorder, eval_set(val, protocol, t), seen, old, new, device=device,
                    batch_size=batch_size, low_margin=LOW_MARGIN)
     row = {k: _clean(v) for k, v in res.to_dict().items()
            if k not in ('per_class_iou', 'margin_hist')}
@@ -123,14 +147,18 @@ def _evaluate_row(model, val, protocol, t: int, device, batch_size: int) -> dict
     for cid, iou in res.per_class_iou.items():
         row[f'iou_{names.get(cid, "background") if cid else "background"}'] = _clean(iou)
     row['margin_hist'] = [list(res.margin_hist[0]), list(res.margin_hist[1])]
-    if t > 0:
-        base = evaluate(model, eval_set(val, protocol, 0), seen, protocol.seen_classes(0), [],
-                        device=device, batch_size=batch_size, low_margin=LOW_MARGIN)
-        row['old_px_low_margin'] = _clean(base.low_margin_fraction)
-        row['old_px_margin_hist'] = [list(base.margin_hist[0]), list(base.margin_hist[1])]
-    else:
-        row['old_px_low_margin'] = row['low_margin_fraction']
-        row['old_px_margin_hist'] = row['margin_hist']
+    base_view = eval_set(val, protocol, 0)
+    hist = np.zeros(len(MARGIN_EDGES) - 1, dtype=np.int64)
+    low = count = 0
+    for i, margin in enumerate(recorder.margins):
+        label = torch.as_tensor(base_view[i][1])
+        m = margin[label != 255]
+        hist += np.histogram(m.clamp(max=float(MARGIN_EDGES[-1]) - 1e-6).numpy(),
+                             bins=MARGIN_EDGES)[0]
+        low += int((m < LOW_MARGIN).sum())
+        count += int(m.numel())
+    row['old_px_low_margin'] = low / count if count else None
+    row['old_px_margin_hist'] = [MARGIN_EDGES.tolist(), hist.tolist()]
     return row
 
 
@@ -166,7 +194,8 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
                  model_config=None, image_size: tuple[int, int] = (180, 240),
                  max_train_images: int | None = None, max_val_images: int | None = None,
                  eval_batch_size: int = 8, progress: BenchProgress | None = None,
-                 echo: Callable[[str], None] = print) -> dict:
+                 echo: Callable[[str], None] = print,
+                 cache_dir: str | os.PathLike | None = None) -> dict:
     """
     Run ``methods`` through every step of ``protocol`` for each seed; write results.
 
@@ -174,11 +203,13 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
     by every method; ``joint`` retrains from that base model at each step on every
     class seen so far. After each step the model is evaluated on the val split.
     Writes ``results.csv``, ``results.json``, ``miou_curves.png`` and
-    ``margin_histograms.png`` in ``out_dir`` and returns the JSON document.
+    ``margin_histograms.png`` in ``out_dir`` (rewritten after every finished method
+    and seed, so a long run leaves usable partial results) and returns the JSON
+    document. ``cache_dir`` (default ``out_dir/cache``) may be shared between
+    protocols: base models are keyed by their classes, steps by the protocol.
     """
     from ldka_ros.learning.checkpoint import save_checkpoint
     from ldka_ros.learning.data import CamVidDataset, Resize
-    from ldka_ros.learning.evaluate import plot_margin_histograms, plot_miou_curves
     from ldka_ros.learning.model import build_model, ModelConfig
     from ldka_ros.learning.pretrained import find_local_weights
     from ldka_ros.learning.protocols import get_protocol, joint_train_set, step_train_set
@@ -195,7 +226,7 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
         model_config = ModelConfig(num_slots=16,
                                    pretrained=str(weights) if weights else None)
     out = Path(out_dir)
-    cache = out / 'cache'
+    cache = Path(cache_dir) if cache_dir else out / 'cache'
     cache.mkdir(parents=True, exist_ok=True)
     transform = Resize(tuple(image_size))
     train = _spread_subset(CamVidDataset(data_root, 'train', transform=transform), proto,
@@ -216,7 +247,8 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
 
     for seed in seeds:
         base_cfg = replace(cfg_base, seed=seed)
-        key = json.dumps({'protocol': proto.name, 'cfg': base_cfg.key(), 'model': mc_key,
+        key = json.dumps({'base_classes': proto.new_classes(0), 'cfg': base_cfg.key(),
+                          'model': mc_key,
                           'image_size': list(image_size), 'train': len(train)},
                          sort_keys=True)
         base_path = cache / f'base_seed{seed}.pt'
@@ -248,10 +280,11 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
                 call, cfg_ldka = method_call(method, ldka)
                 step_cfg = replace(cfg_step, seed=seed * 1000 + t)
                 step_key = json.dumps({'prev': step_key, 'method': method, 't': t,
+                                       'protocol': proto.name, 'new': proto.new_classes(t),
                                        'cfg': step_cfg.key(),
                                        'ldka': asdict(cfg_ldka) if cfg_ldka else None},
                                       sort_keys=True)
-                path = cache / f'{_slug(method)}_seed{seed}_step{t}.pt'
+                path = cache / f'{proto.name}_{_slug(method)}_seed{seed}_step{t}.pt'
                 hit = _cached(path, step_key)
                 if hit is not None:
                     model, meta = hit
@@ -285,6 +318,18 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
                 echo(f'seed {seed} {method} step {t}: mIoU all {_pct(info["miou_all"])} '
                      f'old {_pct(info["miou_old"])} new {_pct(info["miou_new"])} '
                      f'old-px low-margin {_pct(info["old_px_low_margin"])}')
+            doc = _finish(rows, proto, methods, seeds, image_size, train, val, cfg_base,
+                          cfg_step, ldka, mc_key, device, t_start, out)
+    echo(format_table(doc))
+    return doc
+
+
+def _finish(rows, proto, methods, seeds, image_size, train, val, cfg_base, cfg_step, ldka,
+            mc_key, device, t_start, out: Path) -> dict:
+    """Write results.json/csv and the plots for the rows so far; return the document."""
+    from ldka_ros.learning.evaluate import plot_margin_histograms, plot_miou_curves
+
+    done = sorted({(r['seed'], r['method']) for r in rows if r['step'] > 0})
     doc = {
         'protocol': proto.name, 'steps': proto.steps, 'methods': methods, 'seeds': seeds,
         'image_size': list(image_size), 'train_images': len(train), 'val_images': len(val),
@@ -292,7 +337,8 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
         'ldka': asdict(ldka or LDKAConfig()), 'model': mc_key,
         'device': str(device),
         'low_margin': LOW_MARGIN, 'seconds_total': time.perf_counter() - t_start,
-        'summary': summarize(rows, proto.num_steps - 1), 'rows': rows,
+        'summary': summarize(rows, proto.num_steps - 1),
+        'completed': [{'seed': s, 'method': m} for s, m in done], 'rows': rows,
     }
     write_results(doc, out)
     plot_miou_curves(rows, out / 'miou_curves.png', title=f'{proto.name} (val)')
@@ -306,7 +352,6 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
                                                     counts.tolist())
     plot_margin_histograms(hists, out / 'margin_histograms.png',
                            title=f'{proto.name}: margins on base-class pixels (val)')
-    echo(format_table(doc))
     return doc
 
 
@@ -375,3 +420,54 @@ def write_results(doc: dict, out: Path) -> None:
     for row in rows:
         writer.writerow({k: row.get(k) for k in columns})
     atomic_write_bytes(out / 'results.csv', buf.getvalue().encode('utf-8'))
+
+
+def measure_speed(data_root: str | os.PathLike, methods: Sequence[str] = ('finetune', 'ldka'),
+                  rounds: int = 4, iterations: int = 5, cfg: TrainConfig | None = None,
+                  image_size: tuple[int, int] = (180, 240), protocol: str = 'camvid-6-5',
+                  model_config=None, echo: Callable[[str], None] = print) -> dict:
+    """
+    Measure seconds per iteration of each method, interleaved in one process.
+
+    The machine is shared, so absolute timings drift by several times within minutes;
+    running short blocks of each method in turn (order alternating every round) and
+    comparing medians gives a ratio that is fair to both. Same batch, crop and data.
+    """
+    from ldka_ros.learning.data import CamVidDataset, Resize
+    from ldka_ros.learning.model import build_model, ModelConfig
+    from ldka_ros.learning.pretrained import find_local_weights
+    from ldka_ros.learning.protocols import get_protocol, step_train_set
+
+    methods = parse_methods(methods)
+    cfg = cfg or TrainConfig(iterations=iterations, batch_size=8, crop=(128, 160))
+    cfg = replace(cfg, iterations=iterations, freeze_bn=True)
+    proto = get_protocol(protocol)
+    if model_config is None:
+        weights = find_local_weights('efficientnet_lite0')
+        model_config = ModelConfig(num_slots=16, pretrained=str(weights) if weights else None)
+    torch.manual_seed(0)
+    model = build_model(model_config)
+    model.set_active(proto.seen_classes(0))
+    train = CamVidDataset(data_root, 'train', transform=Resize(tuple(image_size)))
+    data = step_train_set(train, proto, 1)
+    from ldka_ros.learning.steps import collect_feature_bank
+
+    bank = collect_feature_bank(model, _subset(step_train_set(train, proto, 0), 8),
+                                proto.seen_classes(0), device=cfg.device)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(rounds):
+        order = methods if r % 2 == 0 else methods[::-1]
+        for method in order:
+            call, ldka = method_call(method, None)
+            res = learn_step(model, data, proto.new_classes(1), call, cfg, ldka=ldka,
+                             feature_bank=bank if call != 'joint' else None)
+            times[method].append(res.seconds_per_iter)
+            echo(f'round {r} {method}: {res.seconds_per_iter:.3f} s/iter')
+    medians = {m: float(np.median(v)) for m, v in times.items()}
+    ref = medians[methods[0]]
+    return {'methods': methods, 'rounds': rounds, 'iterations_per_round': iterations,
+            'batch_size': cfg.batch_size, 'crop': list(cfg.crop),
+            'image_size': list(image_size), 'device': str(resolve_device(cfg.device)),
+            'threads': torch.get_num_threads(), 'seconds_per_iter': times,
+            'median_seconds_per_iter': medians,
+            'ratio_to_first': {m: medians[m] / ref for m in methods}}

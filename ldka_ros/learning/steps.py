@@ -390,7 +390,8 @@ class _StepLoss:
         if cfg.kd:
             terms['kd'] = cfg.lambda_kd * L.unbiased_kd(logits, old_logits, self.old, self.new)
         if cfg.dss:
-            terms['dss'] = cfg.lambda_dss * L.curvature_damping(logits, old_logits)
+            terms['dss'] = cfg.lambda_dss * L.curvature_damping(logits, old_logits,
+                                                                new_classes=self.new)
         if cfg.pert:
             terms['pert'] = cfg.lambda_pert * L.perturbation_loss(
                 self.model.classify, features, cfg.sigma, generator=self.generator)

@@ -39,8 +39,8 @@ def _few(dataset, n):
 @pytest.fixture(scope='module')
 def ldka_step(base, step_data):
     events = []
-    res = learn_step(base.model, step_data, NEW_CLASSES, 'ldka+gfr',
-                     tiny_config(iterations=40, lr=0.01, freeze_bn=True),
+    res = learn_step(base.model, step_data, NEW_CLASSES, 'ldka',
+                     tiny_config(iterations=40, lr=0.003, freeze_bn=True),
                      feature_bank=base.feature_bank, progress=events.append)
     return res, events
 
@@ -54,20 +54,16 @@ def test_ldka_step_learns_the_new_class_and_reports_old(base, ldka_step):
                      proto.old_classes(1), NEW_CLASSES)
     car = after.per_class_iou[NEW_CLASSES[0]]
     assert car > 0.05, f'new class IoU {car:.3f} after the step'
-    assert before.per_class_iou[NEW_CLASSES[0]] != before.per_class_iou[NEW_CLASSES[0]] \
-        or NEW_CLASSES[0] not in before.per_class_iou  # unseen before the step
-    assert 0.0 < after.miou_old <= 1.0
+    # old classes are reported and mostly kept (fine-tuning alone would erase them)
+    assert 0.5 * before.miou_all < after.miou_old <= 1.0
     for cid in BASE_CLASSES:
         assert 0.0 <= after.per_class_iou[cid] <= 1.0
     # progress: one event per iteration, in order, with every active loss term
-    train_events = [e for e in events if e.phase == 'ldka+gfr']
+    train_events = [e for e in events if e.phase == 'ldka']
     assert [e.iteration for e in train_events] == list(range(1, 41))
     assert isinstance(train_events[-1], ProgressEvent)
-    assert {'pml', 'kd', 'dss', 'pert', 'mad', 'gfr'} <= set(train_events[-1].losses)
+    assert {'pml', 'kd', 'dss', 'pert', 'mad'} <= set(train_events[-1].losses)
     assert res.seconds_per_iter > 0 and len(res.history) == 40
-    # the bank now also holds the new class, learned from this step's labels
-    assert NEW_CLASSES[0] in res.feature_bank.classes()
-    assert set(BASE_CLASSES) <= set(res.feature_bank.classes())
 
 
 def test_adding_classes_changes_no_tensor_shape(base, ldka_step):
@@ -98,11 +94,17 @@ def test_mib_init_keeps_old_predictions(base, step_data):
 @pytest.mark.parametrize('method', ['finetune', 'ldka+gfr'])
 def test_same_seed_same_weights(base, step_data, method):
     data = _few(step_data, 3)  # fewer images than a batch: repeated with new crops
-    cfg = tiny_config(iterations=3, lr=0.01)
-    runs = [learn_step(base.model, data, NEW_CLASSES, method, cfg,
-                       feature_bank=base.feature_bank).model.state_dict() for _ in range(2)]
+    cfg = tiny_config(iterations=3, lr=0.002)
+    results = [learn_step(base.model, data, NEW_CLASSES, method, cfg,
+                          feature_bank=base.feature_bank) for _ in range(2)]
+    runs = [r.model.state_dict() for r in results]
+    if method == 'ldka+gfr':  # feature replay from the base step's bank is active
+        assert all('gfr' in h for h in results[0].history)
+        # the returned bank adds the new class, from this step's labels
+        classes = results[0].feature_bank.classes()
+        assert NEW_CLASSES[0] in classes and set(BASE_CLASSES) <= set(classes)
     other = learn_step(base.model, data, NEW_CLASSES, method, tiny_config(
-        iterations=3, lr=0.01, seed=1), feature_bank=base.feature_bank).model.state_dict()
+        iterations=3, lr=0.002, seed=1), feature_bank=base.feature_bank).model.state_dict()
     for key in runs[0]:
         assert torch.equal(runs[0][key], runs[1][key]), key
     assert any(not torch.equal(runs[0][k], other[k]) for k in runs[0]
@@ -119,7 +121,7 @@ def test_batch_plan_is_a_pure_function():
 
 def test_cancel_then_resume_matches_uninterrupted_run(base, step_data, tmp_path):
     data = _few(step_data, 6)
-    cfg = tiny_config(iterations=6, lr=0.01, checkpoint_every=2)
+    cfg = tiny_config(iterations=6, lr=0.002, checkpoint_every=2)
     reference = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg).model.state_dict()
     path = tmp_path / 'state.pt'
     cancel = threading.Event()
@@ -168,7 +170,7 @@ data = LabelMapped(full.dataset, full.indices[:6], full.label_map, classes=full.
 def die(event):
     if event.iteration == 4:
         os.kill(os.getpid(), signal.SIGKILL)
-learn_step(model, data, NEW_CLASSES, 'mib', tiny_config(iterations=6, lr=0.01,
+learn_step(model, data, NEW_CLASSES, 'mib', tiny_config(iterations=6, lr=0.002,
            checkpoint_every=2), progress=die, checkpoint_path={state!r})
 """
 
@@ -185,7 +187,7 @@ def test_killed_process_resumes(base, step_data, tmp_path):
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert torch.load(state, weights_only=False)['iteration'] == 4
     data = _few(step_data, 6)
-    cfg = tiny_config(iterations=6, lr=0.01, checkpoint_every=2)
+    cfg = tiny_config(iterations=6, lr=0.002, checkpoint_every=2)
     from ldka_ros.learning.checkpoint import load_checkpoint
 
     reloaded, _, _ = load_checkpoint(model_path)
@@ -215,7 +217,7 @@ class _PoisonedFrames(torch.utils.data.Dataset):
 
 def test_nan_loss_names_the_term_and_keeps_checkpoint(base, step_data, tmp_path):
     path = tmp_path / 'state.pt'
-    cfg = tiny_config(iterations=6, lr=0.01, checkpoint_every=2)
+    cfg = tiny_config(iterations=6, lr=0.002, checkpoint_every=2)
     cancel = threading.Event()
     clean = _PoisonedFrames(step_data, poison=False)
     with pytest.raises(Cancelled):

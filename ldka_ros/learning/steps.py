@@ -671,7 +671,7 @@ def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
     history, seconds, per_iter = _train(net, dataset, loss, cfg, method, key, device,
                                         progress, cancel, checkpoint_path, resume, eval_fn)
     bank = feature_bank
-    if method == 'ldka+gfr' or ldka.gfr or feature_bank is not None:
+    if method == 'ldka+gfr' or (method == 'ldka' and ldka.gfr):  # only replay needs it
         bank = collect_feature_bank(net, dataset, fresh, feature_bank, device, progress,
                                     cancel)
     return StepResult(net.cpu().eval(), bank, history, seconds, per_iter)

@@ -449,7 +449,9 @@ def measure_speed(data_root: str | os.PathLike, methods: Sequence[str] = ('finet
     model = build_model(model_config)
     model.set_active(proto.seen_classes(0))
     train = CamVidDataset(data_root, 'train', transform=Resize(tuple(image_size)))
-    data = step_train_set(train, proto, 1)
+    # 32 images: the per-iteration cost does not depend on the set's size, but the
+    # feature statistics that ldka+gfr collects after each block do
+    data = _subset(step_train_set(train, proto, 1), 32)
     from ldka_ros.learning.steps import collect_feature_bank
 
     bank = collect_feature_bank(model, _subset(step_train_set(train, proto, 0), 8),

@@ -226,3 +226,24 @@ def test_curvature_damping_folds_new_classes_into_background():
     assert L.curvature_damping(new, old, new_classes=[4, 5]).item() == pytest.approx(
         0.0, abs=1e-8)
     assert L.curvature_damping(new, old).item() > 0.0
+
+
+def test_class_balance_weights_hand_case():
+    # 6 valid pixels: five of class 0, one of class 3; one ignored pixel.
+    target = torch.tensor([[[0, 0, 0, 0, 0, 3, L.IGNORE]]])
+    plain = L.class_balance_weights(target, 0.0)
+    assert plain.tolist() == [[[1, 1, 1, 1, 1, 1, 0]]]
+    equal = L.class_balance_weights(target, 1.0)
+    assert float(equal.sum()) == pytest.approx(6.0)  # budget kept: sum w = N
+    # power 1: each present class gets the same total weight, N / 2 = 3
+    assert float(equal[0, 0, :5].sum()) == pytest.approx(3.0)
+    assert float(equal[0, 0, 5]) == pytest.approx(3.0)
+    assert float(equal[0, 0, 6]) == 0.0
+    half = L.class_balance_weights(target, 0.5)
+    # power 0.5: weights proportional to 1/sqrt(n_c): 5 * a / sqrt(5) + a / 1 = 6
+    a = 6.0 / (5 ** 0.5 + 1.0)
+    assert float(half[0, 0, 5]) == pytest.approx(a)
+    assert float(half[0, 0, 0]) == pytest.approx(a / 5 ** 0.5)
+    # weighted mean of a per-pixel loss divides by the valid count
+    loss = torch.tensor([[[1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 100.0]]])
+    assert float(L.weighted_mean(loss, equal)) == pytest.approx((3.0 * 1.0 + 3.0 * 4.0) / 6)

@@ -9,7 +9,7 @@ import threading
 from ldka_ros.learning.evaluate import evaluate
 from ldka_ros.learning.protocols import eval_set, step_train_set
 from ldka_ros.learning.steps import (batch_plan, Cancelled, LDKAConfig, learn_step, METHODS,
-                                     ProgressEvent)
+                                     ProgressEvent, STEP_RECIPE)
 from learning_fixtures import (BASE_CLASSES, CROP, NEW_CLASSES, require_camvid, tiny_base,
                                tiny_config, tiny_protocol, tiny_train, tiny_val)
 import pytest
@@ -40,7 +40,7 @@ def _few(dataset, n):
 def ldka_step(base, step_data):
     events = []
     res = learn_step(base.model, step_data, NEW_CLASSES, 'ldka',
-                     tiny_config(iterations=40, lr=0.003, freeze_bn=True),
+                     tiny_config(iterations=40, **STEP_RECIPE),  # the robot's recipe
                      feature_bank=base.feature_bank, progress=events.append)
     return res, events
 

@@ -180,10 +180,8 @@ class DemoSettings:
     label_spacing_s: float = 1.5
     learn_iterations: int = 80
     learn_seconds: float = 0.0
-    #: SGD learning rate of the step. The learner's default (0.01) made the LDKA losses
-    #: diverge (curvature-damping term exploding within ten iterations) on the demo's
-    #: small test-size base model; 0.003-0.005 trained stably.
-    learn_lr: float = 0.005
+    #: Learning rate of the step (the learner's default, ``steps.STEP_RECIPE``).
+    learn_lr: float = 0.05
     #: Smallest share of the frame the object's box must cover to be labelled: larger
     #: views give the learner more pixels of the object per frame.
     label_min_area: float = 0.008
@@ -216,6 +214,6 @@ class DemoSettings:
     def quick(cls, **changes) -> 'DemoSettings':
         """Return the reduced settings used by the test (fewer frames and iterations)."""
         base = {'eval_frames': 8, 'label_frames': 4, 'label_spacing_s': 1.0,
-                'learn_iterations': 30, 'camera_rate_hz': 4.0, 'overlay_frames': 1}
+                'learn_iterations': 80, 'camera_rate_hz': 4.0, 'overlay_frames': 1}
         base.update(changes)
         return cls(**base)

@@ -116,8 +116,10 @@ class JobSpec:
     engine_cache_dir: str = ''
     seed: int = 0
     batch_size: int = 4
-    lr: float = 0.003
+    lr: float = 0.05
     freeze_bn: bool = True
+    #: Gradient-norm clipping of the step (0 = off); see ``steps.STEP_RECIPE``.
+    grad_clip: float = 2.0
     holdout_fraction: float = 0.2
     input_hw: list[int] = field(default_factory=list)
     crop: list[int] = field(default_factory=list)
@@ -159,6 +161,10 @@ class JobSpec:
             raise ValueError(f'max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}')
         if int(self.batch_size) < 1:
             raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
+        if not float(self.lr) > 0 or not math.isfinite(float(self.lr)):
+            raise ValueError(f'lr must be > 0, got {self.lr}')
+        if not float(self.grad_clip) >= 0:
+            raise ValueError(f'grad_clip must be >= 0 (0 = off), got {self.grad_clip}')
         if not 0.0 <= float(self.holdout_fraction) < 1.0:
             raise ValueError(f'holdout_fraction must be in [0, 1), got {self.holdout_fraction}')
         for name in ('input_hw', 'crop'):
@@ -551,11 +557,11 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
     """Run one ``learn_step`` attempt at learning rate ``lr``."""
     import torch
 
-    from ldka_ros.learning.steps import Cancelled, learn_step, TrainConfig
+    from ldka_ros.learning.steps import Cancelled, learn_step, step_config
 
-    cfg = TrainConfig(iterations=int(spec.max_iterations), batch_size=int(spec.batch_size),
+    cfg = step_config(iterations=int(spec.max_iterations), batch_size=int(spec.batch_size),
                       lr=lr, crop=crop, device=spec.device, seed=int(spec.seed),
-                      freeze_bn=bool(spec.freeze_bn),
+                      freeze_bn=bool(spec.freeze_bn), grad_clip=float(spec.grad_clip),
                       checkpoint_every=max(1, int(spec.max_iterations)))
     budget = float(spec.max_seconds)
     state_path = work / 'train_state.pt'
@@ -603,7 +609,9 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                'seconds': round(float(seconds), 3), 'seconds_per_iter': round(float(per_iter), 4),
                'final_losses': {k: v for k, v in last.items() if k not in ('iteration', 'lr')},
                'train_frames': len(dataset), 'crop': list(crop), 'batch_size': cfg.batch_size,
-               'lr': cfg.lr, 'seed': cfg.seed, 'freeze_bn': cfg.freeze_bn}
+               'lr': cfg.lr, 'seed': cfg.seed, 'freeze_bn': cfg.freeze_bn,
+               'backbone_lr_mult': cfg.backbone_lr_mult, 'grad_clip': cfg.grad_clip,
+               'class_balance': cfg.class_balance}
     return model, bank, summary
 
 

@@ -34,6 +34,38 @@ def valid_mask(target: torch.Tensor, valid: torch.Tensor | None = None) -> torch
     return target != IGNORE
 
 
+def class_balance_weights(target: torch.Tensor, power: float,
+                          valid: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    Return per-pixel weights ``w_i = n_{y_i}^-power`` rescaled so that ``sum w = N``.
+
+    ``n_c`` counts the valid pixels of class ``c`` in the batch. An operator's label
+    covers a few hundred pixels of a frame whose remaining tens of thousands are
+    background; with plain averaging the new class then receives about one percent of
+    the gradient and a short on-robot step does not learn it. ``power = 0`` is plain
+    averaging (all weights 1), ``1`` gives every present class the same total weight,
+    ``0.5`` (square-root balancing) lies between. The total stays ``N`` (the number of
+    valid pixels), so loss scales and learning rates keep their meaning; invalid pixels
+    get weight 0. No gradient flows through the weights.
+    """
+    valid = valid_mask(target, valid)
+    weights = valid.float()
+    count = int(valid.sum())
+    if count == 0 or power == 0:
+        return weights
+    labels = target[valid].long()
+    freq = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
+    per_pixel = freq[labels].pow(-float(power))
+    weights[valid] = per_pixel * (count / per_pixel.sum())
+    return weights
+
+
+def weighted_mean(pixel_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Return ``sum(w l) / sum(valid)`` (weights from ``class_balance_weights``)."""
+    count = (weights > 0).sum().clamp(min=1)
+    return (pixel_loss * weights).sum() / count
+
+
 def logit_margin(logits: torch.Tensor, target: torch.Tensor,
                  valid: torch.Tensor | None = None) -> torch.Tensor:
     """

@@ -66,6 +66,13 @@ class TrainConfig:
     freeze_bn: bool = False
     #: Iterations between training-state checkpoints (when a path is given).
     checkpoint_every: int = 50
+    #: Class balancing of the cross-entropy term (``losses.class_balance_weights``):
+    #: 0 = plain pixel average, 0.5 = square-root balancing, 1 = equal weight per class.
+    class_balance: float = 0.0
+    #: Learning-rate multiplier of the decoder and classifier (the parts a step adapts).
+    head_lr_mult: float = 1.0
+    #: Clip the global gradient norm to this value (0 = off).
+    grad_clip: float = 0.0
 
     def __post_init__(self) -> None:
         self.crop = (int(self.crop[0]), int(self.crop[1]))
@@ -78,6 +85,10 @@ class TrainConfig:
             raise ValueError(f'lr must be > 0, got {self.lr}')
         if min(self.crop) < 8:
             raise ValueError(f'crop must be at least 8x8, got {self.crop}')
+        if not 0.0 <= self.class_balance <= 1.0:
+            raise ValueError(f'class_balance must be in [0, 1], got {self.class_balance}')
+        if self.grad_clip < 0 or self.head_lr_mult <= 0 or self.backbone_lr_mult < 0:
+            raise ValueError('grad_clip must be >= 0, head_lr_mult > 0, backbone_lr_mult >= 0')
 
     def key(self) -> dict:
         """Return the fields that change the result (not device, workers or eval cadence)."""
@@ -86,6 +97,24 @@ class TrainConfig:
             data.pop(name)
         data['crop'], data['scale'] = list(self.crop), list(self.scale)
         return data
+
+
+#: The optimisation recipe of an incremental step on a robot (a few operator-labelled
+#: frames, tens of iterations). Measured on the demo's tabletop scene (4 labelled frames,
+#: 80 iterations; docs/benchmarks/step_recipe.md): plain averaging gives the labelled
+#: object about 1% of the gradient (its pixels are ~1% of a frame) and the step learns
+#: nothing at a stable learning rate, so every present class gets equal weight
+#: (``class_balance=1``); the head adapts at a high rate while the pretrained backbone
+#: moves at a tenth of it; the stabilising terms (KD, curvature damping) make the loss
+#: stiffer than plain CE, so the gradient norm is clipped, which is what keeps the high
+#: rate from diverging; BatchNorm statistics stay frozen.
+STEP_RECIPE: dict[str, Any] = {'lr': 0.05, 'backbone_lr_mult': 0.1, 'grad_clip': 2.0,
+                               'class_balance': 1.0, 'freeze_bn': True}
+
+
+def step_config(**overrides: Any) -> TrainConfig:
+    """Return a TrainConfig with ``STEP_RECIPE`` and ``overrides`` applied."""
+    return TrainConfig(**{**STEP_RECIPE, **overrides})
 
 
 @dataclass
@@ -299,7 +328,7 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         if not param.requires_grad:
             continue
         (backbone if name.startswith('backbone.') else rest).append(param)
-    groups = [{'params': rest, 'lr_mult': 1.0}]
+    groups = [{'params': rest, 'lr_mult': cfg.head_lr_mult}]
     if backbone:
         groups.append({'params': backbone, 'lr_mult': cfg.backbone_lr_mult})
     return groups
@@ -331,8 +360,9 @@ class _StepLoss:
 
     def __init__(self, method: str, model, teacher, old_classes: list[int],
                  new_classes: list[int], ldka: LDKAConfig, bank, device: torch.device,
-                 seed: int) -> None:
+                 seed: int, class_balance: float = 0.0) -> None:
         self.method, self.model, self.teacher = method, model, teacher
+        self.balance = float(class_balance)
         self.old, self.new = old_classes, new_classes
         self.ldka, self.bank = ldka, bank
         self.competition = L.CompetitionMatrix(model.num_slots, ldka.mu)
@@ -363,15 +393,21 @@ class _StepLoss:
         out = self.model(images)
         logits = out.logits
         if self.method in ('finetune', 'joint', 'base'):
-            return {'ce': F.cross_entropy(logits.float(), target, ignore_index=L.IGNORE)}
+            pixel = F.cross_entropy(logits.float(), target, ignore_index=L.IGNORE,
+                                    reduction='none')
+            return {'ce': L.weighted_mean(pixel, self._weights(target))}
         with torch.no_grad():
             old_logits = self.teacher(images).logits.float()
         logits = logits.float()
         if self.method == 'mib':
-            return {'ce': L.unbiased_ce(logits, target, self.old),
+            pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
+            return {'ce': L.weighted_mean(pixel, self._weights(target)),
                     'kd': self.ldka.lambda_kd * L.unbiased_kd(logits, old_logits, self.old,
                                                               self.new)}
         return self._ldka(logits, out.features, old_logits, target, progress)
+
+    def _weights(self, target: torch.Tensor) -> torch.Tensor:
+        return L.class_balance_weights(target, self.balance)
 
     def _ldka(self, logits, features, old_logits, target, progress) -> dict[str, torch.Tensor]:
         cfg = self.ldka
@@ -383,6 +419,7 @@ class _StepLoss:
         else:
             valid = target != L.IGNORE
             pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
+        pixel = pixel * self._weights(torch.where(valid, target, L.IGNORE))
         if cfg.pml:
             terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel)
         else:
@@ -510,6 +547,9 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
         total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         iteration += 1
@@ -612,7 +652,8 @@ def train_base(model, dataset, class_ids: Sequence[int], cfg: TrainConfig,
     net = copy.deepcopy(model).to(device)
     net.set_active(ids)
     key = {'phase': 'base', 'classes': ids, 'cfg': cfg.key(), 'samples': len(dataset)}
-    loss = _StepLoss('base', net, None, ids, [], LDKAConfig(), None, device, cfg.seed)
+    loss = _StepLoss('base', net, None, ids, [], LDKAConfig(), None, device, cfg.seed,
+                     cfg.class_balance)
     history, seconds, per_iter = _train(net, dataset, loss, cfg, 'base', key, device,
                                         progress, cancel, checkpoint_path, resume, eval_fn)
     bank = None
@@ -667,7 +708,8 @@ def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
     key = {'phase': 'step', 'method': method, 'new': new, 'old': old, 'cfg': cfg.key(),
            'ldka': asdict(ldka) if method.startswith('ldka') else None,
            'samples': len(dataset), 'old_model': _fingerprint(old_model)}
-    loss = _StepLoss(method, net, teacher, old, new, ldka, feature_bank, device, cfg.seed)
+    loss = _StepLoss(method, net, teacher, old, new, ldka, feature_bank, device, cfg.seed,
+                     cfg.class_balance)
     history, seconds, per_iter = _train(net, dataset, loss, cfg, method, key, device,
                                         progress, cancel, checkpoint_path, resume, eval_fn)
     bank = feature_bank

@@ -103,8 +103,9 @@ PARAMS = [
               'onnxruntime/torch: ONNX only.', choices=BACKENDS),
     ParamSpec('batch_size', 4, 'Training batch size of a learning step.', minimum=1,
               maximum=256),
-    ParamSpec('learning_rate', 0.003, 'SGD learning rate of a learning step (a job whose loss '
-              'diverges restarts with a quarter of it, twice at most).', minimum=1e-7,
+    ParamSpec('learning_rate', 0.05, 'SGD learning rate of the decoder/classifier in a '
+              'learning step; the backbone uses a tenth (a job whose loss diverges restarts '
+              'with a quarter of it, twice at most).', minimum=1e-7,
               maximum=10.0),
     ParamSpec('holdout_fraction', 0.2, "Share of each class's labelled frames held out for "
               'validation (at least one when a class has two or more).', minimum=0.0,

@@ -60,7 +60,10 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``demo`` and ``demo-base-model`` to the ``ldka`` parser."""
+    """Add ``demo``, ``demo-base-model`` and ``bench-step-recipe`` to the ``ldka`` parser."""
+    from ldka_ros.demo import recipe_bench
+
+    recipe_bench.register(subparsers)
     p = subparsers.add_parser(
         'demo-base-model', help='build (or find) the cached base model of the demo',
         description='Render tabletop frames (the duck labelled background), train the base '

@@ -71,6 +71,9 @@ class BaseModelConfig:
     batch_size: int = 6
     crop: tuple[int, int] = (128, 176)
     lr: float = 0.02
+    #: Square-root class balancing of the CE (``TrainConfig.class_balance``): the objects
+    #: cover a few percent of a frame each, the table and floor the rest.
+    class_balance: float = 0.5
     #: Train the decoder only (ImageNet backbone kept as it is): about 3x faster on a CPU.
     freeze_backbone: bool = False
     #: Also store the Gaussian feature bank (only the ``ldka+gfr`` method needs it).
@@ -280,7 +283,7 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     base_ids = sorted(cfg.base_classes())
     tcfg = TrainConfig(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr,
                        crop=cfg.crop, device=device, seed=cfg.seed,
-                       freeze_backbone=cfg.freeze_backbone)
+                       freeze_backbone=cfg.freeze_backbone, class_balance=cfg.class_balance)
     echo(f'training the base model ({cfg.backbone}, {cfg.iterations} iterations, batch '
          f'{cfg.batch_size}, crop {cfg.crop[0]}x{cfg.crop[1]}) on '
          f'{resolve_device(device).type}')

@@ -15,14 +15,17 @@ import os
 from pathlib import Path
 import sys
 
+#: Square-root class balancing of the base step (small classes such as poles and signs
+#: otherwise get almost no gradient; the same choice as the demo's base model).
+BASE_CLASS_BALANCE = 0.5
 #: name -> settings; ``image_size`` is what CamVid frames are resized to first.
 PRESETS = {
     'quick': {'image_size': (120, 160), 'crop': (96, 128), 'base_iterations': 10,
               'step_iterations': 10, 'batch_size': 4, 'max_train_images': 12,
-              'max_val_images': 6, 'base_lr': 0.02, 'step_lr': 0.002},
+              'max_val_images': 6, 'base_lr': 0.02, 'step_lr': None},
     'default': {'image_size': (180, 240), 'crop': (128, 160), 'base_iterations': 300,
                 'step_iterations': 150, 'batch_size': 8, 'max_train_images': None,
-                'max_val_images': None, 'base_lr': 0.02, 'step_lr': 0.001},
+                'max_val_images': None, 'base_lr': 0.02, 'step_lr': None},
 }
 
 
@@ -70,14 +73,16 @@ def _settings(args) -> dict:
 
 
 def _configs(args, settings: dict):
-    from ldka_ros.learning.steps import TrainConfig
+    from ldka_ros.learning.steps import RECIPES, TrainConfig
 
     common = {'batch_size': settings['batch_size'], 'crop': settings['crop'],
               'device': args.device, 'seed': args.seed, 'num_workers': args.workers}
     base = TrainConfig(iterations=settings['base_iterations'], lr=settings['base_lr'],
-                       **common)
-    step = TrainConfig(iterations=settings['step_iterations'], lr=settings['step_lr'],
-                       freeze_bn=True, **common)
+                       class_balance=BASE_CLASS_BALANCE, **common)
+    recipe = dict(RECIPES[getattr(args, 'step_recipe', 'robot') or 'robot'])
+    if settings['step_lr'] is not None:
+        recipe['lr'] = settings['step_lr']
+    step = TrainConfig(iterations=settings['step_iterations'], **recipe, **common)
     return base, step
 
 
@@ -149,6 +154,10 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
         parser.add_argument('--batch-size', type=int)
         parser.add_argument('--workers', type=int, default=0, help='DataLoader workers')
         parser.add_argument('--max-train-images', type=int)
+        parser.add_argument('--step-recipe', choices=('robot', 'plain'), default='robot',
+                            help='optimisation of incremental steps: robot = '
+                            'steps.STEP_RECIPE (class-balanced CE, head lr 0.05, backbone '
+                            '0.1x, gradient clipping), plain = MiB-style (lr 0.003)')
 
 
 def register(subparsers) -> None:

@@ -11,19 +11,13 @@ frames, and the training time.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
-import json
 from pathlib import Path
 import platform
 import tempfile
 import time
 
 import numpy as np
-
-#: The recipe before ``STEP_RECIPE``: MiB-style SGD on every parameter, plain averaging.
-PLAIN_RECIPE = {'lr': 0.003, 'backbone_lr_mult': 1.0, 'grad_clip': 0.0,
-                'class_balance': 0.0, 'freeze_bn': True}
 
 
 def _render_sets(cfg, root: Path, label_frames: int, val_frames: int, seed: int):
@@ -41,13 +35,11 @@ def _render_sets(cfg, root: Path, label_frames: int, val_frames: int, seed: int)
 
 def run(args) -> dict:
     """Run every (method, recipe, seed) and return the results."""
-    import torch
-
     from ldka_ros.demo.base_model import BaseModelConfig, ensure_base_model
     from ldka_ros.learning.checkpoint import load_checkpoint
     from ldka_ros.learning.data import FolderDataset, LabelMapped, Resize
     from ldka_ros.learning.evaluate import evaluate
-    from ldka_ros.learning.steps import learn_step, STEP_RECIPE, TrainConfig
+    from ldka_ros.learning.steps import learn_step, RECIPES, TrainConfig
 
     cfg = BaseModelConfig()
     base = ensure_base_model(cfg, progress=not args.no_progress)
@@ -56,7 +48,7 @@ def run(args) -> dict:
     new_id = cfg.class_ids()[cfg.new_object]
     old_ids = [0, *sorted(cfg.base_classes())]
     seen = [*old_ids, new_id]
-    recipes = {'plain': PLAIN_RECIPE, 'robot': STEP_RECIPE}
+    recipes = RECIPES
     rows = []
     with tempfile.TemporaryDirectory(prefix='ldka-recipe-') as tmp:
         for seed in range(args.seeds):
@@ -95,8 +87,8 @@ def run(args) -> dict:
                           old_ids, old_ids, [])
     return {'command': 'ldka bench-step-recipe ' + ' '.join(args.argv),
             'date': time.strftime('%Y-%m-%d'), 'machine': _machine(),
-            'settings': {k: v for k, v in vars(args).items() if k not in ('func', 'argv',
-                                                                            'json')},
+            'settings': {k: v for k, v in vars(args).items()
+                         if k not in ('func', 'argv', 'json')},
             'base_model': {'key': cfg.key(), 'config': cfg.to_dict(),
                            'old_miou_before': float(before.miou_all)},
             'recipes': recipes, 'train_config_defaults': asdict(TrainConfig()),
@@ -148,8 +140,8 @@ def format_table(results: dict) -> str:
         sec = s['seconds'][0]
         lines.append(f"| {s['method']} | {s['recipe']} | {pct(s['new_iou'])} | "
                      f"{pct(s['old_miou'])} | {sec:.1f} | {s['diverged']}/{s['runs']} |")
-    lines.append(f"\nold classes mIoU of the base model on the same frames: "
-                 f"{100 * results['base_model']['old_miou_before']:.1f}%")
+    before = results['base_model']['old_miou_before']
+    lines.append(f'\nold classes mIoU of the base model on the same frames: {100 * before:.1f}%')
     return '\n'.join(lines)
 
 

@@ -110,6 +110,11 @@ class TrainConfig:
 #: rate from diverging; BatchNorm statistics stay frozen.
 STEP_RECIPE: dict[str, Any] = {'lr': 0.05, 'backbone_lr_mult': 0.1, 'grad_clip': 2.0,
                                'class_balance': 1.0, 'freeze_bn': True}
+#: The MiB-style recipe it replaced (kept for comparisons): SGD at a small rate on every
+#: parameter, plain pixel averaging, no clipping.
+PLAIN_STEP_RECIPE: dict[str, Any] = {'lr': 0.003, 'backbone_lr_mult': 1.0, 'grad_clip': 0.0,
+                                     'class_balance': 0.0, 'freeze_bn': True}
+RECIPES = {'robot': STEP_RECIPE, 'plain': PLAIN_STEP_RECIPE}
 
 
 def step_config(**overrides: Any) -> TrainConfig:

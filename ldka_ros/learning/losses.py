@@ -250,8 +250,9 @@ def curvature_damping(logits: torch.Tensor, old_logits: torch.Tensor,
     ``|dm| <= delta`` and ``delta (2 |dm| - delta)`` beyond (same value and slope at
     ``delta``), which bounds the gradient to ``2 kappa delta``. The pure quadratic on
     raw logit margins is stiff: with SGD (momentum 0.9) at lr 0.005 it diverged within
-    5 iterations on a fixed batch even at ``lambda_dss = 0.05``; at MiB's step lr
-    0.001 it is stable at 0.5 (what the benchmark uses, with ``delta=None``).
+    5 iterations on a fixed batch even at ``lambda_dss = 0.05``. The step recipe
+    (``steps.STEP_RECIPE``) clips the gradient norm instead, which keeps
+    ``lambda_dss = 0.5`` with ``delta=None`` stable at lr 0.05.
     """
     kappa, a, b = top2_curvature(old_logits)
     old = old_logits.detach()

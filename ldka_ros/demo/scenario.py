@@ -213,7 +213,7 @@ class DemoSettings:
     @classmethod
     def quick(cls, **changes) -> 'DemoSettings':
         """Return the reduced settings used by the test (fewer frames and iterations)."""
-        base = {'eval_frames': 8, 'label_frames': 4, 'label_spacing_s': 1.0,
+        base = {'eval_frames': 16, 'label_frames': 4, 'label_spacing_s': 1.0,
                 'learn_iterations': 80, 'camera_rate_hz': 4.0, 'overlay_frames': 1}
         base.update(changes)
         return cls(**base)

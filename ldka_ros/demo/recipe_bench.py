@@ -20,17 +20,14 @@ import time
 import numpy as np
 
 
-def _render_sets(cfg, root: Path, label_frames: int, val_frames: int, seed: int):
-    """Render label and held-out frames with every object labelled (truth for scoring)."""
+def _render(cfg, out: Path, frames: int, seed: int) -> Path:
+    """Render ``frames`` tabletop frames with every object labelled (truth for scoring)."""
     from ldka_ros.sim.dataset import render_dataset
 
     h, w = cfg.render_hw
-    ids = cfg.class_ids()
-    common = {'exclude': (), 'width': w, 'height': h, 'overwrite': True, 'progress': False,
-              'frames_per_layout': cfg.frames_per_layout}
-    label = render_dataset(root / f'label_{seed}', label_frames, ids, seed=seed, **common)
-    val = render_dataset(root / 'val', val_frames, ids, seed=cfg.val_seed + 1, **common)
-    return label, val
+    return render_dataset(out, frames, cfg.class_ids(), seed=seed, exclude=(), width=w,
+                          height=h, overwrite=True, progress=False,
+                          frames_per_layout=cfg.frames_per_layout)
 
 
 def run(args) -> dict:
@@ -48,21 +45,22 @@ def run(args) -> dict:
     new_id = cfg.class_ids()[cfg.new_object]
     old_ids = [0, *sorted(cfg.base_classes())]
     seen = [*old_ids, new_id]
-    recipes = RECIPES
+    only_new = np.zeros(256, np.uint8)  # an operator's labels: the new object, else 0
+    only_new[new_id], only_new[255] = new_id, 255
     rows = []
     with tempfile.TemporaryDirectory(prefix='ldka-recipe-') as tmp:
+        # One held-out set for every seed and run; only the labelled frames change.
+        val_dir = _render(cfg, Path(tmp) / 'val', args.val_frames, cfg.val_seed + 1)
+        val = FolderDataset(val_dir, transform=Resize(cfg.input_hw))
         for seed in range(args.seeds):
-            label_dir, val_dir = _render_sets(cfg, Path(tmp), args.label_frames,
-                                              args.val_frames, 1000 + seed)
+            label_dir = _render(cfg, Path(tmp) / f'label_{seed}', args.label_frames,
+                                1000 + seed)
             labelled = FolderDataset(label_dir, transform=Resize(cfg.input_hw))
-            only_new = np.zeros(256, np.uint8)
-            only_new[new_id], only_new[255] = new_id, 255
             step = LabelMapped(labelled, np.arange(len(labelled)), only_new,
                                classes={new_id: cfg.new_object})
-            val = FolderDataset(val_dir, transform=Resize(cfg.input_hw))
             for method in args.methods:
                 for name in args.recipes:
-                    tcfg = TrainConfig(**{**recipes[name], 'iterations': args.iterations,
+                    tcfg = TrainConfig(**{**RECIPES[name], 'iterations': args.iterations,
                                           'batch_size': args.batch_size,
                                           'crop': cfg.input_hw, 'seed': seed,
                                           'device': args.device, 'jitter': 0.0})
@@ -91,7 +89,7 @@ def run(args) -> dict:
                          if k not in ('func', 'argv', 'json')},
             'base_model': {'key': cfg.key(), 'config': cfg.to_dict(),
                            'old_miou_before': float(before.miou_all)},
-            'recipes': recipes, 'train_config_defaults': asdict(TrainConfig()),
+            'recipes': RECIPES, 'train_config_defaults': asdict(TrainConfig()),
             'rows': rows, 'summary': _summary(rows)}
 
 

@@ -427,7 +427,7 @@ class _StepLoss:
         else:
             valid = target != L.IGNORE
             pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
-        pixel = pixel * self._weights(torch.where(valid, target, L.IGNORE))
+        pixel = pixel * self._weights(target)  # target is IGNORE exactly where ~valid
         if cfg.pml:
             terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel)
         else:

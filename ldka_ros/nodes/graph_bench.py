@@ -328,18 +328,30 @@ def main(argv: list[str] | None = None) -> int:
         default_registry, default_frames = _default_inputs()
         registry = registry or default_registry
         frames_dir = frames_dir or default_frames
+    tmp = None
     if args.input_hw:
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix='ldka-graph-bench-'))
         registry = reexport(Path(registry), tuple(args.input_hw), tmp / 'registry')
-    frames = _load_frames(Path(frames_dir), args.max_frames)
+    try:
+        return _run(args, Path(registry), Path(frames_dir))
+    finally:
+        if tmp is not None:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, registry: Path, frames_dir: Path) -> int:
+    """Run the three phases on ``registry``'s active version; print and write results."""
+    frames = _load_frames(frames_dir, args.max_frames)
     print(f'{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} from {frames_dir}; '
           f'registry {registry}', flush=True)
     load_before = os.getloadavg()
-    bare = bare_pipeline(Path(registry), frames, args.threads)
+    bare = bare_pipeline(registry, frames, args.threads)
     print(f"bare pipeline p50 {bare['pipeline_ms']['p50']:.1f} ms", flush=True)
-    ros = ros_path(args, Path(registry), frames)
+    ros = ros_path(args, registry, frames)
     results = {
         'command': 'python -m ldka_ros.nodes.graph_bench ' + ' '.join(sys.argv[1:]),
         'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': f'{platform.machine()}, '

@@ -25,6 +25,10 @@ def test_benchmark_quick_writes_every_artefact(tmp_path, capsys):
     doc = json.loads((out / 'results.json').read_text())
     copy = json.loads((tmp_path / 'copy.json').read_text())
     assert copy['rows'] == doc['rows'] and copy['preset'] == 'quick'
+    # the committed copy says how, where and when it was measured
+    assert copy['command'].startswith('ldka benchmark --quick --protocol camvid-6-5')
+    assert copy['machine']['cpu_count'] == os.cpu_count() and copy['date'][:2] == '20'
+    assert 'load_average_start' in copy and 'load_average_end' in copy
     rows = doc['rows']
     assert {(r['method'], r['step']) for r in rows} == {
         ('finetune', 0), ('finetune', 1), ('ldka', 0), ('ldka', 1)}

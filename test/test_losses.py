@@ -133,6 +133,26 @@ def test_curvature_damping_hand_case():
     assert L.curvature_damping(new, old).item() == pytest.approx((kappa * dm ** 2).item())
 
 
+def test_curvature_damping_shrink_only_ignores_growing_margins():
+    old = torch.cat([_logits([0.0, 1.0, -2.0]), _logits([0.0, 1.0, -2.0])], dim=3)
+    new = old.clone()
+    new[0, 1, 0, 0] = 3.0  # pixel 0: top-1 margin grows by 2
+    new[0, 0, 0, 1] = 0.5  # pixel 1: margin shrinks by 0.5
+    p = torch.softmax(old[0, :, 0, 0], 0)
+    kappa = (p[1] + p[0] - (p[1] - p[0]) ** 2).item()
+    both = L.curvature_damping(new, old).item()
+    assert both == pytest.approx(kappa * (2.0 ** 2 + 0.5 ** 2) / 2)
+    student = new.clone().requires_grad_(True)
+    shrink = L.curvature_damping(student, old, shrink_only=True)
+    assert shrink.item() == pytest.approx(kappa * 0.5 ** 2 / 2)
+    shrink.backward()
+    assert torch.all(student.grad[..., 0] == 0)  # the growing pixel is left alone
+    assert student.grad[0, 0, 0, 1].item() > 0  # raising b's logit is what is penalised
+    grown = old.clone()
+    grown[0, 1] += 1.0
+    assert L.curvature_damping(grown, old, shrink_only=True).item() == 0.0
+
+
 def test_perturbation_loss_zero_without_noise_and_positive_with_it():
     torch.manual_seed(5)
     conv = torch.nn.Conv2d(8, 4, 1)

@@ -251,3 +251,20 @@ def test_bad_inputs_are_clear_errors(base, step_data):
         tiny_config(iterations=0)
     with pytest.raises(ValueError, match='ablation stage'):
         LDKAConfig.ablation('+everything')
+
+
+def test_benchmark_method_names_map_to_step_configs():
+    from ldka_ros.learning.benchmark import method_call, parse_methods
+
+    assert parse_methods('mib, ldka:skd,ldka:dss-shrink,mib') == [
+        'mib', 'ldka:skd', 'ldka:dss-shrink']
+    with pytest.raises(ValueError, match='ldka:dss-shrink'):
+        parse_methods('ldka:everything')
+    call, cfg = method_call('ldka:skd', None)
+    assert call == 'ldka' and cfg.dss and cfg.pert and not cfg.mad and not cfg.gfr
+    call, cfg = method_call('ldka:dss-shrink', LDKAConfig(lambda_dss=0.2))
+    assert call == 'ldka' and cfg.dss_shrink_only and cfg.lambda_dss == 0.2 and not cfg.gfr
+    assert method_call('ldka+gfr', None)[1].gfr
+    # the variant's option is keyed only when set, so cached steps of LDKA stay valid
+    assert 'dss_shrink_only' not in LDKAConfig().key()
+    assert cfg.key()['dss_shrink_only'] is True

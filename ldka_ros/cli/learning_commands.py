@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 import sys
 
+from ldka_ros.benchrecord import start_record, write_record
+
 #: Square-root class balancing of the base step (small classes such as poles and signs
 #: otherwise get almost no gradient; the same choice as the demo's base model).
 BASE_CLASS_BALANCE = 0.5
@@ -200,7 +202,8 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr,joint',
                    help='comma list of finetune, mib, ldka, ldka+gfr, joint and the '
-                   'ablation stages ldka:pml, ldka:skd, ldka:mad, ldka:gfr')
+                   'ablation stages ldka:pml, ldka:skd, ldka:mad, ldka:gfr; the variant '
+                   'ldka:dss-shrink (curvature damping of shrinking margins only)')
     p.add_argument('--ablation', action='store_true',
                    help='also run the ablation stages ldka:pml and ldka:skd')
     p.add_argument('--seeds', type=int, default=3)
@@ -383,6 +386,7 @@ def cmd_benchmark(args) -> int:
         if args.seeds < 1:
             raise ValueError(f'--seeds must be >= 1, got {args.seeds}')
         seeds = list(range(args.seeds))
+    header = start_record(args.invocation)
     bars = _Bars(not args.no_progress)
     doc = run_protocol(args.protocol, methods, seeds, _data_root(args), base_cfg, step_cfg,
                        args.out, model_config=_model_config(args),
@@ -392,12 +396,9 @@ def cmd_benchmark(args) -> int:
                        cache_dir=args.cache,
                        echo=lambda text: (bars.close(), print(text, flush=True)))
     bars.close()
-    doc['command'] = 'ldka ' + ' '.join(sys.argv[1:]) if sys.argv else ''
     doc['preset'] = 'quick' if args.quick else 'default'
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
-
-        atomic_write_json(args.json, doc)
+        write_record(args.json, header, doc)
     print(json.dumps({'wrote': str(Path(args.out) / 'results.json')}))
     return 0
 
@@ -408,17 +409,15 @@ def cmd_learn_speed(args) -> int:
 
     settings = _settings(args)
     _, step_cfg = _configs(args, settings)
+    header = start_record(args.invocation)
     doc = measure_speed(_data_root(args), args.methods.split(','), rounds=args.rounds,
                         iterations=args.iterations, cfg=step_cfg,
                         image_size=settings['image_size'], protocol=args.protocol)
-    doc['command'] = 'ldka ' + ' '.join(sys.argv[1:])
     print('| method | median s/iter | ratio to ' + doc['methods'][0] + ' |')
     print('| --- | --- | --- |')
     for method in doc['methods']:
         print(f"| {method} | {doc['median_seconds_per_iter'][method]:.3f} | "
               f"{doc['ratio_to_first'][method]:.2f} |")
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
-
-        atomic_write_json(args.json, doc)
+        write_record(args.json, header, doc)
     return 0

@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from ldka_ros.benchrecord import command_line
+
 #: Modules that provide ``register(subparsers)``; each sub-command sets ``func``.
 COMMAND_MODULES = (
     'ldka_ros.cli.learning_commands',
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The exact command, for benchmark records (also when called as ``main([...])``).
+    args.invocation = command_line('ldka', sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='%(levelname)s %(name)s: %(message)s')
     try:

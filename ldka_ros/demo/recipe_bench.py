@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-import platform
 import tempfile
 import time
 
@@ -83,23 +82,12 @@ def run(args) -> dict:
         lut[new_id] = 255
         before = evaluate(model, LabelMapped(val, np.arange(len(val)), lut, classes={}),
                           old_ids, old_ids, [])
-    return {'command': 'ldka bench-step-recipe ' + ' '.join(args.argv),
-            'date': time.strftime('%Y-%m-%d'), 'machine': _machine(),
-            'settings': {k: v for k, v in vars(args).items()
-                         if k not in ('func', 'argv', 'json')},
+    return {'settings': {k: v for k, v in vars(args).items()
+                         if k not in ('func', 'json')},
             'base_model': {'key': cfg.key(), 'config': cfg.to_dict(),
                            'old_miou_before': float(before.miou_all)},
             'recipes': RECIPES, 'train_config_defaults': asdict(TrainConfig()),
             'rows': rows, 'summary': _summary(rows)}
-
-
-def _machine() -> str:
-    import os
-
-    import torch
-
-    return (f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
-            f'torch {torch.__version__}, threads {torch.get_num_threads()}')
 
 
 def _row_line(row: dict) -> str:
@@ -135,9 +123,9 @@ def format_table(results: dict) -> str:
     lines = ['| method | recipe | new object IoU (%) | old classes mIoU (%) | seconds | '
              'diverged |', '|---|---|---|---|---|---|']
     for s in results['summary']:
-        sec = s['seconds'][0]
+        sec = '-' if s['seconds'][0] is None else f"{s['seconds'][0]:.1f}"
         lines.append(f"| {s['method']} | {s['recipe']} | {pct(s['new_iou'])} | "
-                     f"{pct(s['old_miou'])} | {sec:.1f} | {s['diverged']}/{s['runs']} |")
+                     f"{pct(s['old_miou'])} | {sec} | {s['diverged']}/{s['runs']} |")
     before = results['base_model']['old_miou_before']
     lines.append(f'\nold classes mIoU of the base model on the same frames: {100 * before:.1f}%')
     return '\n'.join(lines)
@@ -165,8 +153,7 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_step_recipe(args) -> int:
-    import sys
-
+    from ldka_ros.benchrecord import start_record, write_record
     from ldka_ros.learning.steps import METHODS
 
     bad = [m for m in args.methods if m not in METHODS or m in ('joint', 'ldka+gfr')]
@@ -178,12 +165,10 @@ def cmd_bench_step_recipe(args) -> int:
         raise SystemExit(f'--recipes: unknown {unknown}; use plain, robot')
     if args.seeds < 1 or args.iterations < 1 or args.label_frames < 1 or args.val_frames < 1:
         raise SystemExit('--seeds, --iterations, --label-frames and --val-frames must be >= 1')
-    args.argv = sys.argv[2:]
+    header = start_record(args.invocation)
     results = run(args)
     print(format_table(results))
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
-
-        atomic_write_json(args.json, results)
+        write_record(args.json, header, results)
         print(f'wrote {args.json}')
     return 0

@@ -15,30 +15,15 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-import platform
 import tempfile
 import time
 from typing import Any, Sequence
 
+from ldka_ros.benchrecord import latency_stats, load_average, machine_info
 from ldka_ros.inference.backends.base import Backend, BackendUnavailable
 import numpy as np
 
 BACKEND_NAMES = ('torch', 'onnxruntime', 'onnxruntime-cpu', 'onnxruntime-cuda', 'tensorrt')
-
-
-def _percentile(values: np.ndarray, q: float) -> float:
-    return float(np.percentile(values, q)) if values.size else float('nan')
-
-
-def latency_stats(seconds: Sequence[float], batch: int = 1) -> dict:
-    """Return p50/p90/p99/mean/min/max latency in ms and throughput in frames/s."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-    total = float(np.sum(ms)) / 1000.0
-    return {'iters': int(ms.size), 'p50_ms': _percentile(ms, 50), 'p90_ms': _percentile(ms, 90),
-            'p99_ms': _percentile(ms, 99), 'mean_ms': float(ms.mean()) if ms.size else None,
-            'min_ms': float(ms.min()) if ms.size else None,
-            'max_ms': float(ms.max()) if ms.size else None,
-            'throughput_fps': (ms.size * batch / total) if total > 0 else None}
 
 
 def make_backend(name: str, model: Any, onnx_path: Path, input_hw: tuple[int, int],
@@ -126,34 +111,6 @@ def benchmark_size(model: Any, backends: Sequence[str], input_hw: tuple[int, int
     return out
 
 
-def machine_info() -> dict:
-    """Return CPU/GPU and library versions for the benchmark record."""
-    import torch
-
-    info = {'platform': platform.platform(), 'machine': platform.machine(),
-            'cpu_count': os.cpu_count(), 'python': platform.python_version(),
-            'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-            'cuda': torch.cuda.is_available()}
-    try:
-        import onnxruntime as ort
-
-        info['onnxruntime'] = ort.__version__
-        info['onnxruntime_providers'] = ort.get_available_providers()
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info['gpu'] = torch.cuda.get_device_name(0)
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as handle:
-            for line in handle:
-                if line.startswith('model name'):
-                    info['cpu'] = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
 def run_benchmark(model: Any, backends: Sequence[str], sizes: Sequence[tuple[int, int]],
                   iters: int = 50, warmup: int = 5, threads: int | None = None,
                   batch: int = 1, model_info: dict | None = None,
@@ -170,23 +127,15 @@ def run_benchmark(model: Any, backends: Sequence[str], sizes: Sequence[tuple[int
         torch.set_num_threads(int(threads))
     model = model.eval()
     record = {'date': datetime.date.today().isoformat(), 'machine': machine_info(),
-              'load_average_start': _loadavg(),
+              'load_average_start': load_average(),
               'model': model_info or {}, 'iters': iters, 'warmup': warmup, 'threads': threads,
               'batch': batch, 'results': []}
     with tempfile.TemporaryDirectory(prefix='ldka_bench_', dir=workdir) as tmp:
         for hw in sizes:
             record['results'].append(benchmark_size(model, backends, tuple(hw), iters, warmup,
                                                     threads, Path(tmp), batch=batch))
-    record['load_average_end'] = _loadavg()
+    record['load_average_end'] = load_average()
     return record
-
-
-def _loadavg() -> list[float] | None:
-    """Return the 1/5/15-minute load averages (other processes skew CPU timings)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def format_table(record: dict) -> str:

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 
+from ldka_ros.benchrecord import command_line, start_record, write_record
 from ldka_ros.inference.hotswap import backend_factory_from_registry, HotSwapper
 from ldka_ros.registry import ModelRegistry
 import numpy as np
@@ -298,13 +299,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     rss_before = sampler.window(stream.t0, t_first_publish)
     rss_after = sampler.window(windows[-1][1], t_end) if windows else []
     return {
-        'command': 'python -m ldka_ros.inference.swap_bench ' + ' '.join(sys.argv[1:]),
         'config': {'rate_hz': args.rate, 'input_hw': list(hw), 'backbone': args.backbone,
                    'intra_op_threads': args.threads, 'background_nice': args.background_nice,
                    'pace': args.pace, 'warmup_frames': args.warmup,
                    'baseline_s': args.baseline_s, 'after_s': args.after_s,
                    'swaps': args.swaps, 'validation_frames': args.validation_frames,
-                   'onnx_mib': base_onnx.stat().st_size * mib, 'cpu_count': os.cpu_count()},
+                   'onnx_mib': base_onnx.stat().st_size * mib},
         'baseline': stream.stats(stream.t0, t_first_publish),
         'steady_all': _merge([stream.stats(a, b) for a, b in steady_ranges]),
         'swap_windows': _merge([s['window'] for s in swaps]),
@@ -407,12 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                         '../shared/data/camvid)')
     parser.add_argument('--workdir', help='where exports and the registry go (default: temp)')
     args = parser.parse_args(argv)
+    header = start_record(command_line('python -m ldka_ros.inference.swap_bench', argv))
     result = run_benchmark(args)
     print_table(result)
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
-
-        atomic_write_json(args.json, result)
+        write_record(args.json, header, result)
     return 0
 
 

@@ -34,7 +34,9 @@ import torch
 #: Extra method names: cumulative LDKA ablation stages (see ``LDKAConfig.ablation``).
 ABLATION_METHODS = {'ldka:pml': '+pml', 'ldka:skd': '+skd', 'ldka:mad': '+mad',
                     'ldka:gfr': '+gfr'}
-ALL_METHODS = METHODS + tuple(ABLATION_METHODS)
+#: Variants of the full method (LDKA without feature replay) for measurement.
+VARIANT_METHODS = {'ldka:dss-shrink': {'dss_shrink_only': True}}
+ALL_METHODS = METHODS + tuple(ABLATION_METHODS) + tuple(VARIANT_METHODS)
 LOW_MARGIN = 1.0
 
 BenchProgress = Callable[[dict, ProgressEvent], None]
@@ -59,6 +61,8 @@ def method_call(method: str, ldka: LDKAConfig | None) -> tuple[str, LDKAConfig |
                         ('pseudo', 'pml', 'kd', 'dss', 'pert', 'mad', 'gfr')}
             stage = replace(ldka, **switches)
         return ('ldka+gfr' if stage.gfr else 'ldka'), stage
+    if method in VARIANT_METHODS:
+        return 'ldka', replace(ldka or LDKAConfig(), gfr=False, **VARIANT_METHODS[method])
     if method == 'ldka+gfr':
         return method, replace(ldka or LDKAConfig(), gfr=True)
     if method == 'ldka':
@@ -282,7 +286,7 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
                 step_key = json.dumps({'prev': step_key, 'method': method, 't': t,
                                        'protocol': proto.name, 'new': proto.new_classes(t),
                                        'cfg': step_cfg.key(),
-                                       'ldka': asdict(cfg_ldka) if cfg_ldka else None},
+                                       'ldka': cfg_ldka.key() if cfg_ldka else None},
                                       sort_keys=True)
                 path = cache / f'{proto.name}_{_slug(method)}_seed{seed}_step{t}.pt'
                 hit = _cached(path, step_key)

@@ -132,7 +132,8 @@ class LDKAConfig:
 
     ``pseudo``: old-model pseudo-labels with CE (otherwise MiB's unbiased CE);
     ``pml``: progressive margin weighting of that CE; ``kd``: MiB's unbiased KD;
-    ``dss``: curvature damping; ``pert``: perturbation stabilisation; ``mad``:
+    ``dss``: curvature damping (``dss_shrink_only``: only of margins that shrink, a
+    variant; see ``losses.curvature_damping``); ``pert``: perturbation stabilisation; ``mad``:
     misclassification-aware decoupling; ``gfr``: Gaussian feature replay. All
     switches off with ``pseudo=False`` and ``kd=True`` is exactly MiB's loss.
     """
@@ -154,6 +155,19 @@ class LDKAConfig:
     tau: float = 0.7
     pseudo: bool = True
     gfr_samples: int = 64
+    dss_shrink_only: bool = False
+
+    #: Options added after results were first cached: keyed only when not at their
+    #: default, so that cached benchmark steps of the unchanged method stay valid.
+    _LATER_OPTIONS = {'dss_shrink_only': False}
+
+    def key(self) -> dict:
+        """Return the fields that identify a result (for caches and records)."""
+        data = asdict(self)
+        for name, default in self._LATER_OPTIONS.items():
+            if data[name] == default:
+                data.pop(name)
+        return data
 
     @classmethod
     def ablation(cls, name: str) -> 'LDKAConfig':
@@ -435,8 +449,8 @@ class _StepLoss:
         if cfg.kd:
             terms['kd'] = cfg.lambda_kd * L.unbiased_kd(logits, old_logits, self.old, self.new)
         if cfg.dss:
-            terms['dss'] = cfg.lambda_dss * L.curvature_damping(logits, old_logits,
-                                                                new_classes=self.new)
+            terms['dss'] = cfg.lambda_dss * L.curvature_damping(
+                logits, old_logits, new_classes=self.new, shrink_only=cfg.dss_shrink_only)
         if cfg.pert:
             terms['pert'] = cfg.lambda_pert * L.perturbation_loss(
                 self.model.classify, features, cfg.sigma, generator=self.generator)

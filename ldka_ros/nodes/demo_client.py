@@ -39,6 +39,7 @@ import time
 from typing import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
+from ldka_ros.benchrecord import machine_info
 from ldka_ros.demo.base_model import BaseModelConfig, copy_registry, ensure_base_model
 from ldka_ros.demo.report import (DemoReport, format_progress, format_report, panel,
                                   save_png, StageTimer, with_legend, write_report)
@@ -944,7 +945,7 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoReport:
             signal.signal(signal.SIGTERM, previous)
         report.stages = run.timer.to_dict()
         report.total_s = round(run.timer.total(), 2)
-        report.machine = _machine()
+        report.machine = machine_info()
         # CPU seconds, which unlike wall time hardly depend on other jobs on the machine.
         report.machine['demo_process_cpu_s'] = round(time.process_time(), 1)
         report.machine['graph_cpu_s'] = run.graph_cpu_s
@@ -976,18 +977,3 @@ def _descendant_cpu_seconds() -> float | None:
         except psutil.Error:
             continue
     return round(total, 1)
-
-
-def _machine() -> dict:
-    import platform
-
-    info = {'cpus': os.cpu_count(), 'platform': platform.platform(),
-            'python': platform.python_version()}
-    try:
-        import torch
-
-        info['cuda'] = bool(torch.cuda.is_available())
-        info['torch_threads'] = torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass
-    return info

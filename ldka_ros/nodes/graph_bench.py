@@ -22,24 +22,14 @@ base model and its rendered frames, ONNX Runtime, 30 Hz, 300 s soak).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-import platform
 import sys
 import threading
 import time
 
+from ldka_ros.benchrecord import command_line, latency_stats, start_record, write_record
 import numpy as np
-
-
-def _percentiles(values: list[float]) -> dict:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return {'n': 0}
-    return {'n': int(arr.size), 'p50': float(np.percentile(arr, 50)),
-            'p90': float(np.percentile(arr, 90)), 'p99': float(np.percentile(arr, 99)),
-            'mean': float(arr.mean()), 'max': float(arr.max())}
 
 
 def _rss_mib(pid: int) -> float | None:
@@ -115,12 +105,12 @@ def bare_pipeline(registry_path: Path, frames: list[np.ndarray], threads: int,
         for frame in frames:
             t0 = time.perf_counter()
             result = pipeline.process(frame)
-            total.append((time.perf_counter() - t0) * 1000.0)
-            infer.append(result.infer_ms)
+            total.append(time.perf_counter() - t0)
+            infer.append(result.infer_ms / 1000.0)
     finally:
         backend.release()
-    return {'version': version, 'pipeline_ms': _percentiles(total),
-            'backend_infer_ms': _percentiles(infer)}
+    return {'version': version, 'pipeline': latency_stats(total),
+            'backend_infer': latency_stats(infer)}
 
 
 class _Client:
@@ -222,8 +212,8 @@ def ros_path(args, registry_path: Path, frames: list[np.ndarray]) -> dict:
                 if got is None:
                     lost += 1
                 else:
-                    lat.append((got - sent) * 1000.0)
-            out['pingpong'] = {'latency_ms': _percentiles(lat), 'lost': lost}
+                    lat.append(got - sent)
+            out['pingpong'] = {'latency': latency_stats(lat), 'lost': lost}
             # soak at a fixed rate
             out['soak'] = _soak(args, client, msgs, pid, key)
         finally:
@@ -259,7 +249,7 @@ def _soak(args, client: _Client, msgs, pid: int, key: int) -> dict:
     with client.lock:
         arrivals = list(client.arrivals)
         served = sum(1 for k in client.received if k >= first_key)
-    gaps = np.diff(arrivals) * 1000.0 if len(arrivals) > 1 else np.zeros(0)
+    gaps = np.diff(arrivals) if len(arrivals) > 1 else np.zeros(0)
     rss = [r for _, r in samples if r is not None]
     # growth: last quarter's mean minus the second quarter's (after warm-up settles)
     quarter = max(1, len(rss) // 4)
@@ -267,7 +257,7 @@ def _soak(args, client: _Client, msgs, pid: int, key: int) -> dict:
               if len(rss) >= 4 else None)
     return {'seconds': args.soak_seconds, 'rate_hz': args.rate, 'sent': sent,
             'masks': served, 'served_rate_hz': served / args.soak_seconds,
-            'gap_ms': _percentiles(list(gaps)),
+            'gap': latency_stats(gaps),
             'rss_mib': {'start': rss[0] if rss else None, 'end': rss[-1] if rss else None,
                         'max': max(rss) if rss else None,
                         'growth_q2_to_q4': growth},
@@ -276,24 +266,25 @@ def _soak(args, client: _Client, msgs, pid: int, key: int) -> dict:
 
 def format_table(results: dict) -> str:
     bare, ros = results['bare'], results['ros']
-    pp = ros['pingpong']['latency_ms']
-    pl = bare['pipeline_ms']
+    pp = ros['pingpong']['latency']
+    pl = bare['pipeline']
+    bi = bare['backend_infer']
     soak = ros['soak']
     rss = soak['rss_mib']
     lines = [
         '| path | p50 ms | p90 ms | p99 ms |', '|---|---|---|---|',
-        f"| backend.infer (bare) | {bare['backend_infer_ms']['p50']:.1f} | "
-        f"{bare['backend_infer_ms']['p90']:.1f} | {bare['backend_infer_ms']['p99']:.1f} |",
-        f"| SegmentationPipeline.process (bare) | {pl['p50']:.1f} | {pl['p90']:.1f} | "
-        f"{pl['p99']:.1f} |",
-        f"| ROS: publish -> ~/mask received | {pp['p50']:.1f} | {pp['p90']:.1f} | "
-        f"{pp['p99']:.1f} |",
+        f"| backend.infer (bare) | {bi['p50_ms']:.1f} | {bi['p90_ms']:.1f} | "
+        f"{bi['p99_ms']:.1f} |",
+        f"| SegmentationPipeline.process (bare) | {pl['p50_ms']:.1f} | {pl['p90_ms']:.1f} | "
+        f"{pl['p99_ms']:.1f} |",
+        f"| ROS: publish -> ~/mask received | {pp['p50_ms']:.1f} | {pp['p90_ms']:.1f} | "
+        f"{pp['p99_ms']:.1f} |",
         '',
         f"ROS path / bare pipeline (p50): {results['overhead_ratio_p50']:.3f}; "
         f"lost in ping-pong: {ros['pingpong']['lost']}",
         f"soak: {soak['seconds']:.0f} s at {soak['rate_hz']:.0f} Hz, sent {soak['sent']}, "
         f"masks {soak['masks']} ({soak['served_rate_hz']:.1f} Hz; the node keeps the "
-        f"newest frame), longest gap {soak['gap_ms'].get('max', float('nan')):.0f} ms",
+        f"newest frame), longest gap {soak['gap']['max_ms'] or float('nan'):.0f} ms",
         f"node RSS MiB: start {rss['start']:.1f}, end {rss['end']:.1f}, max {rss['max']:.1f}, "
         'growth (2nd to 4th quarter) '
         + ('n/a' if rss['growth_q2_to_q4'] is None else f"{rss['growth_q2_to_q4']:+.1f}"),
@@ -321,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                    '(into a temporary registry)')
     p.add_argument('--json', type=Path, help='write the figures as JSON here')
     args = p.parse_args(argv)
+    args.argv = argv
     if args.rate <= 0 or args.soak_seconds <= 0 or args.pingpong < 1 or args.max_frames < 1:
         p.error('--rate, --soak-seconds, --pingpong and --max-frames must be positive')
     registry, frames_dir = args.registry, args.frames
@@ -348,25 +340,20 @@ def _run(args, registry: Path, frames_dir: Path) -> int:
     frames = _load_frames(frames_dir, args.max_frames)
     print(f'{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} from {frames_dir}; '
           f'registry {registry}', flush=True)
-    load_before = os.getloadavg()
+    header = start_record(command_line('python -m ldka_ros.nodes.graph_bench', args.argv))
     bare = bare_pipeline(registry, frames, args.threads)
-    print(f"bare pipeline p50 {bare['pipeline_ms']['p50']:.1f} ms", flush=True)
+    print(f"bare pipeline p50 {bare['pipeline']['p50_ms']:.1f} ms", flush=True)
     ros = ros_path(args, registry, frames)
     results = {
-        'command': 'python -m ldka_ros.nodes.graph_bench ' + ' '.join(sys.argv[1:]),
-        'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': f'{platform.machine()}, '
-        f'{os.cpu_count()} cores, {platform.python_version()}',
-        'load_avg_before': load_before, 'load_avg_after': os.getloadavg(),
         'frames': {'count': len(frames), 'hw': list(frames[0].shape[:2]),
                    'folder': str(frames_dir)},
         'registry': str(registry), 'input_hw': args.input_hw, 'threads': args.threads,
         'bare': bare, 'ros': ros,
-        'overhead_ratio_p50': ros['pingpong']['latency_ms']['p50']
-        / bare['pipeline_ms']['p50']}
+        'overhead_ratio_p50': ros['pingpong']['latency']['p50_ms']
+        / bare['pipeline']['p50_ms']}
     print(format_table(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+        write_record(args.json, header, results)
         print(f'wrote {args.json}')
     return 0
 

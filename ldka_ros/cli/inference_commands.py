@@ -147,8 +147,7 @@ def cmd_bench(args) -> int:
     model, info = _bench_model(args)
     record = run_benchmark(model, _names(args.backends), args.sizes, iters=args.iters,
                            warmup=args.warmup, threads=args.threads, batch=args.batch,
-                           model_info=info)
-    record['command'] = _bench_command(args)
+                           model_info=info, command=_bench_command(args))
     print(f'model: {info["source"]}, {info["backbone"]}, {info["num_slots"]} slots; '
           f'{args.iters} iterations after {args.warmup} warm-up, interleaved; load average '
           f'{record.get("load_average_start")} -> {record.get("load_average_end")}')

@@ -12,14 +12,13 @@ the class-id agreement with torch is reported too, to show they compute the same
 """
 from __future__ import annotations
 
-import datetime
 import os
 from pathlib import Path
 import tempfile
 import time
 from typing import Any, Sequence
 
-from ldka_ros.benchrecord import latency_stats, load_average, machine_info
+from ldka_ros.benchrecord import latency_stats, load_average, start_record
 from ldka_ros.inference.backends.base import Backend, BackendUnavailable
 import numpy as np
 
@@ -114,8 +113,12 @@ def benchmark_size(model: Any, backends: Sequence[str], input_hw: tuple[int, int
 def run_benchmark(model: Any, backends: Sequence[str], sizes: Sequence[tuple[int, int]],
                   iters: int = 50, warmup: int = 5, threads: int | None = None,
                   batch: int = 1, model_info: dict | None = None,
-                  workdir: str | os.PathLike | None = None) -> dict:
-    """Benchmark every backend at every size; return a JSON-ready record."""
+                  workdir: str | os.PathLike | None = None, command: str = '') -> dict:
+    """
+    Benchmark every backend at every size; return a JSON-ready record.
+
+    ``command`` is the command line that reproduces the run, recorded in the header.
+    """
     import torch
 
     if iters < 1 or warmup < 0 or batch < 1:
@@ -126,8 +129,7 @@ def run_benchmark(model: Any, backends: Sequence[str], sizes: Sequence[tuple[int
     if threads is not None:
         torch.set_num_threads(int(threads))
     model = model.eval()
-    record = {'date': datetime.date.today().isoformat(), 'machine': machine_info(),
-              'load_average_start': load_average(),
+    record = {**start_record(command),
               'model': model_info or {}, 'iters': iters, 'warmup': warmup, 'threads': threads,
               'batch': batch, 'results': []}
     with tempfile.TemporaryDirectory(prefix='ldka_bench_', dir=workdir) as tmp:

@@ -728,7 +728,7 @@ def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
         mib_init(net, fresh)
     net.set_active(new)
     key = {'phase': 'step', 'method': method, 'new': new, 'old': old, 'cfg': cfg.key(),
-           'ldka': asdict(ldka) if method.startswith('ldka') else None,
+           'ldka': ldka.key() if method.startswith('ldka') else None,
            'samples': len(dataset), 'old_model': _fingerprint(old_model)}
     loss = _StepLoss(method, net, teacher, old, new, ldka, feature_bank, device, cfg.seed,
                      cfg.class_balance)

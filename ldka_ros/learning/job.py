@@ -555,9 +555,7 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                 work: Path, report: Reporter, control: StopControl,
                 started: float) -> tuple[Any, Any, dict]:
     """Run one ``learn_step`` attempt at learning rate ``lr``."""
-    import torch
-
-    from ldka_ros.learning.steps import Cancelled, learn_step, step_config
+    from ldka_ros.learning.steps import Cancelled, learn_step, read_train_state, step_config
 
     cfg = step_config(iterations=int(spec.max_iterations), batch_size=int(spec.batch_size),
                       lr=lr, crop=crop, device=spec.device, seed=int(spec.seed),
@@ -588,7 +586,7 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
         # The wall-clock budget ran out: the loop saved its state at the iteration it
         # stopped at; that model is the step's result.
         stopped_early = True
-        state = torch.load(state_path, map_location='cpu', weights_only=False)
+        state = read_train_state(state_path)
         model = copy.deepcopy(prep.old_model)
         model.load_state_dict(state['model'])
         model.eval()

@@ -474,16 +474,32 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def read_train_state(path: str | os.PathLike) -> dict:
+    """
+    Return the training state saved at ``path``, read with ``weights_only=True``.
+
+    Why weights-only: the state file lies in a work folder that outlives the process
+    (resume after a power cut), and a full unpickle would run any code a file planted
+    there names. The state holds only tensors, dicts, lists, str and numbers, which the
+    restricted unpickler accepts; a file that names anything else is refused unexecuted.
+    RuntimeError for an unreadable or refused file, ValueError for another format.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # noqa: B902 - any unreadable file means the same thing
+        raise RuntimeError(f'training checkpoint {path} is unreadable or holds more than '
+                           f'tensors and plain values ({str(exc)[:300]}); delete it or pass '
+                           'resume=False') from exc
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        raise ValueError(f'{path} is not a training-state checkpoint ({STATE_FORMAT})')
+    return state
+
+
 def _load_state(path: Path, key: dict) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as exc:  # noqa: B902 - any unreadable file means the same thing
-        raise RuntimeError(f'training checkpoint {path} is unreadable ({exc}); delete it '
-                           'or pass resume=False') from exc
-    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
-        raise ValueError(f'{path} is not a training-state checkpoint ({STATE_FORMAT})')
+    state = read_train_state(path)
     if state['key'] != key:
         diff = sorted(k for k in set(key) | set(state['key'])
                       if key.get(k) != state['key'].get(k))

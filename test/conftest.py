@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,24 +25,104 @@ _PYTHON_HELPERS = ('multiprocessing.resource_tracker', 'multiprocessing.forkserv
                    'multiprocessing.semaphore_tracker')
 
 
-def camvid_path() -> Path | None:
-    """Return the CamVid folder (``$LDKA_CAMVID`` or ``../shared/data/camvid``), or None."""
+#: The small CamVid subset shipped with the repository (scripts/make_fixtures.py made it).
+FIXTURE_CAMVID = REPO_ROOT / 'test' / 'fixtures' / 'camvid'
+#: Full CamVid beside the repository (what the long tests and benchmarks want).
+SHARED_CAMVID = REPO_ROOT.parent / 'shared' / 'data' / 'camvid'
+#: Height of the original CamVid frames; the fixture is a downscaled copy.
+CAMVID_HEIGHT = 360
+#: ``LDKA_TEST_DATA``: ``auto`` (default), ``fixture`` (only the shipped subset, even where
+#: the full set exists: how a fresh clone runs) or ``full`` (skip unless the full set exists).
+DATA_MODES = ('auto', 'fixture', 'full')
+
+
+def _is_camvid(path: Path) -> bool:
+    return all((path / split / kind).is_dir()
+               for split in ('train', 'val') for kind in ('images', 'labels'))
+
+
+def _data_mode() -> str:
+    mode = os.environ.get('LDKA_TEST_DATA', '').strip().lower() or 'auto'
+    if mode not in DATA_MODES:
+        raise pytest.UsageError(f'LDKA_TEST_DATA={mode!r}: expected one of {DATA_MODES}')
+    return mode
+
+
+def full_camvid_path() -> Path | None:
+    """
+    Return the full CamVid folder (``$LDKA_CAMVID``, else ``../shared/data/camvid``), or None.
+
+    None as well when ``LDKA_TEST_DATA=fixture`` hides it, so that one switch shows what a
+    clone without the data runs.
+    """
+    if _data_mode() == 'fixture':
+        return None
     env = os.environ.get('LDKA_CAMVID')
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / 'shared' / 'data' / 'camvid')
-    for path in candidates:
-        if (path / 'val' / 'images').is_dir() and (path / 'val' / 'labels').is_dir():
+    for path in ([Path(env)] if env else []) + [SHARED_CAMVID]:
+        if _is_camvid(path):
             return path
     return None
 
 
+def camvid_path() -> Path | None:
+    """
+    Return the CamVid folder the tests use: the full set if present, else the fixture.
+
+    The one lookup of the suite, in order: ``$LDKA_CAMVID``, ``../shared/data/camvid``,
+    then ``test/fixtures/camvid`` (so every clone tests real frames). None only where
+    ``LDKA_TEST_DATA=full`` asks for the full set and it is absent.
+    """
+    full = full_camvid_path()
+    if full is not None or _data_mode() == 'full':
+        return full
+    return FIXTURE_CAMVID if _is_camvid(FIXTURE_CAMVID) else None
+
+
+def camvid_scale(root: Path) -> float:
+    """Return the frame height of ``root`` over CamVid's 360 rows (the fixture is smaller)."""
+    first = min((root / 'val' / 'images').glob('*.jpg'))
+    import cv2
+    return cv2.imread(str(first)).shape[0] / CAMVID_HEIGHT
+
+
+def spread(items: list, count: int, step: int) -> list:
+    """
+    Return ``items[::step][:count]``, or ``count`` items spread evenly where that is short.
+
+    The tests pick frames with strides meant for the full split (e.g. every 40th of 367);
+    on the small fixture the same stride would leave one or two frames.
+    """
+    picked = list(items)[::step][:count]
+    if len(picked) >= min(count, len(items)):
+        return picked
+    positions = np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)
+    return [items[i] for i in positions]
+
+
+def pytest_report_header(config) -> str:
+    """Say in the header which CamVid the run tests on (full set or shipped fixture)."""
+    path = camvid_path()
+    kind = 'none' if path is None else 'fixture' if path == FIXTURE_CAMVID else 'full set'
+    return f'CamVid: {path} ({kind}; LDKA_TEST_DATA={_data_mode()})'
+
+
 @pytest.fixture(scope='session')
 def camvid_root() -> Path:
-    """Return the real CamVid folder; skip (saying where it was looked for) if absent."""
+    """Return the CamVid folder (full set or shipped fixture); skip only if neither exists."""
     path = camvid_path()
     if path is None:
-        pytest.skip('CamVid not found: set LDKA_CAMVID or place it at ../shared/data/camvid '
-                    'beside the repository')
+        pytest.skip(f'CamVid not found (LDKA_TEST_DATA={_data_mode()}): set LDKA_CAMVID or '
+                    'place it at ../shared/data/camvid beside the repository')
+    return path
+
+
+@pytest.fixture(scope='session')
+def full_camvid_root() -> Path:
+    """Return the full CamVid folder; skip where only the small fixture is available."""
+    path = full_camvid_path()
+    if path is None:
+        pytest.skip('needs the full CamVid set (LDKA_CAMVID or ../shared/data/camvid; '
+                    f'LDKA_TEST_DATA={_data_mode()}): the shipped fixture is too small')
     return path
 
 

@@ -9,9 +9,9 @@ test file that imports this module reuses it instead of training its own.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
+from conftest import camvid_path
 import numpy as np
 import pytest
 import torch
@@ -26,21 +26,16 @@ NEW_CLASSES = [9]
 
 
 def camvid_dir() -> Path | None:
-    """Return the CamVid root ($LDKA_CAMVID or ../shared/data/camvid), or None."""
-    env = os.environ.get('LDKA_CAMVID')
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / 'shared' / 'data' / 'camvid')
-    for path in candidates:
-        if (path / 'train' / 'images').is_dir():
-            return path
-    return None
+    """Return the CamVid root of the suite (see ``conftest.camvid_path``), or None."""
+    return camvid_path()
 
 
 def require_camvid() -> Path:
-    """Return the CamVid root or skip the test, saying where it was looked for."""
-    root = camvid_dir()
+    """Return the CamVid root (full set or shipped fixture) or skip, saying why."""
+    root = camvid_path()
     if root is None:
-        pytest.skip('CamVid not found: set LDKA_CAMVID or put it at ../shared/data/camvid')
+        pytest.skip('CamVid not found: set LDKA_CAMVID or put it at ../shared/data/camvid '
+                    '(LDKA_TEST_DATA=full hides the shipped fixture)')
     return root
 
 
@@ -53,24 +48,32 @@ def tiny_protocol():
 
 @functools.lru_cache(maxsize=None)
 def tiny_train(limit: int = 40):
-    """Return a view of ``limit`` CamVid train images, half of them showing a car."""
+    """
+    Return a view of ``limit`` CamVid train images, half of them showing a car.
+
+    On a split of at most ``limit`` frames (the shipped fixture) every frame is used:
+    there, nearly every frame shows a car and halving would leave only a handful.
+    """
     from ldka_ros.learning.data import CamVidDataset, class_presence, LabelMapped, Resize
 
     full = CamVidDataset(require_camvid(), 'train', transform=Resize(IMAGE_SIZE))
-    has_new = class_presence(full)[:, NEW_CLASSES].any(axis=1)
-    with_car = np.flatnonzero(has_new)[::4][:limit // 2]
-    without = np.flatnonzero(~has_new)[:limit - len(with_car)]
-    indices = np.sort(np.concatenate([with_car, without]))
+    if len(full) <= limit:
+        indices = np.arange(len(full))
+    else:
+        has_new = class_presence(full)[:, NEW_CLASSES].any(axis=1)
+        with_car = np.flatnonzero(has_new)[::4][:limit // 2]
+        without = np.flatnonzero(~has_new)[:limit - len(with_car)]
+        indices = np.sort(np.concatenate([with_car, without]))
     return LabelMapped(full, indices, np.arange(256, dtype=np.uint8), classes=full.classes)
 
 
 @functools.lru_cache(maxsize=None)
 def tiny_val(limit: int = 24):
-    """Return ``limit`` CamVid val images spread over the split."""
+    """Return ``limit`` CamVid val images spread over the split (all of a smaller split)."""
     from ldka_ros.learning.data import CamVidDataset, LabelMapped, Resize
 
     full = CamVidDataset(require_camvid(), 'val', transform=Resize(IMAGE_SIZE))
-    indices = np.linspace(0, len(full) - 1, limit).round().astype(int)
+    indices = np.linspace(0, len(full) - 1, min(limit, len(full))).round().astype(int)
     return LabelMapped(full, indices, np.arange(256, dtype=np.uint8), classes=full.classes)
 
 

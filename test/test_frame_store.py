@@ -36,7 +36,8 @@ def test_add_reopen_dataset_and_mark_learned(tmp_path, frames):
     r0 = store.add(rgb0, car0, 'car', 20, source='operator')
     r1 = store.add(rgb1, car1, 'car', 20)
     r2 = store.add(rgb0, ped0, 'pedestrian', 21, source='replay')
-    assert r0.pending and r0.mask_pixels == int(car0.sum()) and (r0.height, r0.width) == (360, 480)
+    assert r0.pending and r0.mask_pixels == int(car0.sum())
+    assert (r0.height, r0.width) == rgb0.shape[:2]
 
     reopened = FrameStore(tmp_path / 'store')
     assert [r.frame_id for r in reopened.frames()] == [r0.frame_id, r1.frame_id, r2.frame_id]
@@ -49,7 +50,7 @@ def test_add_reopen_dataset_and_mark_learned(tmp_path, frames):
     ds = reopened.dataset({'car': 5, 'pedestrian': 7})
     assert len(ds) == 3 and ds.classes == {5: 'car', 7: 'pedestrian'}
     image, label = ds[0]
-    assert image.shape == (3, 360, 480) and label.dtype == torch.int64
+    assert image.shape == (3, *rgb0.shape[:2]) and label.dtype == torch.int64
     assert torch.equal(label == 5, torch.from_numpy(car0))
     assert set(torch.unique(label).tolist()) == {0, 5}
     assert np.array_equal(ds.load_label(2) == 7, ped0)

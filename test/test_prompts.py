@@ -9,13 +9,23 @@ baseline of using the box itself as the mask.
 """
 import warnings
 
+from conftest import camvid_scale, spread
 import cv2
 from ldka_ros.imaging import prompts
 import numpy as np
 import pytest
 
 CAMVID_SIGN, CAMVID_CAR, CAMVID_PEDESTRIAN = 6, 8, 9
+#: Smallest object (pixels) and border clearance at CamVid's 360x480; scaled to the frames.
 MIN_AREA = {CAMVID_SIGN: 500, CAMVID_CAR: 2000, CAMVID_PEDESTRIAN: 500}
+BORDER = 20
+#: Box margin and rough-outline growth (pixels at 360x480) an operator would draw.
+BOX_MARGIN, OUTLINE_GROWTH = 5, 6
+
+
+def _px(rgb, pixels: int) -> int:
+    """Return ``pixels`` measured on a 360-row CamVid frame, scaled to ``rgb``'s height."""
+    return max(2, round(pixels * rgb.shape[0] / 360))
 
 
 def _iou(pred, truth):
@@ -24,9 +34,15 @@ def _iou(pred, truth):
 
 @pytest.fixture(scope='module')
 def objects(camvid_root):
-    """Return [(rgb, true mask, class, bounding box)] from every 4th CamVid val frame."""
+    """
+    Return [(rgb, true mask, class, bounding box)] from every 4th CamVid val frame.
+
+    On the small fixture every frame is used, and sizes scale with its resolution.
+    """
     found = []
-    for label_path in sorted((camvid_root / 'val' / 'labels').glob('*.png'))[::4]:
+    scale = camvid_scale(camvid_root)
+    border = round(BORDER * scale)
+    for label_path in spread(sorted((camvid_root / 'val' / 'labels').glob('*.png')), 26, 4):
         labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
         rgb = None
         for cls, min_area in MIN_AREA.items():
@@ -34,8 +50,9 @@ def objects(camvid_root):
                 (labels == cls).astype(np.uint8))
             for idx in range(1, count):
                 x, y, w, h, area = stats[idx]
-                if area < min_area or x <= 20 or y <= 20 or x + w >= labels.shape[1] - 20 \
-                        or y + h >= labels.shape[0] - 20:
+                if area < min_area * scale ** 2 or x <= border or y <= border \
+                        or x + w >= labels.shape[1] - border \
+                        or y + h >= labels.shape[0] - border:
                     continue
                 if rgb is None:
                     image_path = label_path.parent.parent / 'images' / (label_path.stem + '.jpg')
@@ -50,7 +67,8 @@ def test_grabcut_box_beats_box_baseline(objects):
     gains = []
     per_class: dict[int, list[float]] = {}
     for rgb, truth, cls, (x, y, w, h) in objects:
-        box = (x - 5, y - 5, w + 10, h + 10)
+        m = _px(rgb, BOX_MARGIN)
+        box = (x - m, y - m, w + 2 * m, h + 2 * m)
         with warnings.catch_warnings():
             warnings.simplefilter('error', prompts.PromptFallbackWarning)
             mask = prompts.box_to_mask(rgb, box)
@@ -71,9 +89,10 @@ def test_grabcut_box_beats_box_baseline(objects):
 
 def test_plain_rect_init_is_available_and_non_empty(objects):
     rgb, truth, _, (x, y, w, h) = objects[0]
+    m = _px(rgb, BOX_MARGIN)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', prompts.PromptFallbackWarning)
-        mask = prompts.box_to_mask(rgb, (x - 5, y - 5, w + 10, h + 10), center_seed=0.0,
+        mask = prompts.box_to_mask(rgb, (x - m, y - m, w + 2 * m, h + 2 * m), center_seed=0.0,
                                    iterations=2)
     assert mask.any()
 
@@ -124,7 +143,8 @@ def test_grabcut_tightens_a_rough_polygon(objects):
     for rgb, truth, cls, _ in objects:
         if cls == CAMVID_CAR:
             continue
-        grown = cv2.dilate(truth.astype(np.uint8), np.ones((13, 13), np.uint8))
+        size = 2 * _px(rgb, OUTLINE_GROWTH) + 1
+        grown = cv2.dilate(truth.astype(np.uint8), np.ones((size, size), np.uint8))
         contours, _ = cv2.findContours(grown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         outline = max(contours, key=cv2.contourArea)[:, 0, :]
         rough = prompts.polygon_to_mask(truth.shape, outline)

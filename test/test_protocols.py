@@ -1,5 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """Tests for CISS protocols and their step / joint / evaluation label rules (real CamVid)."""
+from conftest import spread
 import cv2
 from ldka_ros.learning.data import CamVidDataset, class_presence
 from ldka_ros.learning.protocols import (eval_set, get_protocol, joint_train_set,
@@ -89,7 +90,7 @@ def test_disjoint_excludes_future_classes(camvid_train, raw_ids):
 def test_joint_set(camvid_train):
     proto = get_protocol('camvid-8-3')
     view = joint_train_set(camvid_train, proto, 0)
-    for i in range(0, len(view), 40):
+    for i in spread(range(len(view)), 10, 40):
         label, base = view.load_label(i), camvid_train.load_label(int(view.indices[i]))
         seen = base <= 8
         assert np.array_equal(label[seen], base[seen])
@@ -102,7 +103,7 @@ def test_eval_set_masks_unseen(camvid_root, camvid_train):
     ev0 = eval_set(val, proto, 0)
     assert len(ev0) == len(val)
     assert set(ev0.classes) == set(range(1, 7))
-    for i in range(0, len(val), 25):
+    for i in spread(range(len(val)), 5, 25):
         base, label = val.load_label(i), ev0.load_label(i)
         assert np.all(label[base >= 7] == 255)  # unseen and void -> ignore
         assert np.array_equal(label[base < 7], base[base < 7])

@@ -15,6 +15,12 @@ last; the **record is the commit point**. ``frames()`` lists only frames with a 
 so a crash can leave at most an orphan label/image without a record, which is ignored
 and cleaned up when the store is next opened. Records are rewritten atomically by
 ``mark_learned``, so a frame is never both learned and pending.
+
+Why a lock: the learner's labelling service adds frames from several executor threads
+while the learning job, another process, marks frames learned. Every read-modify-write
+of ``manifest.json`` or of a record holds an ``flock`` on ``.lock`` in the store root,
+so two writers that each add a new class cannot overwrite each other's manifest, and
+two frames with the same id but different names cannot both pass the check.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import time
 from typing import Iterable, Mapping
 import uuid
 
+from ldka_ros.fsio import locked
 from ldka_ros.learning.classes import (atomic_write_json, ClassRegistry, fsync_dir,
                                        validate_class_name)
 from ldka_ros.learning.data import (encode_png, read_label, read_manifest, read_rgb,
@@ -38,6 +45,8 @@ FRAME_FORMAT = 'ldka_ros.frame/1'
 #: Orphans and temporary folders older than this (seconds) are removed on open; younger
 #: ones may belong to a writer that is still running in another process.
 STALE_AFTER_S = 60.0
+#: Lock file in the store root held around every read-modify-write of the store's files.
+LOCK_NAME = '.lock'
 
 
 @dataclass
@@ -90,10 +99,15 @@ class FrameStore:
         for sub in ('images', 'labels', 'frames'):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if not (self.root / 'manifest.json').exists():
-            self._write_manifest({})
-        else:
-            read_manifest(self.root)  # fail early on a corrupt store
+            with self._locked():  # another opener may be creating it and adding a class
+                if not (self.root / 'manifest.json').exists():
+                    self._write_manifest({})
+        read_manifest(self.root)  # fail early on a corrupt store
         self.recover()
+
+    def _locked(self):
+        """Hold the store's inter-process lock (threads of this process included)."""
+        return locked(self.root / LOCK_NAME)
 
     # -- paths -------------------------------------------------------------------
     def _record_path(self, frame_id: str) -> Path:
@@ -124,7 +138,12 @@ class FrameStore:
         class registry.
         """
         self._check_inputs(rgb, mask_bool, class_name, class_id)
-        class_id = int(class_id)
+        with self._locked():
+            return self._add_locked(rgb, mask_bool, class_name, int(class_id), str(source))
+
+    def _add_locked(self, rgb: np.ndarray, mask_bool: np.ndarray, class_name: str,
+                    class_id: int, source: str) -> FrameRecord:
+        """Check against the manifest, extend it if needed and commit the frame."""
         manifest = read_manifest(self.root)
         known = {v: k for k, v in manifest.items()}
         if known.get(class_name, class_id) != class_id or \
@@ -134,7 +153,7 @@ class FrameStore:
         record = FrameRecord(
             frame_id=f'{time.time_ns() // 1000:016d}_{uuid.uuid4().hex[:8]}',
             class_name=class_name, class_id=class_id, created=time.time(),
-            source=str(source), height=int(rgb.shape[0]), width=int(rgb.shape[1]),
+            source=source, height=int(rgb.shape[0]), width=int(rgb.shape[1]),
             mask_pixels=int(mask_bool.sum()))
         label = np.where(mask_bool, np.uint8(class_id), np.uint8(0)).astype(np.uint8)
         if class_id not in manifest:
@@ -187,12 +206,13 @@ class FrameStore:
         if not isinstance(version, str) or not version:
             raise ValueError(f'version must be a non-empty string, got {version!r}')
         changed = 0
-        for frame_id in frame_ids:
-            record = self.get(frame_id)
-            if record.learned_in_version != version:
-                record.learned_in_version = version
-                atomic_write_json(self._record_path(frame_id), record.to_dict())
-                changed += 1
+        with self._locked():
+            for frame_id in frame_ids:
+                record = self.get(frame_id)
+                if record.learned_in_version != version:
+                    record.learned_in_version = version
+                    atomic_write_json(self._record_path(frame_id), record.to_dict())
+                    changed += 1
         return changed
 
     def recover(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:

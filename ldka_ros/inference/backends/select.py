@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 import logging
 import os
 from pathlib import Path
-import tempfile
 import threading
 import time
 from typing import Any
 
+from ldka_ros.fsio import private_dir
 from ldka_ros.inference.backends.base import Backend, BackendUnavailable
 import numpy as np
 
@@ -65,9 +65,13 @@ class ProbeReport:
 
 
 def _probe_dir() -> Path:
-    base = Path(tempfile.gettempdir()) / f'ldka_ros_probe_{os.getuid()}'
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+    """
+    Return the private folder of the probe's ONNX file and engine cache.
+
+    Private (checked 0700 and owned by this user, else a fresh ``mkdtemp``): the probe
+    loads the graph and engines it finds there, so nobody else may be able to put them.
+    """
+    return private_dir('ldka_ros_probe')
 
 
 def _probe_net():

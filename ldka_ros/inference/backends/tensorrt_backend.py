@@ -37,11 +37,11 @@ import logging
 import os
 from pathlib import Path
 import re
-import tempfile
 import threading
 import time
 from typing import Callable
 
+from ldka_ros.fsio import private_dir
 from ldka_ros.inference.backends.base import Backend, BackendUnavailable, InferenceResult
 from ldka_ros.inference.export import (file_sha256, INPUT_NAME, onnx_structure_digest,
                                        OUTPUT_NAMES)
@@ -216,6 +216,25 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / '.cache' / 'ldka_ros' / 'tensorrt'
 
 
+def writable_cache(cache: EngineCache) -> EngineCache:
+    """
+    Return ``cache`` if it is writable, else an engine cache in a private temp folder.
+
+    Still serve at TensorRT speed when the configured cache cannot be written; only the
+    cache is lost at the next start. The fallback folder is private (see
+    :func:`ldka_ros.fsio.private_dir`): engines are deserialized from it, and an engine
+    is code for the GPU, so nobody else may be able to put one there.
+    """
+    try:
+        cache.check_writable()
+        return cache
+    except RuntimeError as exc:
+        fallback = EngineCache(private_dir('ldka_ros_trt'))
+        LOG.error('%s; using %s for now', exc, fallback.dir)
+        fallback.check_writable()
+        return fallback
+
+
 def _log_progress(phase: str, step: int, num_steps: int) -> None:
     if step < 0:
         LOG.info('TensorRT build: %s (%d steps)', phase, num_steps)
@@ -348,14 +367,7 @@ class TensorRTBackend(Backend):
         torch.cuda.set_device(self._device_index)
         props = torch.cuda.get_device_properties(self._device_index)
         self._gpu = f'{props.name} sm{props.major}{props.minor}'
-        try:
-            self.cache.check_writable()
-        except RuntimeError as exc:
-            # Still serve at TensorRT speed; only the cache is lost at the next start.
-            fallback = Path(tempfile.gettempdir()) / f'ldka_ros_trt_{os.getuid()}'
-            LOG.error('%s; using %s for now', exc, fallback)
-            self.cache = EngineCache(fallback)
-            self.cache.check_writable()
+        self.cache = writable_cache(self.cache)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         started = time.perf_counter()

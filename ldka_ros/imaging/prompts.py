@@ -140,16 +140,59 @@ def box_to_mask(rgb: np.ndarray, box: Sequence[float], iterations: int = 5,
     return fg
 
 
-def _polygon_points(points: Sequence[Sequence[float]]) -> np.ndarray:
+#: Most points a polygon prompt may have (an outline drawn by hand has tens).
+MAX_POLYGON_POINTS = 1000
+
+
+def _polygon_points(points: Sequence[Sequence[float]], width: int, height: int) -> np.ndarray:
+    """
+    Return the polygon's (x, y) points as float64, after checking what can be checked.
+
+    Coordinates are bounded *before* any integer cast: a point may lie up to one image
+    size beyond each edge (outlines drawn at the border), never further, so 1e30 is
+    refused instead of overflowing int32 into a different, tiny mask.
+    """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] < 2:
         raise ValueError(f'polygon points must be a list of (x, y), got shape {pts.shape}')
     pts = pts[:, :2]
     if len(pts) < 3:
         raise ValueError(f'a polygon needs at least 3 points, got {len(pts)}')
+    if len(pts) > MAX_POLYGON_POINTS:
+        raise ValueError(f'a polygon may have at most {MAX_POLYGON_POINTS} points, got '
+                         f'{len(pts)}')
     if not np.isfinite(pts).all():
         raise ValueError('polygon has non-finite coordinates')
+    if (pts[:, 0] < 0).all() or (pts[:, 0] >= width).all() or (pts[:, 1] < 0).all() \
+            or (pts[:, 1] >= height).all():
+        raise ValueError(f'polygon lies entirely outside the {width}x{height} image')
+    outside = (pts[:, 0] < -width) | (pts[:, 0] > 2 * width) | \
+        (pts[:, 1] < -height) | (pts[:, 1] > 2 * height)
+    if outside.any():
+        k = int(np.argmax(outside))
+        raise ValueError(f'polygon point {k} ({pts[k, 0]:g}, {pts[k, 1]:g}) is far outside '
+                         f'the {width}x{height} image (pixel coordinates are expected)')
     return pts
+
+
+def _crossing_edges(pts: np.ndarray) -> tuple[int, int] | None:
+    """Return the indices of two non-adjacent edges that properly cross, or None."""
+    n = len(pts)
+    start, end = pts, np.roll(pts, -1, axis=0)  # edge k runs from point k to point k+1
+    i, j = np.triu_indices(n, k=2)
+    keep = ~((i == 0) & (j == n - 1))  # the last edge touches the first one
+    i, j = i[keep], j[keep]
+
+    def side(p, q, r):
+        return np.sign((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1])
+                       - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
+
+    cross = (side(start[i], end[i], start[j]) * side(start[i], end[i], end[j]) < 0) & \
+        (side(start[j], end[j], start[i]) * side(start[j], end[j], end[i]) < 0)
+    if not cross.any():
+        return None
+    k = int(np.argmax(cross))
+    return int(i[k]), int(j[k])
 
 
 def polygon_to_mask(shape: Sequence[int], points: Sequence[Sequence[float]],
@@ -163,12 +206,19 @@ def polygon_to_mask(shape: Sequence[int], points: Sequence[Sequence[float]],
     tightens a roughly drawn outline; pixels deeper inside than ``core`` x the largest
     distance to the outline are kept as surely object. If GrabCut finds nothing the
     polygon is used with a ``PromptFallbackWarning``. Degenerate polygons (collinear,
-    zero area, entirely off the image) raise ValueError.
+    zero area, entirely off the image), self-crossing outlines and points far outside
+    the image raise ValueError saying which.
     """
     if len(shape) < 2 or int(shape[0]) < 1 or int(shape[1]) < 1:
         raise ValueError(f'mask shape must be (H, W) with positive sizes, got {tuple(shape)}')
     height, width = int(shape[0]), int(shape[1])
-    pts = _polygon_points(points)
+    pts = _polygon_points(points, width, height)
+    crossing = _crossing_edges(pts)
+    if crossing is not None:
+        a, b = crossing
+        n = len(pts)
+        raise ValueError(f'polygon crosses itself (edge {a}-{(a + 1) % n} crosses edge '
+                         f'{b}-{(b + 1) % n}): draw the outline once around the object')
     area = 0.5 * abs(float(np.dot(pts[:, 0], np.roll(pts[:, 1], 1))
                            - np.dot(pts[:, 1], np.roll(pts[:, 0], 1))))
     if area < 1.0:

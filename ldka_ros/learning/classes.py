@@ -121,7 +121,8 @@ class ClassInfo:
 
 def validate_class_name(name: str) -> str:
     """Return ``name`` if it is a valid class name, else raise ValueError saying why."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    # fullmatch: with match(), '$' accepts a trailing newline ('duck\n' != 'duck').
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f'invalid class name {name!r}: use 1-64 characters, a letter first, then '
             'letters, digits, "_" or "-" (for example "coffee_mug")')

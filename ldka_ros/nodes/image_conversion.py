@@ -51,7 +51,7 @@ def encoding_info(encoding: str) -> tuple[np.dtype, int]:
     """
     if encoding in _NAMED:
         return _NAMED[encoding]
-    match = _CV_PATTERN.match(encoding)
+    match = _CV_PATTERN.fullmatch(encoding)
     if match:
         return np.dtype(_CV_DEPTHS[match.group(1)]), int(match.group(2))
     raise ValueError(f'unsupported image encoding {encoding!r}; supported: {SUPPORTED_HINT}')

@@ -51,6 +51,7 @@ import warnings
 from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image, to_rgb
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
+from ldka_ros.nodes.service_guard import guard_callback, guard_service
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, ModelVersion
 from ldka_ros_interfaces.srv import LabelObject, ListClasses, ListVersions, Rollback
@@ -97,7 +98,7 @@ PARAMS = [
     ParamSpec('method', 'ldka', 'Class-incremental method of a learning step.',
               choices=METHODS),
     ParamSpec('device', 'auto', "Training device: 'auto' (CUDA when available), 'cpu', "
-              "'cuda', 'cuda:N'."),
+              "'cuda', 'cuda:N'.", read_only=True),
     ParamSpec('backend', 'auto', 'Engine building after export: auto/tensorrt build a '
               'TensorRT engine where TensorRT and a GPU exist (tensorrt: required); '
               'onnxruntime/torch: ONNX only.', choices=BACKENDS),
@@ -113,7 +114,8 @@ PARAMS = [
     ParamSpec('seed', 0, 'Random seed of learning jobs (same frames + seed = same model).',
               minimum=0, maximum=2 ** 31 - 1),
     ParamSpec('python_executable', '', "Python interpreter that runs the learning job; '' = "
-              'the one running this node.'),
+              'the one running this node. Read-only: whoever sets it chooses the program '
+              'that the next learning job runs.', read_only=True),
     ParamSpec('job_threads', 0, 'CPU threads of the learning job; 0 = half the CPU cores '
               '(the segmentation node keeps the other half).', minimum=0, maximum=256),
     ParamSpec('job_nice', 0, 'Niceness added to the learning job process (0..19).',
@@ -124,7 +126,7 @@ PARAMS = [
               'publisher).', choices=IMAGE_QOS_CHOICES, read_only=True),
     ParamSpec('segmentation_node', 'segmentation', 'Name of the segmentation node whose '
               'max_rate_hz is lowered during training (relative names resolve in this '
-              "node's namespace)."),
+              "node's namespace).", read_only=True),
     ParamSpec('segmentation_rate_while_training', 0.0, "Segmentation node's max_rate_hz "
               'while a job trains (restored afterwards); 0 = leave it unchanged.',
               minimum=0.0, maximum=1000.0),
@@ -166,17 +168,18 @@ class LearnerNode(Node):
         group = ReentrantCallbackGroup()
         self.group = group
         self.image_sub = self.create_subscription(
-            Image, 'image', self._on_image, image_qos(self.values['qos']), callback_group=group)
+            Image, 'image', guard_callback(self, 'image', self._on_image),
+            image_qos(self.values['qos']), callback_group=group)
         self.version_pub = self.create_publisher(ModelVersion, '~/model_version',
                                                  latched_qos())
         self.mask_pub = self.create_publisher(Image, '~/last_label_mask', reliable_qos(1))
-        self.create_service(LabelObject, '~/label_object', self._on_label,
-                            callback_group=group)
-        self.create_service(ListClasses, '~/list_classes', self._on_list_classes,
-                            callback_group=group)
-        self.create_service(ListVersions, '~/list_versions', self._on_list_versions,
-                            callback_group=group)
-        self.create_service(Rollback, '~/rollback', self._on_rollback, callback_group=group)
+        for srv_type, name, handler in (
+                (LabelObject, 'label_object', self._on_label),
+                (ListClasses, 'list_classes', self._on_list_classes),
+                (ListVersions, 'list_versions', self._on_list_versions),
+                (Rollback, 'rollback', self._on_rollback)):
+            self.create_service(srv_type, f'~/{name}', guard_service(self, name, handler),
+                                callback_group=group)
         self.action = ActionServer(
             self, LearnClasses, '~/learn', execute_callback=self._execute,
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
@@ -195,10 +198,22 @@ class LearnerNode(Node):
             self._latest = msg
 
     # -- model versions ----------------------------------------------------------------
+    def _serving(self):
+        """
+        Return the version that serves: ACTIVE, or the newest readable one if it is bad.
+
+        A damaged ACTIVE pointer is logged (rollback repairs it) but never blocks
+        labelling or learning.
+        """
+        manifest, note = self.registry.serving()
+        if note and manifest is not None:
+            self.get_logger().warning(note, throttle_duration_sec=30.0)
+        return manifest
+
     def _publish_active(self) -> str | None:
-        """Publish the active version (latched) and return its id, or None."""
+        """Publish the serving version (latched) and return its id, or None."""
         try:
-            manifest = self.registry.active()
+            manifest = self._serving()
         except Exception as exc:  # noqa: B902 - a broken registry must not stop the node
             self.get_logger().error(f'cannot read the active version: {exc}')
             return None
@@ -256,7 +271,7 @@ class LearnerNode(Node):
         """
         from ldka_ros.learning.classes import ClassRegistry
 
-        active = self.registry.active()
+        active = self._serving()
         slots = self._num_slots(active)
         if self.classes_path.is_file():
             data = ClassRegistry.load(self.classes_path).to_dict()
@@ -376,7 +391,7 @@ class LearnerNode(Node):
 
     def _learned_in_active(self, name: str) -> str:
         """Return the active version's id if it already knows class ``name``, else ''."""
-        manifest = self.registry.active()
+        manifest = self._serving()
         if manifest is not None and any(c['name'] == name for c in manifest.classes):
             return manifest.id
         return ''
@@ -442,7 +457,7 @@ class LearnerNode(Node):
 
     # -- listing and rollback ------------------------------------------------------------
     def _on_list_classes(self, request, response):
-        manifest = self.registry.active()
+        manifest = self._serving()
         legend = ClassLegend(header=Header(stamp=self.get_clock().now().to_msg()))
         if manifest is not None:
             legend.model_version = manifest.id
@@ -457,14 +472,18 @@ class LearnerNode(Node):
         return response
 
     def _on_list_versions(self, request, response):
-        response.versions = [_version_message(m, self.registry.root)
-                             for m in self.registry.list_versions()]
-        response.active_version = self.registry.active_id() or ''
+        good, broken = self.registry.scan()
+        response.versions = [_version_message(m, self.registry.root) for m in good]
+        response.broken_versions = [b.id for b in broken]
+        response.broken_reasons = [b.reason for b in broken]
+        serving = self._serving()
+        response.active_version = serving.id if serving is not None else ''
+        if broken:
+            response.message = (f'{len(broken)} version(s) cannot be read and are never '
+                                f'served: {", ".join(b.id for b in broken)}')
         return response
 
     def _on_rollback(self, request, response):
-        from ldka_ros.registry.manifest import parse_version_id
-
         if self._job_lock.locked():
             response.success = False
             response.active_version = self.registry.active_id() or ''
@@ -472,17 +491,7 @@ class LearnerNode(Node):
                                 'wait for it before rolling back')
             return response
         try:
-            active = self.registry.active()
-            if not request.version_id:
-                target = self.registry.rollback()
-            else:
-                wanted = self.registry.get(request.version_id)
-                if active is not None and wanted.id == active.id:
-                    target = wanted
-                elif active is not None and parse_version_id(wanted.id) < active.number:
-                    target = self.registry.rollback(wanted.id)
-                else:
-                    target = self.registry.activate(wanted.id)
+            before, target = self._roll_back_to(request.version_id)
         except Exception as exc:  # noqa: B902 - registry errors name the reason
             response.success = False
             response.active_version = self.registry.active_id() or ''
@@ -491,10 +500,36 @@ class LearnerNode(Node):
         self._publish_active()
         response.success = True
         response.active_version = target.id
-        response.message = (f'{target.id} is active (was {active.id if active else "none"})'
-                            f'; announced on {self.version_pub.topic_name}')
+        response.message = (f'{target.id} is active (was {before}); announced on '
+                            f'{self.version_pub.topic_name}')
         self.get_logger().info(response.message)
         return response
+
+    def _roll_back_to(self, version_id: str):
+        """
+        Move ACTIVE (this node owns it) and return ``(what was active, new manifest)``.
+
+        '' = the parent of the active version; an older id rolls back, a newer one
+        activates. A damaged ACTIVE is repaired: the named version, or the newest that
+        verifies, becomes active.
+        """
+        from ldka_ros.registry import RegistryError
+        from ldka_ros.registry.manifest import parse_version_id
+
+        try:
+            active = self.registry.active()
+        except RegistryError as exc:
+            self.get_logger().warning(f'repairing the ACTIVE pointer: {exc}')
+            return 'a damaged ACTIVE', self.registry.rollback(version_id or None)
+        before = active.id if active is not None else 'none'
+        if not version_id:
+            return before, self.registry.rollback()
+        wanted = self.registry.get(version_id)
+        if active is not None and wanted.id == active.id:
+            return before, wanted
+        if active is not None and parse_version_id(wanted.id) < active.number:
+            return before, self.registry.rollback(wanted.id)
+        return before, self.registry.activate(wanted.id)
 
     # -- learning ------------------------------------------------------------------------
     def _execute(self, goal_handle):
@@ -539,7 +574,7 @@ class LearnerNode(Node):
 
     def _precheck(self, goal) -> str | None:
         """Return why a goal cannot start (checked here so no process is spawned)."""
-        if self.registry.active() is None:
+        if self._serving() is None:
             return (f'model registry {self.registry.root} has no active version: publish a '
                     'base model first')
         pending = self.store.pending_classes()

@@ -27,6 +27,7 @@ frame), ``~/overlay`` (rgb8), ``~/margin`` (32FC1, top-1 minus top-2 logit),
 """
 from __future__ import annotations
 
+from concurrent.futures import TimeoutError as FutureTimeout
 import json
 import os
 from pathlib import Path
@@ -45,19 +46,25 @@ from ldka_ros.nodes import diagnostics as diag
 from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image, to_rgb
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
+from ldka_ros.nodes.service_guard import guard_callback, guard_service
 from ldka_ros.registry import ModelRegistry, RegistryError
 from ldka_ros_interfaces.msg import ClassLegend, ModelArtefact, ModelVersion
 from ldka_ros_interfaces.srv import ListVersions, Rollback
 import numpy as np
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 
 BACKENDS = ('auto', 'onnxruntime', 'torch', 'tensorrt')
-SWAP_TIMEOUT_S = 300.0  # a TensorRT engine build on a Jetson can take minutes
+#: How long ~/rollback waits for the swap before answering "still loading" (a TensorRT
+#: engine build on a Jetson can take minutes; a service call must not hold a thread that
+#: long).
+ROLLBACK_WAIT_S = 10.0
+#: How long ~/rollback waits for the registry owner's answer.
+OWNER_TIMEOUT_S = 30.0
 
 
 def _check_registry_path(value: str) -> str | None:
@@ -98,6 +105,15 @@ PARAMS = [
               minimum=0.0, maximum=1000.0),
     ParamSpec('diagnostics_period_s', 1.0, 'Period of /diagnostics messages.', minimum=0.05,
               maximum=60.0, read_only=True),
+    ParamSpec('rollback_service', '/learner/rollback', "Rollback service of the registry's "
+              'owner (the learner): ~/rollback forwards there so that one process writes '
+              "ACTIVE and announces it. '' = this node owns its registry and rolls back "
+              'itself.', read_only=True),
+    ParamSpec('stale_after_s', 2.0, '/diagnostics warns when no camera frame arrived for '
+              'this long.', minimum=0.1, maximum=3600.0),
+    ParamSpec('input_loss_warn', 0.05, '/diagnostics warns when more than this share of '
+              'camera frames is estimated lost before reaching the node (gaps in stamps).',
+              minimum=0.0, maximum=1.0),
 ]
 
 
@@ -141,18 +157,23 @@ class SegmentationNode(Node):
         super().__init__('segmentation', **kwargs)
         self.values = declare_parameters(self, PARAMS)
         self.registry = ModelRegistry(self.values['registry_path'])
-        version_id = self._initial_version()
         self._manifests: dict[str, Any] = {}
-        self.get_logger().info(f'loading model version {version_id} from {self.registry.root} '
-                               f'(backend {self.values["backend"]})')
-        backend = self._factory(version_id)()
-        self.swapper = HotSwapper(backend, version_id, warmup_frames=1)
-        self.pipeline = SegmentationPipeline(self.swapper)
         self._palettes: dict[str, dict[int, tuple[int, int, int]]] = {}
         self.stats = diag.RateLatencyStats(window_s=10.0)
         self.infer_stats = diag.RateLatencyStats(window_s=10.0)
-        self._counts = {'received': 0, 'processed': 0, 'skipped': 0, 'dropped': 0}
+        self.bad_stats = diag.RateLatencyStats(window_s=10.0)
+        self.drop_stats = diag.RateLatencyStats(window_s=10.0)
+        self.gaps = diag.StampGapEstimator(window_s=10.0)
+        self._counts = {'received': 0, 'processed': 0, 'skipped': 0, 'dropped': 0,
+                        'bad_frames': 0, 'no_model': 0}
+        self._last_received: float | None = None
         self._last_error = ''
+        self._last_bad = ''
+        self._model_lock = threading.Lock()
+        self.swapper: HotSwapper | None = None
+        self.pipeline: SegmentationPipeline | None = None
+        self._no_model_reason = ''
+        self._adopting: str | None = None
         self._last_swap = 'none'
         self._requested_version: str | None = None
         self._cond = threading.Condition()
@@ -165,42 +186,102 @@ class SegmentationNode(Node):
         self.margin_pub = self.create_publisher(Image, '~/margin', 2)
         self.legend_pub = self.create_publisher(ClassLegend, '~/legend', latched_qos())
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._publish_legend(version_id)
-        self.swapper.add_listener(self._on_swap_event)
+        self._load_first(self._candidates())
 
-        self.image_sub = self.create_subscription(Image, 'image', self._on_image,
-                                                  image_qos(self.values['qos']))
+        self.image_sub = self.create_subscription(
+            Image, 'image', guard_callback(self, 'image', self._on_image),
+            image_qos(self.values['qos']))
         self.version_sub = self.create_subscription(
-            ModelVersion, self.values['model_version_topic'], self._on_model_version,
-            latched_qos())
+            ModelVersion, self.values['model_version_topic'],
+            guard_callback(self, 'model_version', self._on_model_version), latched_qos())
         services = MutuallyExclusiveCallbackGroup()
-        self.rollback_srv = self.create_service(Rollback, '~/rollback', self._on_rollback,
-                                                callback_group=services)
-        self.list_srv = self.create_service(ListVersions, '~/list_versions',
-                                            self._on_list_versions, callback_group=services)
-        self.diag_timer = self.create_timer(self.values['diagnostics_period_s'],
-                                            self._publish_diagnostics)
+        self._client_group = ReentrantCallbackGroup()
+        self._owner_client = None
+        if self.values['rollback_service']:
+            self._owner_client = self.create_client(
+                Rollback, self.values['rollback_service'], callback_group=self._client_group)
+        self.rollback_srv = self.create_service(
+            Rollback, '~/rollback', guard_service(self, 'rollback', self._on_rollback),
+            callback_group=services)
+        self.list_srv = self.create_service(
+            ListVersions, '~/list_versions',
+            guard_service(self, 'list_versions', self._on_list_versions),
+            callback_group=services)
+        self.diag_timer = self.create_timer(
+            self.values['diagnostics_period_s'],
+            guard_callback(self, 'diagnostics', self._publish_diagnostics))
         self._worker = threading.Thread(target=self._work, name='segmentation', daemon=True)
         self._worker.start()
-        self.get_logger().info(f'serving {version_id} on {self._backend_info().get("name")} '
-                               f'({self._backend_info().get("device")}); subscribed to '
-                               f'{self.image_sub.topic_name}')
+        self.get_logger().info(f'subscribed to {self.image_sub.topic_name}')
 
     # -- models ------------------------------------------------------------------------
-    def _initial_version(self) -> str:
-        wanted = self.values['initial_version']
-        if wanted:
-            return self.registry.get(wanted).id
-        active = self.registry.active_id()
-        if active:
-            return self.registry.get(active).id
-        latest = self.registry.latest()
-        if latest is None:
-            raise RegistryError(f'model registry {self.registry.root} has no versions; train '
-                                'and publish a base model first (ldka train-base)')
-        self.get_logger().warning(f'no active version in {self.registry.root}; serving the '
-                                  f'newest, {latest.id}')
-        return latest.id
+    def _candidates(self) -> list[str]:
+        """
+        Return the versions to try at start, best first.
+
+        ``initial_version`` if set, then the registry's serving choice (ACTIVE, or the
+        newest readable version when ACTIVE is damaged), then every other readable
+        version newest first: a damaged file costs one candidate, never the node.
+        """
+        out: list[str] = []
+        if self.values['initial_version']:
+            out.append(self.values['initial_version'])
+        serving, note = self.registry.serving()
+        if note:
+            self.get_logger().warning(f'registry {self.registry.root}: {note}')
+        if serving is not None:
+            out.append(serving.id)
+        out.extend(m.id for m in reversed(self.registry.list_versions()))
+        return list(dict.fromkeys(out))
+
+    def _load_first(self, candidates: list[str]) -> str | None:
+        """
+        Serve the first candidate whose backend loads; return its id (None if none did).
+
+        With none, the node stays up without a model: frames are counted as not
+        segmented, /diagnostics says why, and the next announced version is loaded.
+        """
+        reasons = []
+        for version_id in candidates:
+            try:
+                manifest = self.registry.get(version_id)
+                self.get_logger().info(f'loading model version {manifest.id} from '
+                                       f'{self.registry.root} (backend '
+                                       f'{self.values["backend"]})')
+                swapper = HotSwapper(self._factory(manifest.id)(), manifest.id,
+                                     warmup_frames=1)
+            except Exception as exc:  # noqa: B902 - a bad version costs a candidate
+                reasons.append(f'{version_id}: {type(exc).__name__}: {exc}')
+                self.get_logger().error(f'cannot serve {version_id}: {exc}')
+                continue
+            self._manifests[manifest.id] = manifest
+            self._install(swapper)
+            info = self._backend_info()
+            self.get_logger().info(f'serving {manifest.id} on {info.get("name")} '
+                                   f'({info.get("device")})')
+            return manifest.id
+        self._no_model_reason = ('; '.join(reasons) if reasons else
+                                 f'model registry {self.registry.root} has no versions; '
+                                 'publish a base model (ldka train-base) or learn one')
+        self.get_logger().error(f'no model to serve yet: {self._no_model_reason}; waiting '
+                                'for a model version announcement')
+        return None
+
+    def _install(self, swapper: HotSwapper) -> None:
+        """Make ``swapper`` the one that serves (used once: later versions swap in it)."""
+        swapper.add_listener(self._on_swap_event)
+        with self._model_lock:
+            self.swapper = swapper
+            self.pipeline = SegmentationPipeline(swapper)
+            self._no_model_reason = ''
+        self._publish_legend(swapper.current_version)
+
+    def _adopt(self, version_id: str) -> None:
+        """Load the first model in the background when the node started without one."""
+        try:
+            self._load_first([version_id])
+        finally:
+            self._adopting = None
 
     def _manifest(self, version_id: str) -> Any:
         if version_id not in self._manifests:
@@ -256,10 +337,21 @@ class SegmentationNode(Node):
                                           f'{report.reason}')
 
     def request_swap(self, version_id: str):
-        """Start a background swap to ``version_id``; return the HotSwapper's future."""
+        """
+        Start a background swap to ``version_id``; return the HotSwapper's future.
+
+        None when the node serves no model yet: the version is then loaded as the first
+        model in a background thread.
+        """
         manifest = self.registry.get(version_id)
         self._manifests[manifest.id] = manifest
         self._requested_version = manifest.id
+        if self.swapper is None:
+            if self._adopting is None:
+                self._adopting = manifest.id
+                threading.Thread(target=self._adopt, args=(manifest.id,), name='first-model',
+                                 daemon=True).start()
+            return None
         return self.swapper.swap_to(self._factory(manifest.id), manifest.id)
 
     def _on_model_version(self, msg: ModelVersion) -> None:
@@ -269,56 +361,121 @@ class SegmentationNode(Node):
                                     f'{msg.registry_path}, this node serves '
                                     f'{self.registry.root} (set registry_path to match)')
             return
-        if msg.id in (self.swapper.current_version, self._requested_version):
+        if msg.id in (self._current_version(), self._requested_version):
             return
         self.get_logger().info(f'model version {msg.id} announced; loading it')
         try:
             self.request_swap(msg.id)
-        except (RegistryError, ValueError) as exc:
+        except Exception as exc:  # noqa: B902 - a bad announcement is reported, not fatal
             self._last_swap = f'{msg.id}: {exc}'
             self.get_logger().error(f'cannot swap to {msg.id}: {exc}')
 
+    def _current_version(self) -> str:
+        swapper = self.swapper
+        return swapper.current_version if swapper is not None else ''
+
     def _on_rollback(self, request, response):
-        current = self.swapper.current_version
-        try:
-            if request.version_id:
-                target = self.registry.get(request.version_id).id
-            else:
-                parent = self._manifest(current).parent
-                if not parent:
-                    raise RegistryError(f'version {current} has no parent to roll back to; '
-                                        'name a version')
-                target = self.registry.get(parent).id
-            if target == current:
-                response.success, response.active_version = True, current
-                response.message = f'{current} is already serving'
-                return response
-            report = self.request_swap(target).result(timeout=SWAP_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+        """
+        Roll back: ask the registry's owner (the learner), or swap here when this node owns it.
+
+        Why through the owner: two writers of ACTIVE disagreed (the learner's latched
+        announcement still named the newer version, so a restart swapped forward again).
+        The owner moves ACTIVE and announces the version; this node follows the
+        announcement like any other.
+        """
+        if self._owner_client is not None:
+            return self._ask_owner(request, response)
+        return self._roll_back_here(request, response)
+
+    def _ask_owner(self, request, response):
+        client = self._owner_client
+        if not client.wait_for_service(timeout_sec=2.0):
             response.success = False
-            response.active_version = self.swapper.current_version
-            response.message = f'rollback failed: {exc}'
+            response.active_version = self._current_version()
+            response.message = (f'rollback refused: the registry owner '
+                                f'{client.srv_name} is not reachable (start the learner, or '
+                                "set rollback_service:='' when this node owns its registry)")
             return response
-        response.success = bool(report.ok)
-        response.active_version = self.swapper.current_version
-        response.message = report.reason
-        if report.ok:
-            try:
-                self.registry.activate(target)
-            except RegistryError as exc:
-                response.message = f'serving {target}, but the registry ACTIVE pointer was ' \
-                                   f'not moved: {exc}'
+        done = threading.Event()
+        future = client.call_async(Rollback.Request(version_id=request.version_id))
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(OWNER_TIMEOUT_S):
+            client.remove_pending_request(future)
+            response.success = False
+            response.active_version = self._current_version()
+            response.message = (f'rollback: no answer from {client.srv_name} within '
+                                f'{OWNER_TIMEOUT_S:.0f} s')
+            return response
+        reply = future.result()
+        response.success = bool(reply.success)
+        response.active_version = reply.active_version
+        response.message = reply.message
+        if reply.success and reply.active_version != self._current_version():
+            response.message += (f'; this node serves {self._current_version() or "nothing"} '
+                                 'and swaps when the announcement arrives')
         return response
+
+    def _roll_back_here(self, request, response):
+        current = self._current_version()
+        if request.version_id:
+            target = self.registry.get(request.version_id).id
+        else:
+            parent = self._manifest(current).parent if current else None
+            if not parent:
+                raise RegistryError(f'version {current or "(none)"} has no parent to roll '
+                                    'back to; name a version')
+            target = self.registry.get(parent).id
+        if target == current:
+            response.success, response.active_version = True, current
+            response.message = f'{current} is already serving'
+            return response
+        self.registry.verify(target)  # refuse a damaged target before anything moves
+        future = self.request_swap(target)
+        if future is None:  # no model served yet: it is being loaded as the first one
+            response.success, response.active_version = True, current
+            response.message = f'loading {target} as the first model'
+            return response
+        try:
+            report = future.result(timeout=ROLLBACK_WAIT_S)
+        except FutureTimeout:
+            future.add_done_callback(lambda done: self._activate_if_served(done.result()))
+            response.success, response.active_version = True, self._current_version()
+            response.message = (f'swapping to {target} (still loading after '
+                                f'{ROLLBACK_WAIT_S:.0f} s; ~/legend announces it)')
+            return response
+        self._activate_if_served(report)
+        response.success = bool(report.ok)
+        response.active_version = self._current_version()
+        response.message = report.reason
+        return response
+
+    def _activate_if_served(self, report) -> None:
+        """Point ACTIVE at a version this node now serves (only when it owns the registry)."""
+        if not report.ok:
+            return
+        try:
+            self.registry.activate(report.version_id)
+        except RegistryError as exc:
+            self.get_logger().error(f'serving {report.version_id}, but ACTIVE was not moved: '
+                                    f'{exc}')
 
     def _on_list_versions(self, request, response):
         root = self.registry.root
-        response.versions = [version_message(m, root) for m in self.registry.list_versions()]
-        response.active_version = self.swapper.current_version
+        good, broken = self.registry.scan()
+        response.versions = [version_message(m, root) for m in good]
+        response.broken_versions = [b.id for b in broken]
+        response.broken_reasons = [b.reason for b in broken]
+        response.active_version = self._current_version()
+        if broken:
+            response.message = (f'{len(broken)} version(s) cannot be read and are never '
+                                f'served: {", ".join(b.id for b in broken)}')
         return response
 
     # -- frames ------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
+        self.gaps.add(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
         with self._cond:
+            self._last_received = time.monotonic()
             self._counts['received'] += 1
             if self._pending is not None:
                 self._counts['skipped'] += 1
@@ -354,13 +511,27 @@ class SegmentationNode(Node):
                     return  # shutting down: the frame's publishers are already gone
                 with self._cond:
                     self._counts['dropped'] += 1
+                self.drop_stats.record(0.0)
                 self._last_error = f'{type(exc).__name__}: {exc}'
                 self.get_logger().error(f'frame dropped: {self._last_error}',
                                         throttle_duration_sec=5.0)
 
     def _process(self, msg: Image, received: float) -> None:
-        rgb = to_rgb(image_to_numpy(msg), msg.encoding)
-        result = self.pipeline.process(rgb)
+        try:
+            rgb = to_rgb(image_to_numpy(msg), msg.encoding)
+        except ValueError as exc:  # the camera sent something that is not an image
+            with self._cond:
+                self._counts['bad_frames'] += 1
+            self.bad_stats.record(0.0)
+            self._last_bad = str(exc)
+            self.get_logger().warning(f'bad camera frame: {exc}', throttle_duration_sec=5.0)
+            return
+        pipeline = self.pipeline
+        if pipeline is None:
+            with self._cond:
+                self._counts['no_model'] += 1
+            return
+        result = pipeline.process(rgb)
         header = msg.header
         self.mask_pub.publish(numpy_to_image(result.class_ids, 'mono8', header))
         if self.values['publish_overlay'] and self.overlay_pub.get_subscription_count() > 0:
@@ -378,25 +549,53 @@ class SegmentationNode(Node):
     # -- diagnostics -------------------------------------------------------------------
     def _backend_info(self) -> dict:
         try:
-            return self.swapper.describe().get('backend', {})
+            return self.swapper.describe().get('backend', {}) if self.swapper else {}
         except Exception:  # noqa: BLE001 - describe must never break diagnostics
             return {}
+
+    def _health(self, counts: dict, snap: dict, now: float) -> tuple[Any, str]:
+        """
+        Return the (level, message) of /diagnostics: the most serious problem first.
+
+        Why in this order: no model and no camera are what an operator must fix first;
+        unusable or failing frames next; silent input loss last, since the node itself
+        still works.
+        """
+        topic = self.image_sub.topic_name
+        if self.swapper is None:
+            return diag.ERROR, f'no model loaded: {self._no_model_reason}'
+        if counts['received'] == 0:
+            return diag.WARN, f'no camera frames received on {topic}'
+        silent = now - self._last_received if self._last_received is not None else 0.0
+        if silent > self.values['stale_after_s']:
+            return diag.WARN, f'no frames for {silent:.0f} s on {topic}'
+        bad = self.bad_stats.snapshot()['frames']
+        dropped = self.drop_stats.snapshot()['frames']
+        if bad and snap['frames'] == 0:
+            return diag.ERROR, f'all {bad} frames of the last 10 s were unusable: {self._last_bad}'
+        if dropped and snap['frames'] == 0:
+            return diag.ERROR, f'frames are dropped: {self._last_error}'
+        if bad:
+            return diag.WARN, f'{bad} bad frames in the last 10 s: {self._last_bad}'
+        if dropped:
+            return diag.WARN, f'{dropped} frames failed in the last 10 s: {self._last_error}'
+        if snap['frames'] == 0:
+            return diag.WARN, 'no frame segmented in the last 10 s'
+        gaps = self.gaps.snapshot()
+        if gaps['loss_fraction'] > self.values['input_loss_warn']:
+            return diag.WARN, (f'about {100 * gaps["loss_fraction"]:.0f} % of camera frames '
+                               f'are lost before they reach the node (gaps in stamps)')
+        return diag.OK, f'segmenting at {snap["rate_hz"]:.1f} Hz'
 
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot()
         infer = self.infer_stats.snapshot()
+        gaps = self.gaps.snapshot()
         with self._cond:
             counts = dict(self._counts)
         info = self._backend_info()
-        state = self.swapper.describe()
-        level, message = diag.OK, f'segmenting at {snap["rate_hz"]:.1f} Hz'
-        if counts['received'] == 0:
-            level = diag.WARN
-            message = f'no camera frames received on {self.image_sub.topic_name}'
-        elif snap['frames'] == 0:
-            level, message = diag.WARN, 'no frame segmented in the last 10 s'
-            if counts['dropped']:
-                level, message = diag.ERROR, f'frames are dropped: {self._last_error}'
+        state = self.swapper.describe() if self.swapper is not None else {}
+        level, message = self._health(counts, snap, time.monotonic())
         values = {
             'rate_hz': snap['rate_hz'], 'latency_p50_ms': snap['latency_p50_ms'],
             'latency_p99_ms': snap['latency_p99_ms'],
@@ -407,9 +606,14 @@ class SegmentationNode(Node):
             'model_version': state.get('version', ''),
             'frames_received': counts['received'], 'frames_processed': counts['processed'],
             'frames_skipped': counts['skipped'], 'frames_dropped': counts['dropped'],
+            'frames_bad': counts['bad_frames'], 'frames_without_model': counts['no_model'],
+            'input_rate_hz': gaps['input_rate_hz'],
+            'input_frames_missed_10s': gaps['frames_missed'],
+            'input_loss_fraction': gaps['loss_fraction'],
             'swap_in_progress': bool(state.get('swap_running') or state.get('swap_queued')),
             'swaps_ok': state.get('swaps_ok', 0), 'swaps_failed': state.get('swaps_failed', 0),
             'last_swap': self._last_swap, 'last_error': self._last_error,
+            'last_bad_frame': self._last_bad,
         }
         status = diag.make_status(f'{self.get_fully_qualified_name()}: segmentation',
                                   str(info.get('device', '')), level, message, values)
@@ -423,7 +627,8 @@ class SegmentationNode(Node):
             self._cond.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=10.0)
-        self.swapper.close(timeout=10.0)
+        if self.swapper is not None:
+            self.swapper.close(timeout=10.0)
 
 
 def main(args: list[str] | None = None) -> int:

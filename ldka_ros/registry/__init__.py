@@ -7,10 +7,10 @@ from ldka_ros.registry.manifest import (
     ArtefactEntry, MANIFEST_SCHEMA, sha256_file, VersionManifest,
 )
 from ldka_ros.registry.registry import (
-    DigestMismatchError, ModelRegistry, RegistryError, VersionNotFoundError,
+    BrokenVersion, DigestMismatchError, ModelRegistry, RegistryError, VersionNotFoundError,
 )
 
 __all__ = [
-    'ArtefactEntry', 'DigestMismatchError', 'MANIFEST_SCHEMA', 'ModelRegistry',
+    'ArtefactEntry', 'BrokenVersion', 'DigestMismatchError', 'MANIFEST_SCHEMA', 'ModelRegistry',
     'RegistryError', 'sha256_file', 'VersionManifest', 'VersionNotFoundError',
 ]

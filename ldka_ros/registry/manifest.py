@@ -37,7 +37,7 @@ def format_version_id(number: int) -> str:
 
 def parse_version_id(version_id: str) -> int:
     """Return the number of a version id (``'v0012'`` -> ``12``); ValueError if malformed."""
-    match = VERSION_PATTERN.match(str(version_id))
+    match = VERSION_PATTERN.fullmatch(str(version_id))
     if not match:
         raise ValueError(f'{version_id!r} is not a version id (expected v0001, v0002, ...)')
     return int(match.group(1))
@@ -45,11 +45,11 @@ def parse_version_id(version_id: str) -> int:
 
 def artefact_key(kind: str, device: str | None = None) -> str:
     """Return the manifest key of an artefact: ``kind`` or ``kind@device``."""
-    if not KIND_PATTERN.match(kind or ''):
+    if not KIND_PATTERN.fullmatch(kind or ''):
         raise ValueError(f'artefact kind {kind!r} must be a short name (letters, digits, _.-)')
     if device is None:
         return kind
-    if not DEVICE_PATTERN.match(device):
+    if not DEVICE_PATTERN.fullmatch(device):
         raise ValueError(f'device name {device!r} must be a short name (letters, digits, _.+-)')
     return f'{kind}@{device}'
 

@@ -28,10 +28,12 @@ Layout::
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 import shutil
@@ -50,6 +52,9 @@ _COPY_CHUNK = 1 << 20
 _STALE_TMP_AGE_S = 3600.0
 _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: ACTIVE holds one version id; anything longer is not read (a hostile file stays harmless).
+_ACTIVE_MAX_BYTES = 64
+LOG = logging.getLogger(__name__)
 
 
 class RegistryError(RuntimeError):
@@ -62,6 +67,19 @@ class VersionNotFoundError(RegistryError):
 
 class DigestMismatchError(RegistryError):
     """An artefact on disk is not the file that was published (size or sha256 differ)."""
+
+
+@dataclass(frozen=True)
+class BrokenVersion:
+    """
+    A version directory whose manifest cannot be read (truncated, corrupted, wrong id).
+
+    Why a value and not an exception: one damaged old version must not hide the healthy
+    ones. Listing skips it, reports it with the reason, and serving picks another.
+    """
+
+    id: str  # noqa: A003 - the version id, as in VersionManifest
+    reason: str
 
 
 def _copy_and_hash(src: Path, dst: Path) -> tuple[str, int]:
@@ -183,6 +201,7 @@ class ModelRegistry:
         self.keep_last = int(keep_last)
         self.versions_dir = self.root / 'versions'
         self._host = socket.gethostname()
+        self._warned: set[BrokenVersion] = set()
         if not self.versions_dir.is_dir():
             if not create:
                 if not self.root.exists():
@@ -254,15 +273,36 @@ class ModelRegistry:
                 ids.append((number, name))
         return [name for _, name in sorted(ids)]
 
-    def list_versions(self) -> list[VersionManifest]:
-        """Return the manifests of all versions, oldest first."""
-        out = []
+    def scan(self) -> tuple[list[VersionManifest], list[BrokenVersion]]:
+        """
+        Return ``(readable manifests, broken versions)``, both oldest first.
+
+        A version whose manifest cannot be read is reported, not raised: the registry
+        keeps serving every other version (the damaged one can be inspected, pruned or
+        republished by a person).
+        """
+        good: list[VersionManifest] = []
+        broken: list[BrokenVersion] = []
         for version_id in self.version_ids():
             try:
-                out.append(self.get(version_id))
+                good.append(self.get(version_id))
             except VersionNotFoundError:
                 continue  # pruned between listing and reading
-        return out
+            except RegistryError as exc:
+                broken.append(BrokenVersion(version_id, str(exc)))
+        for item in broken:
+            if item not in self._warned:  # once per version and reason, not per call
+                self._warned.add(item)
+                LOG.warning('skipping broken model version %s: %s', item.id, item.reason)
+        return good, broken
+
+    def list_versions(self) -> list[VersionManifest]:
+        """Return the manifests of all readable versions, oldest first (broken ones skipped)."""
+        return self.scan()[0]
+
+    def broken_versions(self) -> list[BrokenVersion]:
+        """Return the versions whose manifest cannot be read, with the reason."""
+        return self.scan()[1]
 
     def version_dir(self, version_id: str | int) -> Path:
         return self.versions_dir / self._norm_id(version_id)
@@ -278,17 +318,22 @@ class ModelRegistry:
             raise VersionNotFoundError(
                 f'unknown model version {vid!r} in {self.root}; existing versions: '
                 f'{", ".join(known) if known else "none"}') from None
+        except (OSError, ValueError) as exc:  # unreadable file or not UTF-8
+            raise RegistryError(f'manifest {path} is unreadable: {exc}') from exc
         try:
             manifest = VersionManifest.from_dict(json.loads(text))
-        except ValueError as exc:
-            raise RegistryError(f'manifest {path} is unreadable: {exc}') from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A truncated or bit-flipped file fails in json or in any field's check.
+            raise RegistryError(f'manifest {path} is unreadable: '
+                                f'{type(exc).__name__}: {exc}') from exc
         if manifest.id != vid:
             raise RegistryError(f'manifest {path} says it is {manifest.id}, not {vid}')
         return manifest
 
     def latest(self) -> VersionManifest | None:
-        ids = self.version_ids()
-        return self.get(ids[-1]) if ids else None
+        """Return the newest readable version, or None when there is none."""
+        good = self.list_versions()
+        return good[-1] if good else None
 
     def _check_entry(self, manifest: VersionManifest, key: str, entry: ArtefactEntry) -> Path:
         path = self.versions_dir / manifest.id / entry.path
@@ -324,18 +369,87 @@ class ModelRegistry:
             return self._check_entry(manifest, key, entry)
         return self.versions_dir / manifest.id / entry.path
 
-    def active_id(self) -> str | None:
-        """Return the id named by ``<root>/ACTIVE``, or None when nothing is active."""
+    def _read_active(self) -> tuple[str | None, str | None]:
+        """
+        Return ``(version id, problem)`` of ``<root>/ACTIVE``.
+
+        ``(None, None)``: nothing is active. ``(None, problem)``: the file exists but does
+        not hold a version id (it is read at most ``_ACTIVE_MAX_BYTES`` bytes, so a huge or
+        binary file is harmless).
+        """
         try:
-            text = (self.root / 'ACTIVE').read_text(encoding='utf-8').strip()
+            with open(self.root / 'ACTIVE', 'rb') as handle:
+                raw = handle.read(_ACTIVE_MAX_BYTES + 1)
         except FileNotFoundError:
-            return None
-        return text or None
+            return None, None
+        except OSError as exc:
+            return None, f'{self.root / "ACTIVE"} is unreadable: {exc}'
+        try:
+            text = raw.decode('ascii').strip()
+        except UnicodeDecodeError:
+            return None, f'{self.root / "ACTIVE"} does not hold a version id (not text)'
+        if len(raw) > _ACTIVE_MAX_BYTES:
+            return None, f'{self.root / "ACTIVE"} does not hold a version id (too long)'
+        if not text:
+            return None, None
+        try:
+            return self._norm_id(text), None
+        except VersionNotFoundError:
+            return None, f'{self.root / "ACTIVE"} holds {text!r}, not a version id'
+
+    def active_id(self) -> str | None:
+        """
+        Return the id named by ``<root>/ACTIVE``, or None when nothing valid is active.
+
+        None also when the file holds garbage; :meth:`active` says why.
+        """
+        return self._read_active()[0]
 
     def active(self) -> VersionManifest | None:
-        """Return the active version's manifest, or None when nothing is active."""
-        vid = self.active_id()
+        """
+        Return the active version's manifest, or None when nothing is active.
+
+        RegistryError when ACTIVE holds garbage or names a missing or broken version;
+        :meth:`serving` never raises for that and :meth:`rollback` repairs it.
+        """
+        vid, problem = self._read_active()
+        if problem:
+            raise RegistryError(problem)
         return self.get(vid) if vid else None
+
+    def serving(self) -> tuple[VersionManifest | None, str]:
+        """
+        Return ``(the version to serve, a note)``: ACTIVE, else the newest readable one.
+
+        Why: a robot restarted with a corrupted or dangling ACTIVE pointer must keep
+        segmenting with the best model it has rather than stop. The note says why the
+        choice differs from ACTIVE ('' when it does not); ``(None, note)`` when no
+        readable version exists.
+        """
+        try:
+            active = self.active()
+        except RegistryError as exc:
+            active, note = None, f'ACTIVE is unusable ({exc})'
+        else:
+            note = '' if active is not None else 'no version is active'
+        if active is not None:
+            return active, ''
+        latest = self.latest()
+        if latest is None:
+            return None, f'{note}; no readable version in {self.root}'
+        return latest, f'{note}; serving the newest readable version, {latest.id}'
+
+    def newest_verified(self, exclude: set[str] | frozenset = frozenset()
+                        ) -> VersionManifest | None:
+        """Return the newest version whose manifest and digests check out, or None."""
+        for manifest in reversed(self.list_versions()):
+            if manifest.id in exclude:
+                continue
+            try:
+                return self.verify(manifest.id)
+            except RegistryError as exc:
+                LOG.warning('version %s fails verification: %s', manifest.id, exc)
+        return None
 
     # -- writing -----------------------------------------------------------------
     def _allocate_id(self) -> str:
@@ -465,9 +579,16 @@ class ModelRegistry:
         ``to=None`` goes back to the parent of the active version; otherwise ``to`` must
         be an existing version older than the active one (use :meth:`activate` to move
         forward). The target's digests are verified before the pointer moves.
+
+        When ACTIVE itself is damaged (garbage, or a missing or broken version) rollback
+        repairs it: ``to`` (any existing version) or, with ``to=None``, the newest version
+        that verifies becomes active.
         """
         with self._locked('roll back'):
-            current = self.active()
+            try:
+                current = self.active()
+            except RegistryError as exc:
+                return self._repair_active(to, str(exc))
             if current is None:
                 raise RegistryError(f'nothing is active in {self.root}; activate a version '
                                     'before rolling back')
@@ -483,6 +604,16 @@ class ModelRegistry:
                                         f'active version {current.id}; use activate()')
             target = self.verify(target_id)
             self._write_active(target.id)
+        return target
+
+    def _repair_active(self, to: str | int | None, problem: str) -> VersionManifest:
+        """Point a damaged ACTIVE at ``to`` or the newest verified version (lock held)."""
+        target = self.verify(to) if to is not None else self.newest_verified()
+        if target is None:
+            raise RegistryError(f'{problem}; no version verifies, so there is nothing to '
+                                'repair it with: publish a model')
+        LOG.warning('repairing ACTIVE (%s): %s is active now', problem, target.id)
+        self._write_active(target.id)
         return target
 
     def add_device_artefact(self, version_id: str | int, kind: str,
@@ -557,9 +688,11 @@ class ModelRegistry:
 
     def describe(self) -> dict:
         """Return a JSON-able summary (root, active id, versions with step and classes)."""
+        good, broken = self.scan()
         return {'root': str(self.root), 'active': self.active_id(),
                 'keep_last': self.keep_last,
                 'versions': [{'id': m.id, 'parent': m.parent, 'step': m.step,
                               'created': m.created, 'classes': m.class_ids(),
                               'artefacts': sorted(m.artefacts)}
-                             for m in self.list_versions()]}
+                             for m in good],
+                'broken': [{'id': b.id, 'reason': b.reason} for b in broken]}

@@ -16,6 +16,10 @@ Machines without ``ros2 launch`` (pip-only ROS) start the same graph, described 
 more in ``config/graph.yaml``, with
 ``python -m ldka_ros.nodes.process_starter --graph config/graph.yaml``; a test keeps
 the two descriptions in step.
+
+Both nodes are respawned ``RESPAWN_DELAY_S`` after they die, each on its own: a crashed
+learner never stops the segmentation, and the labelled frames it stored survive in the
+frame store for the restarted one.
 """
 import os
 
@@ -27,6 +31,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = 'ldka_ros'
+#: Seconds before a dead node is started again (config/graph.yaml: respawn_delay).
+RESPAWN_DELAY_S = 2.0
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -55,14 +61,14 @@ def generate_launch_description() -> LaunchDescription:
     ]
     segmentation = Node(
         package=PACKAGE, executable='segmentation_node', name='segmentation',
-        namespace=namespace, output='screen',
+        namespace=namespace, output='screen', respawn=True, respawn_delay=RESPAWN_DELAY_S,
         # A relative topic: the learner of the same namespace.
         parameters=[params_file, {'registry_path': registry_path, 'backend': backend,
                                   'model_version_topic': 'learner/model_version'}],
         remappings=[('image', camera_topic)])
     learner = Node(
         package=PACKAGE, executable='learner_node', name='learner',
-        namespace=namespace, output='screen',
+        namespace=namespace, output='screen', respawn=True, respawn_delay=RESPAWN_DELAY_S,
         parameters=[params_file, {'registry_path': registry_path, 'backend': backend}],
         remappings=[('image', camera_topic)])
     rviz = Node(

@@ -48,7 +48,12 @@ is redirected to stderr)::
     {"result": {"success": true, "version_id": "v0004", ...}}
 
 Exit codes: 0 published, 1 failed (message in the result), 2 bad spec or input,
-3 cancelled (SIGTERM/SIGINT, or the parent process died): nothing is published then.
+3 cancelled (SIGTERM/SIGINT): nothing is published then, 4 orphaned: the parent process
+(the learner node) died or stdout became a broken pipe, so nobody reads the job any
+more; it stops at the next check between iterations, publishes nothing and leaves the
+labelled frames pending for the next job (a restarted learner). A job already
+publishing when that happens finishes publishing (the registry's publish and the
+frames' ``mark_learned`` belong together) and exits 0.
 Runs are deterministic for a given ``seed`` on one machine and device.
 """
 from __future__ import annotations
@@ -56,6 +61,7 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import asdict, dataclass, field, fields
+import errno
 import json
 import math
 import os
@@ -76,7 +82,7 @@ PHASES = ('preparing', 'training', 'exporting', 'building_engine', 'validating',
 #: Share of the whole job's progress bar per phase (training dominates every real run).
 PHASE_WEIGHTS = {'preparing': 0.04, 'training': 0.76, 'exporting': 0.06,
                  'building_engine': 0.04, 'validating': 0.06, 'publishing': 0.04}
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ORPHANED = 0, 1, 2, 3, 4
 METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr')
 ENGINE_MODES = ('auto', 'tensorrt', 'none')
 #: Held-out frames per previously taught class scored in validation (bounds the time).
@@ -187,9 +193,13 @@ class Reporter:
     progress so far), and -1 (unknown) before anything was measured.
     """
 
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic,
+                 on_broken: Callable[[], None] | None = None) -> None:
         self.stream = stream
         self.clock = clock
+        #: Called once when the reader is gone (EPIPE); the job then stops.
+        self.on_broken = on_broken
+        self.broken = False
         self.started = clock()
         self.phase = ''
         self.phase_started = self.started
@@ -201,10 +211,31 @@ class Reporter:
         return sum(PHASE_WEIGHTS[p] for p in PHASES[:PHASES.index(phase)])
 
     def emit(self, obj: dict) -> None:
-        """Write one JSON line and flush (the reader acts on each line as it comes)."""
+        """
+        Write one JSON line and flush (the reader acts on each line as it comes).
+
+        A broken pipe is not an error here: the reader is the learner node, and if it is
+        gone nobody will act on any line again. The stream is silenced (later writes and
+        the flush at exit would raise again, with a traceback on the way out) and
+        ``on_broken`` asks the job to stop.
+        """
+        line = json.dumps(obj, allow_nan=False, default=_json_default) + '\n'
         with self._lock:
-            self.stream.write(json.dumps(obj, allow_nan=False, default=_json_default) + '\n')
-            self.stream.flush()
+            if self.broken:
+                return
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+                return
+            except BrokenPipeError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    raise
+            self.broken = True
+            _silence(self.stream)
+        if self.on_broken is not None:
+            self.on_broken()
 
     def start(self, phase: str, message: str = '') -> None:
         """Enter ``phase`` (ending the previous one) and report it at 0%."""
@@ -256,6 +287,20 @@ class Reporter:
         self.emit({'result': _finite(result)})
 
 
+def _silence(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null; what it still buffers goes there."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError):  # no descriptor (an in-memory stream): nothing to do
+        pass
+    finally:
+        os.close(devnull)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -292,6 +337,8 @@ class StopControl:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason = ''
+        #: True when the stop came from the reader's death (see ``orphan``).
+        self.orphaned = False
 
     def stop(self, reason: str) -> None:
         """Set the event; a cancellation reason replaces ``budget``, never the reverse."""
@@ -334,11 +381,18 @@ def watch_parent(control: StopControl, parent_pid: int, interval: float = 0.5) -
     def loop() -> None:
         while not control.cancelled:
             if os.getppid() != parent_pid:
-                control.stop(f'parent process {parent_pid} exited')
+                orphan(control, f'parent process {parent_pid} exited')
                 return
             time.sleep(interval)
 
     threading.Thread(target=loop, name='parent-watch', daemon=True).start()
+
+
+def orphan(control: StopControl, reason: str) -> None:
+    """Cancel the job because nobody reads it any more (exit code ``EXIT_ORPHANED``)."""
+    if not control.cancelled:
+        control.orphaned = True
+    control.stop(reason)
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -940,8 +994,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--spec', required=True, help='job spec JSON file')
     parser.add_argument('--seed', type=int, default=None, help='override the spec seed')
     args = parser.parse_args(argv)
-    report = Reporter(_protocol_stream())
+    # Ignored (Python's default, made explicit since a library may reset it): a write to
+    # a dead reader must come back as EPIPE, handled in Reporter.emit, not kill the job
+    # between the registry's publish and mark_learned.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     control = StopControl()
+    report = Reporter(_protocol_stream(), on_broken=lambda: orphan(
+        control, 'the progress pipe is closed: nobody reads this job any more'))
     install_signal_handlers(control)
     try:
         spec = load_spec(args.spec)
@@ -954,8 +1013,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_job(spec, report, control)
     except JobCancelled as exc:
-        report.result({'success': False, 'cancelled': True,
+        report.result({'success': False, 'cancelled': True, 'orphaned': control.orphaned,
                        'message': f'learning cancelled ({exc}); nothing was published'})
+        if control.orphaned:
+            try:
+                print(f'learning job stopped: {exc}; nothing was published, the labelled '
+                      'frames stay pending', file=sys.stderr, flush=True)
+            except OSError:  # the log is gone with the parent: the exit code says it all
+                pass
+            return EXIT_ORPHANED
         return EXIT_CANCELLED
     except (ValueError, FileNotFoundError) as exc:
         report.result({'success': False, 'phase': report.phase,

@@ -6,9 +6,23 @@ Why: pip-only ROS (the CI machines, a laptop) has rclpy but no ``launch``/``ros2
 packages, yet the demo must start several nodes with one command and stop them all
 cleanly. This starter runs each node as a real process with the same command line a
 launch file produces (``--ros-args -r __node:=... -r __ns:=... --params-file ...
--p k:=v -r from:=to``), prefixes and forwards their output, reports a node that dies,
-and on exit or SIGINT/SIGTERM stops every node: SIGINT, then SIGTERM, then SIGKILL,
-each after a timeout.
+-p k:=v -r from:=to``), prefixes and forwards their output, and on exit or
+SIGINT/SIGTERM stops every node: SIGINT, then SIGTERM, then SIGKILL, each after a
+timeout.
+
+Supervision, like ``ros2 launch``'s ``respawn``/``respawn_delay``: a node that dies is
+reported with its exit code or signal and its last output lines, and the other nodes
+keep running (a robot must keep segmenting while its learner crashed). A node marked
+``respawn: true`` is started again after ``respawn_delay`` seconds, doubled after each
+further crash up to ``respawn_max_delay``; a run that lasted ``respawn_reset_after``
+seconds or more counts as healthy and resets the delay. A node that keeps crashing
+(``respawn_max_retries`` restarts in a row, each run shorter than
+``respawn_reset_after``) is given up, with the reason logged, instead of burning the CPU
+in a restart loop. A node not marked ``respawn`` stays down. A node marked
+``required: true`` (``roslaunch``'s ``required``, ``on_exit=Shutdown()`` in ROS 2) takes
+the whole graph down once it is down for good: not respawned, or given up. The starter
+exits by itself when no node is running and none is waiting for a restart. During a
+shutdown nothing is restarted: a pending restart is dropped.
 
 A graph is plain data (``NodeSpec``), optionally loaded from YAML::
 
@@ -19,6 +33,12 @@ A graph is plain data (``NodeSpec``), optionally loaded from YAML::
         params_file: perception.yaml     # relative to the YAML file
         parameters: {rate_hz: 10.0}
         remaps: {image: /robot/camera/image_raw}
+        respawn: true                    # restart it when it dies (default false)
+        respawn_delay: 2.0               # seconds before the first restart
+        respawn_max_delay: 30.0          # the back-off doubles up to this
+        respawn_max_retries: 5           # crash loop: give up after 5 quick restarts
+        respawn_reset_after: 30.0        # a run this long resets delay and count
+        required: false                  # true: stop the graph once this node is lost
 
 so that a launch file can read the same description and start the same executables
 with the same parameters and remappings.
@@ -30,6 +50,7 @@ from collections import deque
 from dataclasses import dataclass, field
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 import shutil
@@ -54,6 +75,10 @@ class NodeSpec:
     index ``<prefix>/lib/<package>/`` or on PATH) and ``module`` (run as
     ``python -m module`` with this interpreter) is given. ``name`` defaults to the
     executable's or module's last part and also prefixes the node's output.
+
+    ``respawn`` and the ``respawn_*`` fields say whether and how the node is restarted
+    when it dies, ``required`` whether losing it for good stops the graph (see the
+    module docstring). ``respawn_max_retries`` -1 = never give up.
     """
 
     executable: str | None = None
@@ -65,11 +90,39 @@ class NodeSpec:
     remaps: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     package: str = 'ldka_ros'
+    respawn: bool = False
+    respawn_delay: float = 1.0
+    respawn_max_delay: float = 30.0
+    respawn_max_retries: int = 5
+    respawn_reset_after: float = 30.0
+    required: bool = False
 
     def __post_init__(self) -> None:
         if (self.executable is None) == (self.module is None):
             raise ValueError('a NodeSpec needs exactly one of executable or module, got '
                              f'executable={self.executable!r} module={self.module!r}')
+        self._check_supervision()
+
+    def _check_supervision(self) -> None:
+        """Raise ValueError naming the node for a respawn setting that makes no sense."""
+        for key in ('respawn', 'required'):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f'node {self.label!r}: {key} must be true or false, got '
+                                 f'{getattr(self, key)!r}')
+        for key in ('respawn_delay', 'respawn_max_delay', 'respawn_reset_after'):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f'node {self.label!r}: {key} must be a number of seconds '
+                                 f'>= 0, got {value!r}')
+        if self.respawn_max_delay < self.respawn_delay:
+            raise ValueError(f'node {self.label!r}: respawn_max_delay '
+                             f'({self.respawn_max_delay}) is below respawn_delay '
+                             f'({self.respawn_delay})')
+        retries = self.respawn_max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < -1:
+            raise ValueError(f'node {self.label!r}: respawn_max_retries must be an integer '
+                             f'>= -1 (-1 = unlimited), got {retries!r}')
 
     @property
     def label(self) -> str:
@@ -101,6 +154,8 @@ class NodeSpec:
 
         This keeps a launch file and this starter in step: both read one graph file.
         Only ``executable`` specs exist in launch (``module`` ones are starter-only).
+        ``respawn``/``respawn_delay`` are passed on; launch restarts with that fixed
+        delay (no back-off, no crash-loop limit: those are the starter's own).
         """
         if self.executable is None:
             raise ValueError(f'node {self.label!r} is given as a module; launch files need '
@@ -108,9 +163,12 @@ class NodeSpec:
         parameters: list[Any] = [self.params_file] if self.params_file else []
         if self.parameters:
             parameters.append(dict(self.parameters))
-        return {'package': self.package, 'executable': self.executable, 'name': self.name,
-                'namespace': self.namespace or '', 'parameters': parameters,
-                'remappings': list(self.remaps.items()), 'arguments': list(self.extra_args)}
+        kwargs = {'package': self.package, 'executable': self.executable, 'name': self.name,
+                  'namespace': self.namespace or '', 'parameters': parameters,
+                  'remappings': list(self.remaps.items()), 'arguments': list(self.extra_args)}
+        if self.respawn:
+            kwargs.update(respawn=True, respawn_delay=float(self.respawn_delay))
+        return kwargs
 
     def command(self, python: str = sys.executable) -> list[str]:
         """Return the full command line; FileNotFoundError if the program is not found."""
@@ -188,27 +246,60 @@ def _reset_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def describe_exit(returncode: int) -> str:
+    """Return how a process ended, from its Popen return code, in words."""
+    if returncode < 0:
+        try:
+            return f'was killed by {signal.Signals(-returncode).name}'
+        except ValueError:
+            return f'was killed by signal {-returncode}'
+    return f'exited with code {returncode}'
+
+
+#: Return code reported for a restart whose program could not even be started (the
+#: shell's "command not found"): it counts as one more crash of that node.
+EXIT_NOT_STARTED = 127
+
+
 @dataclass
 class DeadNode:
-    """A node process that exited on its own (not stopped by the starter)."""
+    """
+    A node process that exited on its own (not stopped by the starter).
+
+    ``restart_in`` is the delay before the starter restarts it, None if it stays down
+    (``final``); ``outcome`` says which, and why, in words.
+    """
 
     name: str
     pid: int
     returncode: int
     last_lines: list[str]
+    restart_in: float | None = None
+    outcome: str = ''
+
+    @property
+    def final(self) -> bool:
+        """Return True if the node stays down (no restart follows)."""
+        return self.restart_in is None
 
     def describe(self) -> str:
-        """Return a one-paragraph report: name, pid, exit status, last output lines."""
-        if self.returncode < 0:
-            try:
-                how = f'was killed by {signal.Signals(-self.returncode).name}'
-            except ValueError:
-                how = f'was killed by signal {-self.returncode}'
-        else:
-            how = f'exited with code {self.returncode}'
+        """Return a one-paragraph report: name, pid, exit status, outcome, last lines."""
         tail = '\n'.join(f'    {line}' for line in self.last_lines[-10:])
-        return f'node {self.name!r} (pid {self.pid}) {how}' + (
-            f'; last output:\n{tail}' if tail else '')
+        text = f'node {self.name!r} (pid {self.pid}) {describe_exit(self.returncode)}'
+        if self.outcome:
+            text += f'; {self.outcome}'
+        return text + (f'; last output:\n{tail}' if tail else '')
+
+
+@dataclass
+class _Respawn:
+    """Restart bookkeeping of one node name; outlives the node's processes."""
+
+    delay: float
+    streak: int = 0
+    due: float | None = None
+    last_exit: str = ''
+    restarts: int = 0
 
 
 class NodeProcess:
@@ -223,6 +314,7 @@ class NodeProcess:
         self._output = output
         self._lock = threading.Lock()
         self.stopping = False
+        self.reported = False
         # Own session: Ctrl-C in the terminal reaches only the starter, which then stops
         # the nodes in order; signals go to the whole group (helper processes included).
         # Handlers (not ignores) are reset by exec anyway, so the pre-exec hook, which is
@@ -234,6 +326,7 @@ class NodeProcess:
             stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_reset_signals if ignored else None)
         self.pid = self.popen.pid
+        self.started = time.monotonic()
         self._pump = threading.Thread(target=self._forward, name=f'out-{self.name}',
                                       daemon=True)
         self._pump.start()
@@ -270,17 +363,27 @@ class NodeProcess:
 
 class Graph:
     """
-    Running nodes started by :func:`start_graph`.
+    Running nodes started by :func:`start_graph`, supervised.
 
-    ``poll()`` reports nodes that died on their own; ``wait()`` blocks until one dies
-    or ``stop_event`` is set; ``stop()`` ends every node. Use as a context manager.
+    ``poll()`` reports nodes that died on their own and starts the restarts that are
+    due; ``wait()`` blocks (polling) until one dies or ``stop_event`` is set; ``stop()``
+    ends every node and drops pending restarts. Use as a context manager.
+    ``nodes[name]`` is the node's current process (a restart replaces it).
     """
 
-    def __init__(self, output: TextIO | None) -> None:
+    def __init__(self, output: TextIO | None, env: Mapping[str, str] | None = None,
+                 python: str = sys.executable) -> None:
         self.nodes: dict[str, NodeProcess] = {}
         self.output = output
+        self.env = dict(os.environ if env is None else env)
+        self.python = python
         self.stop_event = threading.Event()
-        self._reported: set[str] = set()
+        self.given_up: set[str] = set()
+        self._respawn: dict[str, _Respawn] = {}
+        # Held while deciding on and starting restarts, and by stop() while it closes
+        # the graph: a restart can never start after stop() began.
+        self._lock = threading.RLock()
+        self._closing = False
 
     def _say(self, text: str) -> None:
         if self.output is not None:
@@ -290,19 +393,87 @@ class Graph:
             except (ValueError, OSError):
                 pass
 
+    def start(self, spec: NodeSpec, command: list[str]) -> NodeProcess:
+        """Start one node process and register it under its label."""
+        node = NodeProcess(spec, command, self.env, self.output)
+        self.nodes[node.name] = node
+        return node
+
     def poll(self) -> list[DeadNode]:
         """Return nodes that exited since the last poll without being asked to."""
         dead = []
-        for name, node in self.nodes.items():
-            code = node.popen.poll()
-            if code is None or node.stopping or name in self._reported:
-                continue
-            node.wait_output()
-            self._reported.add(name)
-            report = DeadNode(name, node.pid, code, node.recent_output())
-            self._say(report.describe())
-            dead.append(report)
+        with self._lock:
+            for name, node in list(self.nodes.items()):
+                code = node.popen.poll()
+                if code is None or node.stopping or node.reported:
+                    continue
+                node.wait_output()
+                node.reported = True
+                report = DeadNode(name, node.pid, code, node.recent_output())
+                report.restart_in, report.outcome = self._plan(
+                    node.spec, time.monotonic() - node.started, describe_exit(code))
+                self._say(report.describe())
+                dead.append(report)
+            dead += self._restart_due()
         return dead
+
+    def _plan(self, spec: NodeSpec, ran: float, how: str) -> tuple[float | None, str]:
+        """
+        Decide what happens to a node that just died; return (restart delay, why).
+
+        Exponential back-off: the first restart waits ``respawn_delay``, each further
+        one twice as long up to ``respawn_max_delay``. Why a limit: a node that dies at
+        start (a missing model, a broken install) would otherwise restart forever and
+        steal the CPU from the nodes that work.
+        """
+        name = spec.label
+        if self._closing:
+            return None, 'not restarted: the graph is stopping'
+        if not spec.respawn:
+            return None, 'not respawned (respawn is off); the other nodes keep running'
+        state = self._respawn.setdefault(name, _Respawn(float(spec.respawn_delay)))
+        if ran >= spec.respawn_reset_after:
+            state.streak, state.delay = 0, float(spec.respawn_delay)
+        limit = spec.respawn_max_retries
+        if 0 <= limit <= state.streak:
+            self.given_up.add(name)
+            return None, (f'given up: restarted {state.streak} times in a row and it died '
+                          f'each time within {spec.respawn_reset_after:g} s '
+                          f'(respawn_max_retries {limit}); the other nodes keep running')
+        delay = state.delay
+        state.streak += 1
+        state.due = time.monotonic() + delay
+        state.last_exit = how
+        state.delay = min(float(spec.respawn_max_delay), max(2.0 * delay, 0.5))
+        of = f' of {limit}' if limit >= 0 else ''
+        return delay, f'restarting it in {delay:.1f} s (restart {state.streak}{of} in a row)'
+
+    def _restart_due(self) -> list[DeadNode]:
+        """Start the restarts whose delay has passed; return restarts that failed."""
+        failed: list[DeadNode] = []
+        if self._closing or self.stop_event.is_set():
+            return failed
+        now = time.monotonic()
+        for name, state in self._respawn.items():
+            if state.due is None or now < state.due:
+                continue
+            state.due = None
+            old = self.nodes[name]
+            try:
+                node = self.start(old.spec, old.command)
+            except OSError as exc:
+                report = DeadNode(name, old.pid, EXIT_NOT_STARTED,
+                                  [f'could not start {old.command[0]}: {exc}'])
+                report.restart_in, report.outcome = self._plan(
+                    old.spec, 0.0, describe_exit(EXIT_NOT_STARTED))
+                self._say(f'restart of {name!r} failed: {report.describe()}')
+                failed.append(report)
+                continue
+            state.restarts += 1
+            self._say(f'restarted {name!r} (pid {node.pid}, was {old.pid}) after it '
+                      f'{state.last_exit}; restart {state.streak} in a row, '
+                      f'{state.restarts} in all')
+        return failed
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> list[DeadNode]:
         """Block until a node dies, ``stop_event`` is set or ``timeout``; return the dead."""
@@ -320,20 +491,44 @@ class Graph:
         """Return the names of nodes whose process is alive."""
         return [n for n, node in self.nodes.items() if node.popen.poll() is None]
 
+    def pending(self) -> list[str]:
+        """Return the names of nodes waiting for their restart."""
+        with self._lock:
+            return [n for n, state in self._respawn.items() if state.due is not None]
+
+    def restarts(self, name: str) -> int:
+        """Return how many times node ``name`` was restarted."""
+        state = self._respawn.get(name)
+        return state.restarts if state else 0
+
+    def idle(self) -> bool:
+        """Return True if no node runs and none waits for a restart."""
+        return not self.running() and not self.pending()
+
     def stop(self, sigint_timeout: float = 10.0, sigterm_timeout: float = 5.0) -> dict[str, int]:
         """
         Stop every node and return name -> exit code.
 
-        SIGINT to all (nodes shut down in parallel), wait up to ``sigint_timeout``;
-        SIGTERM to the rest, wait ``sigterm_timeout``; SIGKILL what is left. Each
-        escalation is reported, since a node that needs it has a shutdown bug.
+        First the graph is closed: pending restarts are dropped and none starts any
+        more. Then SIGINT to all (nodes shut down in parallel), wait up to
+        ``sigint_timeout``; SIGTERM to the rest, wait ``sigterm_timeout``; SIGKILL what
+        is left. Each escalation is reported, since a node that needs it has a shutdown
+        bug.
         """
-        for node in self.nodes.values():
+        with self._lock:
+            self._closing = True
+            dropped = [n for n, state in self._respawn.items() if state.due is not None]
+            for name in dropped:
+                self._respawn[name].due = None
+            nodes = list(self.nodes.values())
+        for name in dropped:
+            self._say(f'not restarting {name!r}: the graph is stopping')
+        for node in nodes:
             node.stopping = True
         steps = ((signal.SIGINT, sigint_timeout), (signal.SIGTERM, sigterm_timeout),
                  (signal.SIGKILL, 5.0))
         for sig, timeout in steps:
-            alive = [n for n in self.nodes.values() if n.popen.poll() is None]
+            alive = [n for n in nodes if n.popen.poll() is None]
             if not alive:
                 break
             if sig != signal.SIGINT:
@@ -348,9 +543,9 @@ class Graph:
                 except subprocess.TimeoutExpired:
                     pass
         codes = {}
-        for name, node in self.nodes.items():
+        for node in nodes:
             node.wait_output()
-            codes[name] = node.popen.poll()
+            codes[node.name] = node.popen.poll()
         return codes
 
     def __enter__(self) -> 'Graph':
@@ -366,9 +561,10 @@ def start_graph(specs: Iterable[NodeSpec], env: Mapping[str, str] | None = None,
     Start every node of ``specs`` and return the running :class:`Graph`.
 
     ``env`` is added to this process's environment (PYTHONUNBUFFERED=1 is set so node
-    output is forwarded line by line). All commands are resolved before the first
-    process starts, so a missing executable or params file starts nothing; if a
-    process fails to start, the ones already started are stopped.
+    output is forwarded line by line); restarts use the same environment. All commands
+    are resolved before the first process starts, so a missing executable or params
+    file starts nothing; if a process fails to start, the ones already started are
+    stopped.
     """
     specs = list(specs)
     names = [s.label for s in specs]
@@ -377,11 +573,10 @@ def start_graph(specs: Iterable[NodeSpec], env: Mapping[str, str] | None = None,
         raise ValueError(f'node names must be unique in a graph, repeated: {dupes}')
     commands = [spec.command(python) for spec in specs]
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})}
-    graph = Graph(output)
+    graph = Graph(output, full_env, python)
     try:
         for spec, command in zip(specs, commands):
-            node = NodeProcess(spec, command, full_env, output)
-            graph.nodes[node.name] = node
+            node = graph.start(spec, command)
             graph._say(f'started {node.name} (pid {node.pid}): {" ".join(command)}')
     except BaseException:
         graph.stop(2.0, 2.0)
@@ -418,11 +613,40 @@ def build_specs(args: argparse.Namespace) -> list[NodeSpec]:
             spec.params_file = str(Path(args.params).resolve())
         spec.parameters = {**params, **spec.parameters}
         spec.remaps = {**remaps, **spec.remaps}
+    by_name = {spec.label: spec for spec in specs}
+    for option, names in (('respawn', args.respawn), ('required', args.required)):
+        for name in names:
+            if name not in by_name:
+                raise ValueError(f'--{option} {name}: no node of that name; nodes: '
+                                 f'{", ".join(by_name)}')
+            setattr(by_name[name], option, True)
     return specs
 
 
+def supervise(graph: Graph) -> bool:
+    """
+    Run until ``graph.stop_event``, a required node is lost, or nothing is left to run.
+
+    Return True if any node died on its own with a non-zero status (or a required node
+    was lost), which becomes the starter's exit code 1.
+    """
+    failed = False
+    while not graph.stop_event.is_set():
+        dead = graph.wait()
+        failed = failed or any(d.returncode != 0 for d in dead)
+        lost = [d.name for d in dead if d.final and graph.nodes[d.name].spec.required]
+        if lost:
+            graph._say(f'required node {", ".join(map(repr, lost))} is down for good: '
+                       'stopping the graph')
+            return True
+        if dead and graph.idle():
+            graph._say('no node is running or waiting for a restart')
+            break
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Start nodes, forward their output, stop them all on Ctrl-C or when one dies."""
+    """Start nodes, forward their output, restart those marked respawn, stop on Ctrl-C."""
     ap = argparse.ArgumentParser(
         prog='python -m ldka_ros.nodes.process_starter', description=main.__doc__,
         epilog='example: python -m ldka_ros.nodes.process_starter sim_camera_node '
@@ -435,8 +659,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--params', help='ROS parameters file for nodes without their own')
     ap.add_argument('--remap', action='append', default=[], metavar='FROM:=TO')
     ap.add_argument('--param', '-p', action='append', default=[], metavar='NAME:=VALUE')
-    ap.add_argument('--keep-going', action='store_true',
-                    help='keep the other nodes running when one dies (default: stop all)')
+    ap.add_argument('--respawn', action='append', default=[], metavar='NAME',
+                    help='restart node NAME when it dies (graph files: respawn: true)')
+    ap.add_argument('--required', action='append', default=[], metavar='NAME',
+                    help='stop every node once node NAME is down for good (graph files: '
+                         'required: true); other nodes dying never stops the rest')
+    # The default since nodes are supervised; still accepted so that older command
+    # lines keep working.
+    ap.add_argument('--keep-going', action='store_true', help=argparse.SUPPRESS)
     ap.add_argument('--sigint-timeout', type=float, default=10.0)
     ap.add_argument('--sigterm-timeout', type=float, default=5.0)
     ap.add_argument('--dry-run', action='store_true', help='print the commands only')
@@ -444,8 +674,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def _on_signal(signum, _frame) -> None:
-        print(f'{PREFIX} {signal.Signals(signum).name} received: stopping all nodes',
-              flush=True)
+        # os.write, not print: the main thread may be inside a buffered write to stdout,
+        # and re-entering it from a handler raises RuntimeError.
+        try:
+            os.write(sys.stdout.fileno(), f'{PREFIX} {signal.Signals(signum).name} '
+                                          'received: stopping all nodes\n'.encode())
+        except (OSError, ValueError):
+            pass
         stop.set()
 
     # Installed before any node starts: a window without them would let Ctrl-C kill the
@@ -463,15 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{PREFIX} error: {exc}', file=sys.stderr)
         return 2
     graph.stop_event = stop
-    failed = False
     try:
-        while not graph.stop_event.is_set():
-            dead = graph.wait()
-            if dead:
-                failed = failed or any(d.returncode != 0 for d in dead)
-                if not args.keep_going or not graph.running():
-                    graph._say('stopping the other nodes')
-                    break
+        failed = supervise(graph)
     finally:
         codes = graph.stop(args.sigint_timeout, args.sigterm_timeout)
     graph._say('exit codes: ' + ', '.join(f'{n}={c}' for n, c in codes.items()))

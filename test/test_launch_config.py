@@ -68,6 +68,10 @@ def launch_nodes() -> list[dict]:
             nodes.append({'package': _literal(info['package'], consts),
                           'executable': _literal(info['executable'], consts),
                           'name': _literal(info['name'], consts), 'remap_sources': remaps,
+                          'respawn': _literal(info.get('respawn', ast.Constant(False)),
+                                              consts),
+                          'respawn_delay': _literal(
+                              info.get('respawn_delay', ast.Constant(0.0)), consts),
                           'source': ast.unparse(call)})
     return nodes
 
@@ -111,6 +115,13 @@ def test_launch_file_starts_existing_executables_with_declared_arguments():
         assert 'params_file' in node['source']
     assert nodes['segmentation_node']['name'] == 'segmentation'
     assert nodes['learner_node']['name'] == 'learner'
+    # Both are restarted when they die, after a delay (a literal or module constant, so
+    # that config/graph.yaml can be checked against it).
+    for exe in ('segmentation_node', 'learner_node'):
+        assert nodes[exe]['respawn'] is True, nodes[exe]['source']
+        delay = nodes[exe]['respawn_delay']
+        assert isinstance(delay, (int, float)) and delay > 0, nodes[exe]['source']
+    assert nodes['rviz2']['respawn'] is False
     # The segmentation node follows the learner of its own namespace.
     assert "'model_version_topic': 'learner/model_version'" in \
         nodes['segmentation_node']['source']
@@ -125,9 +136,17 @@ def test_process_starter_graph_matches_the_launch_file():
     launched = {(n['executable'], n['name']) for n in launch_nodes()
                 if n['package'] == 'ldka_ros'}
     assert {(s.executable, s.name) for s in specs} == launched
+    respawn = {n['name']: (n['respawn'], n['respawn_delay']) for n in launch_nodes()}
     for spec in specs:
         assert Path(spec.params_file) == PARAMS_FILE
         assert 'image' not in spec.remaps  # so that --remap image:=<camera> applies
+        # The same supervision as the launch file; the starter adds a back-off and a
+        # crash-loop limit, which launch does not have.
+        assert (spec.respawn, spec.respawn_delay) == respawn[spec.name], spec
+        assert spec.respawn_max_delay >= spec.respawn_delay and spec.respawn_max_retries > 0
+        assert not spec.required  # neither node's death may stop the other
+        kwargs = spec.launch_kwargs()
+        assert (kwargs['respawn'], kwargs['respawn_delay']) == respawn[spec.name]
 
 
 def test_rviz_config_is_valid_yaml_with_the_segmentation_images():

@@ -2,6 +2,7 @@
 """The ROS-free process starter: real node processes, clean stops, crash reports."""
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from pathlib import Path
@@ -67,6 +68,48 @@ def test_node_spec_command_line_and_graph_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         start_graph([NodeSpec(executable='sim_camera_node'),
                      NodeSpec(executable='no_such_node_exe')], output=None)
+
+
+def test_respawn_settings_from_graph_file_and_command_line(tmp_path):
+    from ldka_ros.nodes.process_starter import build_specs
+
+    graph_file = tmp_path / 'graph.yaml'
+    graph_file.write_text(
+        'nodes:\n'
+        '  - executable: sim_camera_node\n'
+        '    name: cam\n'
+        '    respawn: true\n'
+        '    respawn_delay: 2\n'
+        '    respawn_max_delay: 8.0\n'
+        '    respawn_max_retries: -1\n'
+        '    required: true\n'
+        '  - executable: replay_camera_node\n')
+    cam, replay = load_graph(graph_file)
+    assert (cam.respawn, cam.respawn_delay, cam.respawn_max_delay, cam.respawn_max_retries,
+            cam.required) == (True, 2, 8.0, -1, True)
+    assert (replay.respawn, replay.required, replay.respawn_max_retries) == (False, False, 5)
+    # launch_ros.actions.Node takes respawn/respawn_delay (fixed delay, no back-off).
+    kwargs = cam.launch_kwargs()
+    assert kwargs['respawn'] is True and kwargs['respawn_delay'] == 2.0
+    assert 'respawn' not in replay.launch_kwargs()
+    for bad, match in (({'respawn': 'yes'}, 'respawn must be true or false'),
+                       ({'respawn_delay': -1}, 'respawn_delay must be'),
+                       ({'respawn_delay': float('nan')}, 'respawn_delay must be'),
+                       ({'respawn_delay': 5.0, 'respawn_max_delay': 1.0}, 'below'),
+                       ({'respawn_max_retries': -2}, 'respawn_max_retries'),
+                       ({'respawn_max_retries': 2.5}, 'respawn_max_retries'),
+                       ({'required': 1}, 'required must be')):
+        with pytest.raises(ValueError, match=match):
+            NodeSpec.from_dict({'executable': 'sim_camera_node', 'name': 'n', **bad})
+    args = argparse.Namespace(
+        graph=None, executables=['sim_camera_node', 'replay_camera_node'], param=[],
+        remap=[], namespace=None, params=None, respawn=['replay_camera_node'],
+        required=['sim_camera_node'])
+    sim, rep = build_specs(args)
+    assert (sim.respawn, sim.required, rep.respawn, rep.required) == (False, True, True, False)
+    args.respawn = ['nope']
+    with pytest.raises(ValueError, match='--respawn nope: no node of that name'):
+        build_specs(args)
 
 
 def _frames(camvid_root: Path, tmp_path: Path) -> str:
@@ -174,6 +217,7 @@ def test_command_line_starter_stops_on_sigint_and_on_a_crash(
         ['sim_camera_node', 'replay_camera_node', '-p', f'path:={folder}', *common], env)
     bad, bad_out = _run_starter(
         ['sim_camera_node', 'ldka_ros.nodes.replay_camera_node',
+         '--required', 'replay_camera_node',
          '-p', f'path:={tmp_path / "missing"}', *common], env)
     try:
         ros_harness.wait_until(
@@ -181,7 +225,8 @@ def test_command_line_starter_stops_on_sigint_and_on_a_crash(
             60, 'both nodes of the command-line starter to start')
         ok.send_signal(signal.SIGINT)
         assert ok.wait(timeout=40) == 0, ok_out.text()
-        # One node fails to start: the starter stops the other and exits 1 by itself.
+        # A required node fails to start: the starter stops the other and exits 1 by
+        # itself (a node that is not required would just stay down).
         assert bad.wait(timeout=60) == 1, bad_out.text()
     finally:
         for proc in (ok, bad):
@@ -193,4 +238,5 @@ def test_command_line_starter_stops_on_sigint_and_on_a_crash(
     assert 'exit codes: sim_camera_node=0, replay_camera_node=0' in text
     text = bad_out.text()
     assert "node 'replay_camera_node'" in text and 'exited with code 2' in text
+    assert "required node 'replay_camera_node' is down for good" in text
     assert 'exit codes: sim_camera_node=0, replay_camera_node=2' in text

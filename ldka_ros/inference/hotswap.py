@@ -160,6 +160,7 @@ class HotSwapper:
         self._running: _Request | None = None
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._closing = False
         self._swaps_ok = 0
         self._swaps_failed = 0
         self._last_report: SwapReport | None = None
@@ -291,7 +292,7 @@ class HotSwapper:
                            float(tolerance), old_classes, future)
         new_worker = None
         with self._cond:
-            if self._closed:
+            if self._closed or self._closing:
                 report = SwapReport(False, request.version_id, self._slot.version_id,
                                     'refused: the HotSwapper is closed')
                 future.set_result(report)
@@ -412,14 +413,22 @@ class HotSwapper:
                  request.version_id, report.load_s, report.warmup_s, report.validate_s)
         return report
 
-    def _release_when_idle(self, slot: _Slot) -> None:
-        """Wait until ``slot`` has no in-flight inference, then release its backend once."""
+    def _release_when_idle(self, slot: _Slot, deadline: float | None = None) -> bool:
+        """
+        Wait until ``slot`` has no in-flight inference, then release its backend once.
+
+        Returns False, releasing nothing, if inferences are still running at
+        ``deadline`` (a ``time.monotonic()`` value; None waits as long as it takes).
+        """
         with self._cond:
-            self._cond.wait_for(lambda: slot.inflight == 0)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._cond.wait_for(lambda: slot.inflight == 0, timeout):
+                return False
             if slot.released:
-                return
+                return True
             slot.released = True
         _release_quietly(slot.backend)
+        return True
 
     # -- validation --------------------------------------------------------------
     def _validate(self, backend: Backend, request: _Request, metrics: dict) -> None:
@@ -451,36 +460,60 @@ class HotSwapper:
                 metrics.update(outcome)
 
     # -- shutdown ----------------------------------------------------------------
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None) -> bool:
         """
         Stop accepting swaps, wait for a running one, release the serving backend.
 
         A queued request resolves as refused. Inference calls after ``close`` raise.
+        ``timeout`` bounds the whole call (None: wait as long as it takes). Why bounded:
+        a node shutting down must not hang on a backend whose ``load`` or ``infer``
+        never returns. Returns True when everything finished in time; False when a
+        swap thread is still running (it refuses its switch and releases its backend
+        when it returns) or an inference still holds the serving backend (a daemon
+        thread releases it once that inference returns).
         """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         with self._cond:
+            self._closing = True  # swap_to refuses from now on: no new worker can start
             pending, self._pending = self._pending, None
         if pending is not None:
             pending.future.set_result(SwapReport(False, pending.version_id,
                                                  self.current_version,
                                                  'refused: the HotSwapper was closed'))
+        swap_done = self._join_worker(deadline)
+        with self._cond:
+            if self._closed:
+                return swap_done
+            self._closed = True
+            slot = self._slot
+            slot.retired = True
+        if self._release_when_idle(slot, deadline):
+            return swap_done
+        LOG.warning('close: an inference on %s did not return within %.1f s; its backend '
+                    'is released when it does', slot.version_id, timeout)
+        threading.Thread(target=self._release_when_idle, args=(slot,), daemon=True,
+                         name='hotswap-release').start()
+        return False
+
+    def _join_worker(self, deadline: float | None) -> bool:
+        """Wait for the swap thread until ``deadline``; return False if it still runs."""
         while True:
             with self._cond:
                 worker = self._worker
             if worker is None or worker is threading.current_thread():
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 break
             if worker.ident is None:  # created by swap_to, start() not yet called
                 time.sleep(0.001)
                 continue
-            worker.join(timeout)
+            worker.join(left)
             if worker.is_alive():
-                break  # timed out: leave the running swap to finish on its own
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            slot = self._slot
-            slot.retired = True
-        self._release_when_idle(slot)
+                break
+        LOG.warning('close: the swap to %s is still running; it will not be switched in',
+                    self._running.version_id if self._running else '?')
+        return False
 
     def __enter__(self) -> 'HotSwapper':
         return self

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 import sys
 
+from ldka_ros.errors import UserError
+
 
 def _hw(text: str) -> tuple[int, int]:
     try:
@@ -139,9 +141,9 @@ def cmd_demo(args) -> int:
     try:
         from ldka_ros.nodes.demo_client import DemoOptions, run_demo
     except ImportError as exc:
-        raise RuntimeError(f'the demo needs ROS 2 (rclpy) and the ldka_ros_interfaces '
-                           f'package: {exc}; run `make setup` and `source scripts/env.sh`'
-                           ) from exc
+        raise UserError(f'the demo needs ROS 2 (rclpy) and the ldka_ros_interfaces '
+                        f'package: {exc}; run `make setup` and `source scripts/env.sh`'
+                        ) from exc
     options = DemoOptions(out=args.out, settings=settings, base=_base_config(args),
                           cache_root=args.cache, rebuild_base=args.rebuild,
                           launcher=args.launcher, backend=args.backend, device=args.device,

@@ -15,6 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ldka_ros.errors import UserError
+
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
 
 
@@ -88,9 +90,9 @@ def cmd_export(args) -> int:
                   f'{parity.max_abs_diff_margin:.2e}, max |d confidence| '
                   f'{parity.max_abs_diff_confidence:.2e}')
             if not parity.passed:
-                raise RuntimeError(f'parity check failed: argmax agreement '
-                                   f'{parity.argmax_agreement * 100:.3f}% < '
-                                   f'{args.min_agreement * 100:.1f}%; {out} left unchanged')
+                raise UserError(f'parity check failed: argmax agreement '
+                                f'{parity.argmax_agreement * 100:.3f}% < '
+                                f'{args.min_agreement * 100:.1f}%; {out} left unchanged')
         os.replace(candidate, out)
     finally:
         candidate.unlink(missing_ok=True)

@@ -4,6 +4,12 @@
 Each command group lives in its own module and registers its sub-commands here, so the
 entry point stays small and imports heavy libraries (torch, onnxruntime) only for the
 command that runs.
+
+Errors: the project's user-facing errors (:class:`ldka_ros.errors.UserError`, registry
+errors, ValueError from argument checks, FileNotFoundError) print one line and exit 2;
+any other exception is a bug and prints its traceback (exit 1), so that it can be
+reported and fixed instead of vanishing. ``--debug`` (or ``-v``) prints the traceback
+for user errors too.
 """
 from __future__ import annotations
 
@@ -11,8 +17,10 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from ldka_ros.benchrecord import command_line
+from ldka_ros.errors import UserError
 
 #: Modules that provide ``register(subparsers)``; each sub-command sets ``func``.
 COMMAND_MODULES = (
@@ -25,7 +33,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='ldka', description='ldka_ros offline tools: training, CISS benchmarks, export.')
-    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    parser.add_argument('-v', '--verbose', '--debug', action='store_true', dest='verbose',
+                        help='debug logging, and a traceback for every error')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
     for name in COMMAND_MODULES:
         try:
@@ -50,10 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Bad input: a clear one-line error, no traceback.
-        print(f'ldka {args.command}: error: {exc}', file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: B902 - sorted into user errors and bugs below
+        if isinstance(exc, user_errors()):
+            if args.verbose:
+                traceback.print_exc()
+            print(f'ldka {args.command}: error: {exc}', file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f'ldka {args.command}: internal error ({type(exc).__name__}); the traceback '
+              'above shows where', file=sys.stderr)
+        return 1
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception types whose message alone is enough for the user."""
+    from ldka_ros.registry.registry import RegistryError
+
+    return (UserError, RegistryError, ValueError, FileNotFoundError)
 
 
 if __name__ == '__main__':

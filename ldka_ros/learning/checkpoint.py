@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 import tempfile
 
+from ldka_ros.errors import UserError
 from ldka_ros.learning.classes import ClassRegistry, fsync_dir
 from ldka_ros.learning.model import build_model, ModelConfig, SegModel
 import torch
@@ -124,8 +125,8 @@ def load_checkpoint(path: str | os.PathLike, map_location='cpu'
     try:
         model.load_state_dict(data['state_dict'], strict=True)
     except RuntimeError as exc:
-        raise RuntimeError(f'checkpoint {path}: weights do not fit the model built from '
-                           f'its config: {str(exc)[:500]}') from exc
+        raise UserError(f'checkpoint {path}: weights do not fit the model built from '
+                        f'its config: {str(exc)[:500]}') from exc
     classes = ClassRegistry.from_dict(data['classes'])
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+from ldka_ros.errors import UserError
 from ldka_ros.learning import losses as L
 import numpy as np
 import torch
@@ -482,15 +483,16 @@ def read_train_state(path: str | os.PathLike) -> dict:
     (resume after a power cut), and a full unpickle would run any code a file planted
     there names. The state holds only tensors, dicts, lists, str and numbers, which the
     restricted unpickler accepts; a file that names anything else is refused unexecuted.
-    RuntimeError for an unreadable or refused file, ValueError for another format.
+    UserError (a RuntimeError) for an unreadable or refused file, ValueError for another
+    format.
     """
     path = Path(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # noqa: B902 - any unreadable file means the same thing
-        raise RuntimeError(f'training checkpoint {path} is unreadable or holds more than '
-                           f'tensors and plain values ({str(exc)[:300]}); delete it or pass '
-                           'resume=False') from exc
+        raise UserError(f'training checkpoint {path} is unreadable or holds more than '
+                        f'tensors and plain values ({str(exc)[:300]}); delete it or pass '
+                        'resume=False') from exc
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise ValueError(f'{path} is not a training-state checkpoint ({STATE_FORMAT})')
     return state

@@ -45,6 +45,7 @@ from ldka_ros.demo.report import (DemoReport, format_progress, format_report, pa
                                   save_png, StageTimer, with_legend, write_report)
 from ldka_ros.demo.scenario import (check_label_candidate, DemoSettings, IoUMeter,
                                     mask_iou)
+from ldka_ros.errors import UserError
 from ldka_ros.nodes.image_conversion import image_to_numpy, to_rgb
 from ldka_ros.nodes.process_starter import NodeSpec, start_graph
 from ldka_ros.nodes.qos import image_qos, latched_qos, reliable_qos
@@ -508,7 +509,7 @@ class DemoOptions:
     progress: bool = True
 
 
-class DemoError(RuntimeError):
+class DemoError(UserError):
     """A stage of the demo failed; the message says which and why."""
 
 

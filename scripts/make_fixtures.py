@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', type=Path,
                         default=Path(__file__).resolve().parents[1] / 'test' / 'fixtures'
                         / 'camvid', help='fixture folder to (re)write')
-    parser.add_argument('--size', type=int, nargs=2, default=(120, 160), metavar=('H', 'W'))
+    parser.add_argument('--size', type=int, nargs=2, default=(180, 240), metavar=('H', 'W'))
     parser.add_argument('--train', type=int, default=14, help='frames from train')
     parser.add_argument('--val', type=int, default=12, help='frames from val')
     parser.add_argument('--quality', type=int, default=90, help='JPEG quality')

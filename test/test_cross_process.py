@@ -1,14 +1,13 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-Three real processes over loopback DDS: a camera, a LabelObject server, and this test.
+Three real processes over loopback DDS: a camera, the learner node, and this test.
 
-Process A publishes a real CamVid frame as a camera stream; process B keeps the newest
-frame and serves ``LabelObject`` (prompt -> mask with ``ldka_ros.imaging.prompts``);
-the test (process C) labels a car in that frame with the generated interface types and
-checks the answers against the frame's ground-truth labels.
+Process A publishes a real CamVid frame as a camera stream; process B is the real
+learner node (``ldka_ros.nodes.learner_node`` on a real base model) that keeps the
+newest frame and serves ``LabelObject``; the test (process C) labels a car in that frame
+with the generated interface types and checks the answers against the frame's
+ground-truth labels and the learner's frame store.
 """
-import signal
-import sys
 import time
 
 from conftest import camvid_scale
@@ -53,19 +52,23 @@ def _request(class_name, **prompt):
     return req
 
 
-def test_label_object_across_processes(ros_launcher, ros_node, car_frame):
+def test_label_object_across_processes(ros_launcher, ros_node, car_frame, tmp_path,
+                                       camvid_root):
+    from ldka_ros.learning.frame_store import FrameStore
+    from test_learning_job import base_registry, CAR_ID
+    from test_learner_node import _start_learner
+
     image_path, rgb, car, (x, y, w, h) = car_frame
+    base_registry(tmp_path / 'registry', camvid_root)
     ns = ros_launcher.namespace
     camera = ros_launcher.start_script('camera', ros_harness.TEST_DIR / 'ros_test_nodes.py',
                                        'camera', params={'image_path': str(image_path),
                                                          'rate_hz': 10.0})
-    server = ros_launcher.start_script('label_server',
-                                       ros_harness.TEST_DIR / 'ros_test_nodes.py',
-                                       'label_server')
+    learner = _start_learner(ros_launcher, tmp_path)
     node = ros_node.node
     frames = ros_harness.TopicCollector(node, Image, f'{ns}/image', sensor_qos())
-    client = ros_harness.wait_for_service(node, LabelObject, f'{ns}/label_object',
-                                          timeout=30.0, launcher=ros_launcher)
+    client = ros_harness.wait_for_service(node, LabelObject, f'{ns}/learner/label_object',
+                                          timeout=60.0, launcher=ros_launcher)
     camera_msg = frames.wait_for(1, timeout=30.0, launcher=ros_launcher)[-1]
     np.testing.assert_array_equal(image_to_numpy(camera_msg), rgb)
     assert camera_msg.header.frame_id == 'camera_optical'
@@ -80,10 +83,11 @@ def test_label_object_across_processes(ros_launcher, ros_node, car_frame):
             break
         time.sleep(0.2)
     assert resp.accepted, resp.message
-    assert (resp.class_id, resp.frames_for_class, resp.pending_frames) == (1, 1, 1)
+    # The base model knows classes 0..8; the first new name gets the next free slot.
+    assert (resp.class_id, resp.frames_for_class, resp.pending_frames) == (CAR_ID, 1, 1)
     np.testing.assert_array_equal(image_to_numpy(resp.mask), car.astype(np.uint8) * 255)
     assert resp.mask.header.frame_id == 'camera_optical'
-    assert f'stored {int(car.sum())} object pixels of {car.size}' in resp.message
+    assert f'{int(car.sum())} of {car.shape[1]}x{car.shape[0]} pixels' in resp.message
 
     # 2. A box around the same car: GrabCut's mask lies in the box and finds the car.
     m = max(2, round(5 * rgb.shape[0] / 360))  # 5 px margin at 360x480
@@ -92,7 +96,7 @@ def test_label_object_across_processes(ros_launcher, ros_node, car_frame):
     req.box.x_offset, req.box.y_offset, req.box.width, req.box.height = box
     resp = ros_harness.call_service(client, req)
     assert resp.accepted, resp.message
-    assert (resp.class_id, resp.frames_for_class, resp.pending_frames) == (1, 2, 2)
+    assert (resp.class_id, resp.frames_for_class, resp.pending_frames) == (CAR_ID, 2, 2)
     got = image_to_numpy(resp.mask) > 0
     assert not got[:, :box[0]].any() and not got[:box[1], :].any()
     assert not got[:, box[0] + box[2]:].any() and not got[box[1] + box[3]:, :].any()
@@ -102,18 +106,18 @@ def test_label_object_across_processes(ros_launcher, ros_node, car_frame):
     # 3. An empty mask is refused with its reason and stores nothing.
     resp = ros_harness.call_service(client, _request(
         'car', mask=numpy_to_image(np.zeros_like(car, np.uint8), 'mono8')))
-    assert not resp.accepted and 'mask is empty (0 object pixels' in resp.message
+    assert not resp.accepted and 'the mask is empty' in resp.message
 
     # 4. Mis-sized mask, two prompts, bad class name, degenerate polygon: all refused.
     resp = ros_harness.call_service(client, _request(
         'car', mask=numpy_to_image(np.full((10, 10), 255, np.uint8), 'mono8')))
-    assert not resp.accepted and 'differ in size' in resp.message
+    assert not resp.accepted and 'differs from the image size' in resp.message
     req = _request('car', mask=mask_msg)
     req.box.width, req.box.height = 10, 10
     resp = ros_harness.call_service(client, req)
-    assert not resp.accepted and 'exactly one prompt' in resp.message
+    assert not resp.accepted and 'give exactly one of' in resp.message
     resp = ros_harness.call_service(client, _request('no spaces allowed', mask=mask_msg))
-    assert not resp.accepted and 'class_name' in resp.message
+    assert not resp.accepted and 'invalid class name' in resp.message
     line = [Point32(x=1.0, y=1.0), Point32(x=5.0, y=5.0), Point32(x=9.0, y=9.0)]
     req = _request('sign')
     req.polygon.points = line
@@ -130,27 +134,18 @@ def test_label_object_across_processes(ros_launcher, ros_node, car_frame):
     req.return_mask = False
     resp = ros_harness.call_service(client, req)
     assert resp.accepted, resp.message
-    assert (resp.class_id, resp.frames_for_class, resp.pending_frames) == (2, 1, 3)
+    assert (resp.class_id, resp.frames_for_class, resp.pending_frames) == (CAR_ID + 1, 1, 3)
     assert resp.mask.width == 0
+
+    # The learner's frame store holds exactly the three accepted frames, the camera's
+    # pixels as sent (the bgr8 one converted to RGB).
+    store = FrameStore(tmp_path / 'frames')
+    records = store.frames()
+    assert sorted(r.class_name for r in records) == ['car', 'car', 'parked_car']
+    for record in records:
+        np.testing.assert_array_equal(store.load(record.frame_id)[0], rgb)
 
     # Both nodes stop cleanly on SIGINT (exit status 0, no kill needed).
     codes = ros_launcher.stop_all()
-    assert codes == {'label_server': 0, 'camera': 0}, ros_launcher.logs()
-    assert not camera.group_alive() and not server.group_alive()
-
-
-def test_harness_kills_a_process_that_ignores_signals(ros_launcher):
-    """A child that ignores SIGINT/SIGTERM, with a grandchild, is still fully stopped."""
-    script = ('import signal, subprocess, sys, time\n'
-              'signal.signal(signal.SIGINT, signal.SIG_IGN)\n'
-              'signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
-              'subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])\n'
-              'print("started", flush=True)\n'
-              'time.sleep(600)\n')
-    proc = ros_launcher.start('stubborn', [sys.executable, '-c', script])
-    ros_harness.wait_until(lambda: 'started' in proc.log_text(), 20.0, 'the stubborn child')
-    assert proc.group_alive()
-    code = proc.stop(timeout=0.5)
-    assert code == -signal.SIGKILL
-    assert not proc.group_alive()
-    assert proc not in ros_harness.leaked_processes()
+    assert codes == {'learner': 0, 'camera': 0}, ros_launcher.logs()
+    assert not camera.group_alive() and not learner.group_alive()

@@ -451,7 +451,9 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
 
     report.start('preparing', 'loading the active model and the labelled frames')
     registry = ModelRegistry(spec.registry_path)
-    parent = registry.active()
+    # The version that serves: ACTIVE, or the newest readable one when ACTIVE is damaged
+    # (the learner node announces the same one).
+    parent, _note = registry.serving()
     if parent is None:
         raise ValueError(f'model registry {registry.root} has no active version: publish and '
                          'activate a base model before learning new classes')

@@ -10,7 +10,7 @@ CamVid frames. Each case once ended a node or was silently accepted:
 - a segmentation node restarted with ``ACTIVE`` on a corrupt version exited;
 - the segmentation node's rollback wrote ``ACTIVE`` itself, so the learner's latched
   announcement disagreed with it;
-- hundreds of generated labelling requests (``duck\\n``, 1e30 coordinates, self-crossing
+- hundreds of generated labelling requests (a trailing newline, 1e30 coordinates, self-crossing
   polygons, malformed images and masks) must each be answered, the invalid ones refused
   with a reason, and the frame store must hold exactly the accepted ones;
 - diagnostics stayed OK while unusable frames arrived, and showed a stale error after

@@ -14,6 +14,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+from conftest import spread
 from ldka_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 from ldka_ros.inference.hotswap import backend_factory_from_registry, HotSwapper
 from ldka_ros.registry import ModelRegistry, VersionNotFoundError
@@ -29,7 +30,7 @@ def camvid_pairs(root: Path, split: str, count: int, step: int, hw=None):
 
     lut = np.full(256, 255, np.uint8)
     lut[:11] = np.arange(1, 12)  # stored 0..10 -> 1..11, void (11) -> 255
-    paths = sorted((root / split / 'images').glob('*.jpg'))[::step][:count]
+    paths = spread(sorted((root / split / 'images').glob('*.jpg')), count, step)
     pairs = []
     for path in paths:
         image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+from conftest import camvid_scale
 from ldka_ros.nodes.process_starter import (find_executable, load_graph, NodeSpec,
                                             start_graph)
 from ldka_ros.nodes.qos import sensor_qos
@@ -141,7 +142,9 @@ def test_start_graph_runs_two_nodes_and_stops_them_cleanly(
                                          sensor_qos(10))
         replay = ros_harness.TopicCollector(ros_node.node, Image,
                                             f'{ros_namespace}/replay/image_raw', sensor_qos(10))
-        for collector, size in ((sim, (96, 72)), (replay, (480, 360))):
+        scale = camvid_scale(camvid_root)  # 1 on full CamVid (480x360), less on the fixture
+        replay_size = (round(480 * scale), round(360 * scale))
+        for collector, size in ((sim, (96, 72)), (replay, replay_size)):
             try:
                 msgs = collector.wait_for(2, timeout=40)
             except TimeoutError:

@@ -9,6 +9,7 @@ camera process; the test checks every output against the same ONNX graph run her
 """
 import time
 
+from conftest import spread
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from ldka_ros.imaging.colors import overlay
@@ -64,7 +65,7 @@ def model_registry(tmp_path_factory, camvid_root):
     model = SegModel(ModelConfig(backbone='mobilenetv2_100', num_slots=12,
                                  decoder_channels=32))
     model.set_active(list(range(12)))
-    label_paths = sorted((camvid_root / 'train' / 'labels').glob('*.png'))[::40][:8]
+    label_paths = spread(sorted((camvid_root / 'train' / 'labels').glob('*.png')), 8, 40)
     pairs = [_load_pair(camvid_root, p) for p in label_paths]
     images = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float()
     images = images / 255.0

@@ -22,11 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*argv: str, prelude: str = '') -> subprocess.CompletedProcess:
     """Run ``ldka`` in a fresh interpreter; ``prelude`` runs first (to plant a bug)."""
-    code = textwrap.dedent(prelude) + textwrap.dedent('''
+    code = textwrap.dedent(prelude) + textwrap.dedent("""
         import sys
         from ldka_ros.cli.main import main
         sys.exit(main(sys.argv[1:]))
-    ''')
+    """)
     return subprocess.run([sys.executable, '-c', code, *argv], capture_output=True,
                           text=True, timeout=120, cwd=REPO_ROOT,
                           env={**os.environ, 'HF_HUB_OFFLINE': '1'})
@@ -75,14 +75,14 @@ def test_a_bug_prints_its_traceback_and_exits_1(tmp_path, capsys, monkeypatch, e
 
 
 def test_a_bug_in_a_subprocess_shows_where(tmp_path):
-    prelude = '''
+    prelude = """
         import ldka_ros.learning.checkpoint as checkpoint
 
         def load_checkpoint(path, map_location='cpu'):
             raise RuntimeError('index 7 is out of range for the class table')
 
         checkpoint.load_checkpoint = load_checkpoint
-    '''
+    """
     proc = run_cli('export', '--checkpoint', str(tmp_path / 'c.pt'), '--out',
                    str(tmp_path / 'm.onnx'), prelude=prelude)
     assert proc.returncode == 1, proc.stderr[-2000:]

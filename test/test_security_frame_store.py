@@ -19,7 +19,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 THREADS, ADDS_PER_THREAD, PROCESS_ADDS = 4, 25, 20
 
-PROCESS_SCRIPT = textwrap.dedent('''
+PROCESS_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     from ldka_ros.learning.frame_store import FrameStore
@@ -34,7 +34,7 @@ PROCESS_SCRIPT = textwrap.dedent('''
         print('added', record.frame_id, flush=True)
         seen = [r.frame_id for r in store.frames()]
         store.mark_learned(seen[-3:], 'v0002')
-''' % PROCESS_ADDS)
+""" % PROCESS_ADDS)
 
 
 def _frame(seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -333,3 +333,132 @@ def test_job_whose_progress_pipe_closes_stops_cleanly_and_publishes_nothing(
     assert 'Traceback' not in err and 'Exception ignored' not in err, err[-3000:]
     assert 'the progress pipe is closed' in err
     _assert_nothing_learned(registry, store, 4)
+
+
+# -- the perception graph under the starter ------------------------------------------------
+class _MaskClock:
+    """Receive times of the segmentation node's masks (the probe's executor thread)."""
+
+    def __init__(self, node, topic: str) -> None:
+        from ldka_ros.nodes.qos import sensor_qos
+        from sensor_msgs.msg import Image
+
+        self.times: list[float] = []
+        self.subscription = node.create_subscription(
+            Image, topic, lambda _msg: self.times.append(time.monotonic()), sensor_qos(10))
+
+    def since(self, start: float) -> list[float]:
+        return [t for t in list(self.times) if t >= start]
+
+
+def _call_until_answered(client, request, timeout: float):
+    """Call a service until a server answers (a restarted node's server is new)."""
+    import ros_harness
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ros_harness.call_service(client, request, timeout=5.0)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def _pid_of(text: str, name: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(f'[process_starter] started {name} (pid '):
+            return int(line.split('(pid ')[1].split(')')[0])
+    raise AssertionError(f'no start of {name} in the starter output:\n{text}')
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_learner_killed_mid_training_is_respawned_while_segmentation_keeps_going(
+        tmp_path, camvid_root, ros_node, ros_domain, ros_namespace, ros_log_dir):
+    from ldka_ros_interfaces.action import LearnClasses
+    from ldka_ros_interfaces.srv import ListClasses
+    import psutil
+    import ros_harness
+    from test_learner_node import _action_client, _GoalRunner, _label_all, _services
+    from test_learning_job import base_registry, camvid_car_frames
+    from test_process_starter import _frames, _LineReader
+
+    from ldka_ros.registry import ModelRegistry
+
+    registry = base_registry(tmp_path / 'registry', camvid_root)
+    ns = ros_namespace
+    params = {'registry_path': registry, 'frame_store_path': tmp_path / 'frames',
+              'backend': 'onnxruntime', 'threads': 1, 'default_iterations': 300,
+              'batch_size': 2, 'device': 'cpu', 'job_threads': 1,
+              'job_work_dir': tmp_path / 'jobs', 'path': _frames(camvid_root, tmp_path),
+              'rate_hz': 10.0}
+    # The README's command, plus a replay camera and this test's registry and sizes.
+    command = [sys.executable, '-m', 'ldka_ros.nodes.process_starter',
+               '--graph', str(REPO_ROOT / 'config' / 'graph.yaml'), 'replay_camera_node',
+               '--namespace', ns.strip('/'), '--remap', f'image:={ns}/replay_camera/image_raw']
+    for key, value in params.items():
+        command += ['-p', f'{key}:={value}']
+    starter = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env=ros_harness.ros_child_env(ros_domain, ros_log_dir))
+    out = _LineReader(starter.stdout)
+    masks = _MaskClock(ros_node.node, f'{ns}/segmentation/mask')
+    try:
+        ros_harness.wait_until(lambda: len(masks.times) >= 3, 90.0,
+                               'masks from the segmentation node')
+        srv = _services(ros_node, ns, None)
+        _label_all(srv, camvid_car_frames(camvid_root, 3))
+        runner = _GoalRunner(_action_client(ros_node, ns, None),
+                             LearnClasses.Goal(classes=['car']))
+        ros_harness.wait_until(
+            lambda: any(f.phase == 'training' and f.loss_names for f in runner.feedback),
+            120.0, 'the learning job to train')
+        learner_pid = _pid_of(out.text(), 'learner')
+        jobs = [p for p in psutil.Process(learner_pid).children()
+                if 'ldka_ros.learning.job' in ' '.join(p.cmdline())]
+        assert len(jobs) == 1, out.text()
+        killed_at = time.monotonic()
+        os.kill(learner_pid, signal.SIGKILL)
+
+        # The starter restarts the learner; the new one still has the frames pending.
+        ros_harness.wait_until(lambda: "restarted 'learner'" in out.text(), 30.0,
+                               'the starter to restart the learner')
+        restarted_at = time.monotonic()
+        assert _pid_of(out.text(), 'learner') == learner_pid  # the first start line
+        reply = _call_until_answered(srv['list_classes'], ListClasses.Request(), 60.0)
+        answered_at = time.monotonic()
+        assert list(reply.pending_classes) == ['car'], reply.message
+        assert list(reply.pending_frames) == [3]
+        assert 'car' not in reply.legend.names
+        # The orphaned job stopped by itself, publishing nothing.
+        jobs[0].wait(timeout=30)
+        logs = list((tmp_path / 'jobs').glob('*/job.log'))
+        assert len(logs) == 1
+        log = logs[0].read_text()
+        assert 'labelled frames stay pending' in log and 'Traceback' not in log, log[-3000:]
+        assert ModelRegistry(registry).version_ids() == ['v0001']
+        time.sleep(2.0)  # masks after the new learner came up, too
+        window = masks.since(killed_at - 3.0)
+        now = time.monotonic()
+        gaps = [b - a for a, b in zip(window, window[1:])] + [now - window[-1]]
+        assert max(gaps) < 2.0, (f'masks stopped for {max(gaps):.2f} s around the kill '
+                                 f'(at {killed_at - window[0]:.1f} s of the window)')
+        assert len(masks.since(restarted_at)) >= 3
+        print(f'learner restarted {restarted_at - killed_at:.1f} s and serving '
+              f'{answered_at - killed_at:.1f} s after the kill; {len(window)} masks in '
+              f'{now - window[0]:.1f} s around it, longest gap {max(gaps):.2f} s')
+    finally:
+        if starter.poll() is None:
+            starter.send_signal(signal.SIGINT)
+        try:
+            code = starter.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(starter.pid, signal.SIGKILL)
+            code = starter.wait()
+        # Shown by pytest only when the test fails: what the nodes said.
+        print('starter output (tail):\n' + '\n'.join(out.lines[-150:]))
+    text = out.text()
+    assert "node 'learner'" in text and 'was killed by SIGKILL; restarting it in 2.0 s' in text
+    assert 'still running' not in text  # every node stopped on SIGINT
+    assert code == 1, text[-3000:]  # the learner died on its own during the run
+    assert 'exit codes: segmentation=0, learner=0, replay_camera_node=0' in text, text[-3000:]

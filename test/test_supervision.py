@@ -129,6 +129,27 @@ def test_a_healthy_run_resets_the_back_off_and_the_crash_count(tmp_path):
     assert len(_starts(log)) >= 3
 
 
+def test_a_restart_that_cannot_start_counts_as_a_crash(tmp_path):
+    crasher, log = _crasher(tmp_path, 0.1, respawn=True, respawn_delay=0.2,
+                            respawn_max_retries=2)
+    output = io.StringIO()
+    with start_graph([crasher, _steady(tmp_path)], output=output) as graph:
+        first = graph.wait(timeout=30.0)
+        assert [d.restart_in for d in first] == [0.2]
+        os.unlink(crasher.executable)  # e.g. a reinstall in progress
+        reports = list(first)
+        deadline = time.monotonic() + 30.0
+        while not reports[-1].final and time.monotonic() < deadline:
+            reports += graph.wait(timeout=1.0)
+        text = output.getvalue()
+        assert [r.returncode for r in reports] == [3, 127, 127], text
+        assert [r.restart_in for r in reports] == [0.2, 0.5, None], text
+        assert 'could not start' in reports[1].last_lines[0] and "restart of 'crasher' " \
+            'failed' in text
+        assert graph.given_up == {'crasher'} and graph.running() == ['steady']
+    assert len(_starts(log)) == 1
+
+
 def test_a_node_without_respawn_stays_down_and_the_others_keep_running(tmp_path):
     crasher, log = _crasher(tmp_path, 0.1)
     output = io.StringIO()

@@ -383,9 +383,13 @@ class SegmentationNode(Node):
         The owner moves ACTIVE and announces the version; this node follows the
         announcement like any other.
         """
-        if self._owner_client is not None:
-            return self._ask_owner(request, response)
-        return self._roll_back_here(request, response)
+        try:
+            if self._owner_client is not None:
+                return self._ask_owner(request, response)
+            return self._roll_back_here(request, response)
+        except Exception as exc:  # noqa: B902 - the caller gets the reason, the node serves on
+            return Rollback.Response(success=False, active_version=self._current_version(),
+                                     message=f'rollback failed: {type(exc).__name__}: {exc}')
 
     def _ask_owner(self, request, response):
         client = self._owner_client

@@ -111,7 +111,7 @@ def load_frames(split_dir: Path, size: tuple[int, int]) -> list[Frame]:
 def _needs(frame: Frame, split: str, margin: int) -> dict[str, int]:
     """Return how much one frame contributes to each val-only need (0 for train)."""
     if split != 'val':
-        return {key: 0 for key in VAL_TARGETS}
+        return dict.fromkeys(VAL_TARGETS, 0)
     return {'large_car': int(frame.share(CAR) >= LARGE_CAR),
             'car_and_ped': int(frame.counts[CAR] > 0 and frame.counts[PEDESTRIAN] > 0),
             'objects': frame.objects(margin)}
@@ -133,7 +133,7 @@ def choose(frames: list[Frame], split: str, count: int, min_pixels: int, min_gap
     rarity = 1.0 / np.maximum(presence.mean(axis=0), 1.0 / len(frames))
     needs = [_needs(f, split, margin) for f in frames]
     coverage = np.zeros(11)
-    got = {key: 0 for key in VAL_TARGETS}
+    got = dict.fromkeys(VAL_TARGETS, 0)
     chosen: list[int] = []
     for _ in range(count):
         best, best_score = None, -np.inf

@@ -358,22 +358,36 @@ def test_start_marks_frames_of_a_published_version_learned(learner_setup, ros_la
     assert 'already a class of v0002' in reply.message
 
 
-def test_without_a_base_model_labels_and_goals_are_refused(tmp_path, camvid_root,
-                                                           ros_launcher, ros_node,
-                                                           ros_namespace):
+def test_cold_start_learns_a_first_model_from_labelled_frames(tmp_path, camvid_root,
+                                                              ros_launcher, ros_node,
+                                                              ros_namespace):
+    """An empty registry: labels are accepted and the first goal trains and publishes v0001."""
     from action_msgs.msg import GoalStatus
+    from ldka_ros.registry import ModelRegistry
     from ldka_ros_interfaces.action import LearnClasses
-    from ldka_ros_interfaces.srv import ListVersions
+    from ldka_ros_interfaces.srv import ListClasses, ListVersions
 
-    rgb, mask = camvid_car_frames(camvid_root, 1)[0]
-    _start_learner(ros_launcher, tmp_path)  # an empty registry is created
+    frames = camvid_car_frames(camvid_root, 3)
+    _start_learner(ros_launcher, tmp_path, default_iterations=4, first_model_input_height=96,
+                   first_model_input_width=128)  # an empty registry is created
     srv = _services(ros_node, ros_namespace, ros_launcher)
-    reply = ros_harness.call_service(srv['label_object'],
-                                     _label_request('car', rgb=rgb, mask=mask))
-    assert not reply.accepted and 'no active version' in reply.message
     listed = ros_harness.call_service(srv['list_versions'], ListVersions.Request())
     assert list(listed.versions) == [] and listed.active_version == ''
+    for rgb, mask in frames:
+        reply = ros_harness.call_service(srv['label_object'],
+                                         _label_request('car', rgb=rgb, mask=mask))
+        assert reply.accepted, reply.message
+        assert reply.class_id == 1  # the first class after background
     runner = _GoalRunner(_action_client(ros_node, ros_namespace, ros_launcher),
                          LearnClasses.Goal())
-    result = runner.wait(30.0)
-    assert runner.status == GoalStatus.STATUS_ABORTED and 'no active version' in result.message
+    result = runner.wait(300.0)
+    assert runner.status == GoalStatus.STATUS_SUCCEEDED, result.message
+    assert result.version_id == 'v0001' and 'first model' in result.message
+    registry = ModelRegistry(tmp_path / 'registry')
+    manifest = registry.active()
+    assert manifest.id == 'v0001' and manifest.parent is None and manifest.step == 0
+    assert [(c['id'], c['name']) for c in manifest.classes] == [(0, 'background'), (1, 'car')]
+    assert manifest.extra['input_hw'] == [96, 128]
+    registry.verify('v0001')
+    reply = ros_harness.call_service(srv['list_classes'], ListClasses.Request())
+    assert reply.legend.model_version == 'v0001' and list(reply.pending_classes) == []

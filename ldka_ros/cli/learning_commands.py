@@ -164,9 +164,15 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
 
 def register(subparsers) -> None:
     """Add the learning sub-commands to the ``ldka`` parser."""
-    p = subparsers.add_parser('train-base', help='train the base step of a protocol')
+    p = subparsers.add_parser('train-base', help='train a base model: the base step of a '
+                              'protocol, or your own classes from a folder (--folder)')
     _common(p)
     p.add_argument('--out', required=True, help='checkpoint to write (.pt)')
+    p.add_argument('--folder', help='train on your own labelled frames instead of CamVid: a '
+                   'folder with images/, labels/ (uint8 PNG class ids, 255 = ignore) and '
+                   'manifest.json naming the classes ({"format": "ldka_ros.dataset/1", '
+                   '"classes": {"1": "mug", ...}}); '
+                   'publish the result with `ldka registry publish --checkpoint`')
     p.add_argument('--iterations', dest='base_iterations', type=int)
     p.add_argument('--lr', dest='base_lr', type=float)
     p.add_argument('--backbone', default='efficientnet_lite0')
@@ -243,8 +249,28 @@ def _subset(dataset, limit):
     return subset(dataset, limit)
 
 
+def _folder_classes(folder, num_slots: int, transform):
+    """Return ``(FolderDataset, ClassRegistry)`` of a user's labelled folder."""
+    from ldka_ros.learning.classes import ClassRegistry
+    from ldka_ros.learning.data import FolderDataset
+
+    data = FolderDataset(folder, transform=transform)
+    ids = sorted(int(cid) for cid in data.classes if int(cid) != 0)
+    if not ids:
+        raise ValueError(f'{folder}/manifest.json names no class besides background; list '
+                         'your classes as {"classes": {"1": "mug", "2": "duck"}}')
+    if max(ids) >= num_slots:
+        raise ValueError(f'class id {max(ids)} of {folder} does not fit --num-slots '
+                         f'{num_slots}; raise --num-slots')
+    registry = ClassRegistry.from_dict({
+        'format': 'ldka_ros.classes/1', 'num_slots': num_slots,
+        'classes': [{'id': 0, 'name': 'background', 'color': [0, 0, 0], 'step': 0}]
+        + [{'id': cid, 'name': data.classes[cid], 'step': 0} for cid in ids]})
+    return data, registry
+
+
 def cmd_train_base(args) -> int:
-    """Train the base step of ``--protocol`` and write a checkpoint with its feature bank."""
+    """Train a base model (protocol base step or ``--folder``); write a checkpoint."""
     from ldka_ros.learning.checkpoint import save_checkpoint
     from ldka_ros.learning.model import build_model
     from ldka_ros.learning.protocols import get_protocol, step_train_set
@@ -253,18 +279,28 @@ def cmd_train_base(args) -> int:
     import torch
 
     settings = _settings(args)
-    proto = get_protocol(args.protocol)
     base_cfg, _ = _configs(args, settings)
-    train = _subset(_camvid(args, 'train', settings), settings['max_train_images'])
     torch.manual_seed(args.seed)
     model = build_model(_model_config(args))
+    if args.folder:
+        from ldka_ros.learning.data import Resize
+
+        data, classes = _folder_classes(args.folder, model.num_slots,
+                                        Resize(settings['image_size']))
+        train, class_ids, source = data, [c.id for c in classes if c.id != 0], args.folder
+    else:
+        proto = get_protocol(args.protocol)
+        camvid = _subset(_camvid(args, 'train', settings), settings['max_train_images'])
+        train, class_ids = step_train_set(camvid, proto, 0), proto.new_classes(0)
+        classes, source = proto.registry(model.num_slots), proto.name
     bars = _Bars(not args.no_progress)
     out = Path(args.out)
-    res = train_base(model, step_train_set(train, proto, 0), proto.new_classes(0), base_cfg,
+    res = train_base(model, train, class_ids, base_cfg,
                      progress=bars.single, checkpoint_path=out.with_suffix('.state.pt'))
     bars.close()
-    save_checkpoint(out, res.model, proto.registry(model.num_slots),
-                    {'protocol': proto.name, 'step': 0, 'method': 'base',
+    save_checkpoint(out, res.model, classes,
+                    {'protocol': source, 'step': 0, 'method': 'base',
+                     'input_hw': list(settings['image_size']),
                      'seconds': res.seconds, 'seconds_per_iter': res.seconds_per_iter,
                      'feature_bank': res.feature_bank.state_dict()
                      if res.feature_bank else None})

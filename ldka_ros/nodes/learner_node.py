@@ -48,7 +48,8 @@ import time
 from typing import Any
 import warnings
 
-from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image, to_rgb
+from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
+                                            subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
@@ -63,7 +64,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
 
 METHODS = ('ldka', 'ldka+gfr', 'mib', 'finetune')
@@ -73,6 +74,7 @@ EXIT_CANCELLED = 3
 #: Seconds a cancelled job gets to stop before it is killed.
 CANCEL_GRACE_S = 60.0
 MAX_CLASS_NAME = 64
+#: Class slots of a first model (cold start); later ones keep their parent's.
 DEFAULT_NUM_SLOTS = 32
 
 
@@ -108,6 +110,11 @@ PARAMS = [
               'learning step; the backbone uses a tenth (a job whose loss diverges restarts '
               'with a quarter of it, twice at most).', minimum=1e-7,
               maximum=10.0),
+    ParamSpec('first_model_input_height', 240, 'Graph input height of the first model that a '
+              'learning job trains when the registry is empty (cold start); later versions '
+              "keep their parent's size.", minimum=32, maximum=4096),
+    ParamSpec('first_model_input_width', 320, 'Graph input width of the first model (cold '
+              'start).', minimum=32, maximum=4096),
     ParamSpec('holdout_fraction', 0.2, "Share of each class's labelled frames held out for "
               'validation (at least one when a class has two or more).', minimum=0.0,
               maximum=0.9),
@@ -124,6 +131,9 @@ PARAMS = [
               'temporary directory.', read_only=True),
     ParamSpec('qos', 'sensor_data', 'Camera subscription QoS (sensor_data matches every '
               'publisher).', choices=IMAGE_QOS_CHOICES, read_only=True),
+    ParamSpec('image_transport', 'raw', "Camera transport: 'raw' (sensor_msgs/Image on image) "
+              "or 'compressed' (CompressedImage jpeg/png on <image>/compressed, decoded only "
+              'when a label needs the frame).', choices=TRANSPORTS, read_only=True),
     ParamSpec('segmentation_node', 'segmentation', 'Name of the segmentation node whose '
               'max_rate_hz is lowered during training (relative names resolve in this '
               "node's namespace).", read_only=True),
@@ -158,7 +168,7 @@ class LearnerNode(Node):
         self.store_root = Path(store).expanduser().absolute()
         self.classes_path = self.store_root / 'classes.json'
         self.store = FrameStore(self.store_root, classes_path=self.classes_path)
-        self._latest: Image | None = None
+        self._latest: Image | CompressedImage | None = None
         self._latest_lock = threading.Lock()
         self._class_lock = threading.Lock()
         self._job_lock = threading.Lock()
@@ -167,8 +177,8 @@ class LearnerNode(Node):
         self._slots: dict[str, int] = {}
         group = ReentrantCallbackGroup()
         self.group = group
-        self.image_sub = self.create_subscription(
-            Image, 'image', guard_callback(self, 'image', self._on_image),
+        self.image_sub = subscribe_camera(
+            self, self.values['image_transport'], guard_callback(self, 'image', self._on_image),
             image_qos(self.values['qos']), callback_group=group)
         self.version_pub = self.create_publisher(ModelVersion, '~/model_version',
                                                  latched_qos())
@@ -249,16 +259,10 @@ class LearnerNode(Node):
         if manifest is None:
             return DEFAULT_NUM_SLOTS
         if manifest.id not in self._slots:
-            slots = manifest.extra.get('num_slots')
-            if not slots and 'onnx' in manifest.artefacts:
-                try:
-                    from ldka_ros.inference.export import read_metadata
+            from ldka_ros.learning.class_ids import version_num_slots
 
-                    path = self.registry.artefact_path(manifest.id, 'onnx', verify=False)
-                    slots = read_metadata(path).get('num_slots')
-                except Exception:  # noqa: B902 - fall back to the default size
-                    slots = None
-            self._slots[manifest.id] = int(slots or DEFAULT_NUM_SLOTS)
+            self._slots[manifest.id] = version_num_slots(self.registry, manifest,
+                                                         DEFAULT_NUM_SLOTS)
         return self._slots[manifest.id]
 
     # -- classes -----------------------------------------------------------------------
@@ -267,41 +271,24 @@ class LearnerNode(Node):
         Return the class registry: classes.json merged with every version's legend.
 
         Learned ids come from the model versions (any version, so ids stay reserved
-        across rollbacks); names only labelled so far come from classes.json.
+        across rollbacks); names only labelled so far come from classes.json. The rule is
+        shared with ``ldka frames add-labelled`` (``learning.class_ids``).
         """
-        from ldka_ros.learning.classes import ClassRegistry
+        from ldka_ros.learning.class_ids import merged_class_registry
 
         active = self._serving()
-        slots = self._num_slots(active)
-        if self.classes_path.is_file():
-            data = ClassRegistry.load(self.classes_path).to_dict()
-            slots = max(slots, int(data['num_slots']))
-        else:
-            data = {'format': 'ldka_ros.classes/1', 'num_slots': slots,
-                    'classes': [{'id': 0, 'name': 'background', 'color': [0, 0, 0],
-                                 'step': 0}]}
-        data['num_slots'] = slots
-        by_id = {int(c['id']): c for c in data['classes']}
-        by_name = {c['name']: c for c in data['classes']}
-        for manifest in self.registry.list_versions():
-            for entry in manifest.classes:
-                cid, name = int(entry['id']), str(entry['name'])
-                if cid in by_id or name in by_name:
-                    continue
-                item = {'id': cid, 'name': name, 'color': list(entry['color']),
-                        'step': int(entry.get('step', manifest.step))}
-                data['classes'].append(item)
-                by_id[cid], by_name[name] = item, item
-        return ClassRegistry.from_dict(data), active
+        return merged_class_registry(self.registry, self.classes_path,
+                                     self._num_slots(active)), active
 
     def _class_for(self, name: str) -> tuple[int, bool]:
         """Return ``(class id, newly allocated)`` for a class name; Refused when full."""
-        with self._class_lock:
+        from ldka_ros.learning.class_ids import allocation_lock
+
+        # The file lock also excludes ``ldka frames add-labelled`` in another process.
+        with self._class_lock, allocation_lock(self.classes_path):
+            # With an empty registry (cold start) ids are allocated from 1 on; the first
+            # learning job trains a first model of exactly these classes.
             reg, active = self._class_registry()
-            if active is None:
-                raise Refused(f'model registry {self.registry.root} has no active version: '
-                              'publish a base model first (new class ids are allocated '
-                              'after the classes it knows)')
             if name == reg.background:
                 raise Refused(f'class name {name!r} is reserved for class 0 (everything that '
                               'is not a labelled object)')
@@ -309,7 +296,7 @@ class LearnerNode(Node):
                 if not self.classes_path.is_file():
                     reg.save(self.classes_path)
                 return reg.get(name).id, False
-            step = (active.step + 1) if active is not None else 1
+            step = (active.step + 1) if active is not None else 0
             try:
                 info = reg.add(name, step=step)
             except ValueError as exc:
@@ -353,7 +340,7 @@ class LearnerNode(Node):
                 raise Refused(f'no camera frame received yet on {self.image_sub.topic_name}; '
                               'send the image in the request or check the camera topic')
         try:
-            rgb = to_rgb(image_to_numpy(image_msg), image_msg.encoding)
+            rgb = msg_to_rgb(image_msg)  # raw or compressed camera frame
         except ValueError as exc:
             raise Refused(f'image: {exc}') from None
         height, width = rgb.shape[:2]
@@ -570,13 +557,14 @@ class LearnerNode(Node):
             'holdout_fraction': float(values['holdout_fraction']),
             'work_dir': str(work / 'work'), 'parent_pid': os.getpid(),
             'num_threads': int(values['job_threads']),
+            # Only a first model (empty registry) takes its size from here.
+            'input_hw': [] if self._serving() is not None else [
+                int(values['first_model_input_height']),
+                int(values['first_model_input_width'])],
         }
 
     def _precheck(self, goal) -> str | None:
         """Return why a goal cannot start (checked here so no process is spawned)."""
-        if self._serving() is None:
-            return (f'model registry {self.registry.root} has no active version: publish a '
-                    'base model first')
         pending = self.store.pending_classes()
         if not pending:
             return 'nothing to learn: no pending labelled frames (use ~/label_object first)'

@@ -149,7 +149,10 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     buffer = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
     if buffer.size == 0:
         raise ValueError(f'compressed image ({fmt!r}) holds no bytes')
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # some damaged streams raise instead of returning None
+        raise ValueError(f'compressed image ({fmt!r}) could not be decoded: {exc}') from None
     if bgr is None or bgr.ndim != 3 or min(bgr.shape[:2]) < 1:
         raise ValueError(f'compressed image ({fmt!r}, {buffer.size} bytes) could not be '
                          f'decoded; supported: {COMPRESSED_HINT}')

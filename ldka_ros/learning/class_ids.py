@@ -81,8 +81,7 @@ def class_id_for(name: str, registry: Any, classes_path: str | Path, num_slots: 
     for the operator) for the background's name, a bad name or a full model.
     """
     classes_path = Path(classes_path)
-    classes_path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(classes_path.parent / LOCK_NAME):
+    with allocation_lock(classes_path):
         reg = merged_class_registry(registry, classes_path, num_slots)
         if name == reg.background:
             raise ValueError(f'class name {name!r} is reserved for class 0 (everything that '
@@ -94,3 +93,10 @@ def class_id_for(name: str, registry: Any, classes_path: str | Path, num_slots: 
         info = reg.add(name, step=step)
         reg.save(classes_path)
         return info.id, True
+
+
+def allocation_lock(classes_path: str | Path):
+    """Return the inter-process lock held while ids are read and allocated."""
+    classes_path = Path(classes_path)
+    classes_path.parent.mkdir(parents=True, exist_ok=True)
+    return locked(classes_path.parent / LOCK_NAME)

@@ -26,8 +26,11 @@ from std_msgs.msg import Header
 # The numpy side (encodings, colour order, compressed decoding) lives in
 # ldka_ros.imaging.encodings so that bag files read without ROS convert the same way.
 __all__ = ['BACKEND', 'builtin_image_to_numpy', 'builtin_numpy_to_image', 'decode_compressed',
-           'encoding_info', 'image_to_numpy', 'msg_to_rgb', 'numpy_to_image', 'SUPPORTED_HINT',
-           'to_rgb']
+           'encoding_info', 'image_to_numpy', 'msg_to_rgb', 'numpy_to_image',
+           'subscribe_camera', 'SUPPORTED_HINT', 'to_rgb', 'TRANSPORTS']
+
+#: Camera transports a node can subscribe with (image_transport's names).
+TRANSPORTS = ('raw', 'compressed')
 
 
 def builtin_image_to_numpy(msg: Image) -> np.ndarray:
@@ -131,3 +134,21 @@ def msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     if isinstance(msg, CompressedImage):
         return decode_compressed(msg.format, msg.data)
     return to_rgb(image_to_numpy(msg), msg.encoding)
+
+
+def subscribe_camera(node, transport: str, callback, qos, **kwargs):
+    """
+    Subscribe ``node`` to its camera topic ``image`` with ``transport``.
+
+    ``raw``: ``sensor_msgs/Image`` on ``image``. ``compressed``: ``CompressedImage`` on
+    ``<image>/compressed``, image_transport's convention, where ``<image>`` is the
+    resolved (remapped) name, so ``image:=/camera/image_raw`` listens on
+    ``/camera/image_raw/compressed``. Decoding is left to the caller's worker
+    (``msg_to_rgb``): a callback only stores the message.
+    """
+    if transport == 'raw':
+        return node.create_subscription(Image, 'image', callback, qos, **kwargs)
+    if transport == 'compressed':
+        topic = node.resolve_topic_name('image') + '/compressed'
+        return node.create_subscription(CompressedImage, topic, callback, qos, **kwargs)
+    raise ValueError(f'image_transport {transport!r} is not one of {", ".join(TRANSPORTS)}')

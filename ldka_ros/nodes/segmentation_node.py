@@ -43,7 +43,8 @@ from ldka_ros.inference.hotswap import (backend_factory_from_registry, HotSwappe
                                         SwapEvent)
 from ldka_ros.inference.pipeline import SegmentationPipeline
 from ldka_ros.nodes import diagnostics as diag
-from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image, to_rgb
+from ldka_ros.nodes.image_conversion import (msg_to_rgb, numpy_to_image, subscribe_camera,
+                                            TRANSPORTS)
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
@@ -93,6 +94,9 @@ PARAMS = [
     ParamSpec('qos', 'sensor_data', 'Camera subscription QoS: sensor_data/best_effort match '
               'every publisher; reliable matches reliable publishers only.',
               choices=IMAGE_QOS_CHOICES, read_only=True),
+    ParamSpec('image_transport', 'raw', "Camera transport: 'raw' (sensor_msgs/Image on image) "
+              "or 'compressed' (CompressedImage jpeg/png on <image>/compressed, decoded in the "
+              'worker).', choices=TRANSPORTS, read_only=True),
     ParamSpec('model_version_topic', '/learner/model_version', 'ModelVersion topic of the '
               'learner (transient local); new versions there are hot-swapped in.',
               read_only=True),
@@ -188,8 +192,8 @@ class SegmentationNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._load_first(self._candidates())
 
-        self.image_sub = self.create_subscription(
-            Image, 'image', guard_callback(self, 'image', self._on_image),
+        self.image_sub = subscribe_camera(
+            self, self.values['image_transport'], guard_callback(self, 'image', self._on_image),
             image_qos(self.values['qos']))
         self.version_sub = self.create_subscription(
             ModelVersion, self.values['model_version_topic'],
@@ -522,7 +526,7 @@ class SegmentationNode(Node):
 
     def _process(self, msg: Image, received: float) -> None:
         try:
-            rgb = to_rgb(image_to_numpy(msg), msg.encoding)
+            rgb = msg_to_rgb(msg)  # raw or compressed; decoding happens here, not in the callback
         except ValueError as exc:  # the camera sent something that is not an image
             with self._cond:
                 self._counts['bad_frames'] += 1

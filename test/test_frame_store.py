@@ -174,3 +174,131 @@ def test_killed_writer_leaves_only_whole_frames(tmp_path, frames):
     assert len(FolderDataset(root)) == len(records)
     assert not list(root.glob('.tmp-*'))
     assert len(store.dataset({'car': 3})) == len(records)
+
+
+def _store_with_classes(tmp_path, frames):
+    """Return a store whose class registry holds CamVid plus pending 'duck' and 'junk'."""
+    from ldka_ros.learning.classes import ClassRegistry
+
+    registry = camvid_registry()
+    registry.add('duck', step=1)
+    registry.add('junk', step=1)
+    registry.save(tmp_path / 'classes.json')
+    store = FrameStore(tmp_path / 'store', classes_path=tmp_path / 'classes.json')
+    (rgb0, car0, ped0), (rgb1, car1, _) = frames
+    ducks = [store.add(rgb0, car0, 'duck', 12), store.add(rgb1, car1, 'duck', 12)]
+    junk = [store.add(rgb0, ped0, 'junk', 13)]
+    return store, ducks, junk, ClassRegistry
+
+
+def test_remove_class_moves_its_frames_to_the_trash_and_frees_the_id(tmp_path, frames):
+    store, ducks, junk, ClassRegistry = _store_with_classes(tmp_path, frames)
+    image_bytes = store.image_path(junk[0].frame_id).read_bytes()
+    change = store.remove_class('junk')
+    assert (change.name, change.class_id, change.frame_ids) == ('junk', 13, [junk[0].frame_id])
+    reopened = FrameStore(tmp_path / 'store', classes_path=tmp_path / 'classes.json')
+    assert reopened.pending_classes() == {'duck': 2}
+    assert [r.frame_id for r in reopened.frames()] == [r.frame_id for r in ducks]
+    assert not reopened.image_path(junk[0].frame_id).exists()
+    assert not reopened.label_path(junk[0].frame_id).exists()
+    trash = tmp_path / 'store' / change.trash
+    assert (trash / 'images' / f'{junk[0].frame_id}.png').read_bytes() == image_bytes
+    assert (trash / 'frames' / f'{junk[0].frame_id}.json').is_file()
+    assert (trash / 'labels' / f'{junk[0].frame_id}.png').is_file()
+    assert not (tmp_path / 'store' / '.journal.json').exists()
+    # The id is free in both indexes: the next new name takes it, and the store agrees.
+    assert FolderDataset(tmp_path / 'store').classes == {12: 'duck'}
+    registry = ClassRegistry.load(tmp_path / 'classes.json')
+    assert 'junk' not in registry and registry.add('cone').id == 13
+    rgb, _, ped = frames[0]
+    assert reopened.add(rgb, ped, 'cone', 13).class_id == 13
+    # A name known only to the class registry (no frame yet) is removed as well.
+    registry.save(tmp_path / 'classes.json')
+    store.remove_class('cone')
+    assert 'cone' not in ClassRegistry.load(tmp_path / 'classes.json')
+    assert store.pending_classes() == {'duck': 2}
+
+
+def test_class_changes_refuse_learned_background_unknown_and_taken_names(tmp_path, frames):
+    store, ducks, junk, ClassRegistry = _store_with_classes(tmp_path, frames)
+    store.mark_learned([ducks[0].frame_id], 'v0002')
+    refusals = [
+        (lambda: store.remove_class('duck'), 'learned.*v0002'),
+        (lambda: store.rename_class('duck', 'drake'), 'learned.*v0002'),
+        (lambda: store.remove_class('background'), 'class 0'),
+        (lambda: store.rename_class('background', 'floor'), 'class 0'),
+        (lambda: store.remove_class('unicorn'), 'unknown class'),
+        (lambda: store.rename_class('unicorn', 'horse'), 'unknown class'),
+        (lambda: store.rename_class('junk', 'duck'), 'taken'),
+        (lambda: store.rename_class('junk', 'sky'), 'taken'),  # registry-only name
+        (lambda: store.rename_class('junk', 'background'), 'taken'),
+        (lambda: store.rename_class('junk', 'bad name'), 'invalid class name'),
+        (lambda: store.rename_class('junk', 'x' * 65), 'invalid class name'),
+        (lambda: store.remove_class(''), 'empty'),
+    ]
+    before = {r.frame_id: r for r in store.frames()}
+    manifest = (tmp_path / 'store' / 'manifest.json').read_bytes()
+    classes = (tmp_path / 'classes.json').read_bytes()
+    for call, pattern in refusals:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+    assert {r.frame_id: r for r in store.frames()} == before
+    assert (tmp_path / 'store' / 'manifest.json').read_bytes() == manifest
+    assert (tmp_path / 'classes.json').read_bytes() == classes
+
+
+def test_rename_class_keeps_ids_colours_and_frame_ids(tmp_path, frames):
+    store, ducks, junk, ClassRegistry = _store_with_classes(tmp_path, frames)
+    colour = ClassRegistry.load(tmp_path / 'classes.json').get('duck').color
+    change = store.rename_class('duck', 'rubber_duck')
+    assert (change.name, change.class_id) == ('rubber_duck', 12)
+    assert change.frame_ids == [r.frame_id for r in ducks]
+    reopened = FrameStore(tmp_path / 'store', classes_path=tmp_path / 'classes.json')
+    assert reopened.pending_classes() == {'rubber_duck': 2, 'junk': 1}
+    assert [reopened.get(r.frame_id).class_name for r in ducks] == ['rubber_duck'] * 2
+    registry = ClassRegistry.load(tmp_path / 'classes.json')
+    assert 'duck' not in registry and registry.get('rubber_duck').id == 12
+    assert registry.get('rubber_duck').color == colour
+    assert FolderDataset(tmp_path / 'store').classes == {12: 'rubber_duck', 13: 'junk'}
+    rgb, mask = reopened.load(ducks[0].frame_id)
+    assert np.array_equal(mask, frames[0][1])
+    # New frames go under the new name and id; the old name is free again.
+    assert reopened.add(rgb, mask, 'rubber_duck', 12).class_name == 'rubber_duck'
+    with pytest.raises(ValueError, match='contradicts the store'):
+        reopened.add(rgb, mask, 'duck', 12)
+    assert len(reopened.dataset({'rubber_duck': 1})) == 3
+
+
+@pytest.mark.parametrize('operation', ['rename', 'remove'])
+def test_a_class_change_cut_short_is_finished_when_the_store_is_opened(tmp_path, frames,
+                                                                       monkeypatch, operation):
+    store, ducks, junk, ClassRegistry = _store_with_classes(tmp_path, frames)
+    calls = []
+    real = FrameStore._rename_in_indexes
+
+    def power_cut(self, *args):
+        calls.append(args)
+        raise OSError('power lost (simulated)')
+
+    # The frames have been renamed / moved; the manifest and class registry have not.
+    monkeypatch.setattr(FrameStore, '_rename_in_indexes', power_cut)
+    with pytest.raises(OSError, match='power lost'):
+        if operation == 'rename':
+            store.rename_class('duck', 'drake')
+        else:
+            store.remove_class('duck')
+    monkeypatch.setattr(FrameStore, '_rename_in_indexes', real)
+    assert calls and (tmp_path / 'store' / '.journal.json').exists()
+    assert 'duck' in ClassRegistry.load(tmp_path / 'classes.json')
+
+    reopened = FrameStore(tmp_path / 'store', classes_path=tmp_path / 'classes.json')
+    assert not (tmp_path / 'store' / '.journal.json').exists()
+    registry = ClassRegistry.load(tmp_path / 'classes.json')
+    assert 'duck' not in registry
+    if operation == 'rename':
+        assert registry.get('drake').id == 12
+        assert reopened.pending_classes() == {'drake': 2, 'junk': 1}
+        assert FolderDataset(tmp_path / 'store').classes == {12: 'drake', 13: 'junk'}
+    else:
+        assert 12 not in registry and reopened.pending_classes() == {'junk': 1}
+        assert FolderDataset(tmp_path / 'store').classes == {13: 'junk'}

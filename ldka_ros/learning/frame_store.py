@@ -21,11 +21,21 @@ while the learning job, another process, marks frames learned. Every read-modify
 of ``manifest.json`` or of a record holds an ``flock`` on ``.lock`` in the store root,
 so two writers that each add a new class cannot overwrite each other's manifest, and
 two frames with the same id but different names cannot both pass the check.
+
+Why a journal for class changes: removing or renaming a pending class touches many
+files (each record, the manifest, the class registry), which no single rename can
+commit. ``remove_class`` and ``rename_class`` first write what they are about to do to
+``.journal.json`` (atomically), then apply it step by step (each step idempotent), then
+delete the journal. A store opened after a crash finds the journal under the lock and
+finishes the change, so a class is never half renamed or half removed. Removed frames
+are moved, not deleted, to ``trash/<name>-<time>/`` (same layout as the store, never
+read by it): a mistaken removal of expensive operator labels can be undone by hand.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 import json
+import logging
 import os
 from pathlib import Path
 import shutil
@@ -41,12 +51,19 @@ from ldka_ros.learning.data import (encode_png, read_label, read_manifest, read_
                                     SegDataset, Transform)
 import numpy as np
 
+LOG = logging.getLogger(__name__)
+
 FRAME_FORMAT = 'ldka_ros.frame/1'
 #: Orphans and temporary folders older than this (seconds) are removed on open; younger
 #: ones may belong to a writer that is still running in another process.
 STALE_AFTER_S = 60.0
 #: Lock file in the store root held around every read-modify-write of the store's files.
 LOCK_NAME = '.lock'
+#: Intent of an unfinished class removal or rename (see the module docstring).
+JOURNAL_NAME = '.journal.json'
+JOURNAL_FORMAT = 'ldka_ros.frame_journal/1'
+#: Folder inside the store that removed frames are moved to.
+TRASH_NAME = 'trash'
 
 
 @dataclass
@@ -84,6 +101,17 @@ class FrameRecord:
             raise ValueError(f'malformed frame record: {exc}') from exc
 
 
+@dataclass
+class ClassChange:
+    """What a class removal or rename did: the name now, the id, the frames it moved."""
+
+    name: str
+    class_id: int
+    frame_ids: list[str]
+    #: Folder, relative to the store root, that holds the removed frames (removal only).
+    trash: str | None = None
+
+
 class FrameStore:
     """
     Labelled frames on disk; safe against crashes and readable by another process.
@@ -102,8 +130,38 @@ class FrameStore:
             with self._locked():  # another opener may be creating it and adding a class
                 if not (self.root / 'manifest.json').exists():
                     self._write_manifest({})
-        read_manifest(self.root)  # fail early on a corrupt store
+        self._repair_manifest()
+        if (self.root / JOURNAL_NAME).exists():
+            with self._locked():  # a writer that died mid-change: finish its change
+                self._finish_journal()
         self.recover()
+
+    def _repair_manifest(self) -> None:
+        """
+        Rebuild a damaged ``manifest.json`` from the frame records; keep the bad copy.
+
+        Why: the manifest only maps class ids to names, and every record carries both,
+        so a truncated manifest (a power cut, a full disk) loses nothing. Refusing to
+        open the store instead would block every label until a person repaired it.
+        """
+        try:
+            read_manifest(self.root)
+            return
+        except (ValueError, OSError) as exc:
+            problem = str(exc)
+        with self._locked():
+            try:
+                read_manifest(self.root)
+                return  # repaired by another opener meanwhile
+            except (ValueError, OSError):
+                pass
+            classes = {r.class_id: r.class_name for r in self.frames()}
+            bad = self.root / 'manifest.json'
+            if bad.exists():
+                os.replace(bad, self.root / f'manifest.json.corrupt-{int(time.time())}')
+            self._write_manifest(classes)
+        LOG.warning('frame store %s: manifest was unreadable (%s); rebuilt it from %d frame '
+                    'records', self.root, problem, len(self))
 
     def _locked(self):
         """Hold the store's inter-process lock (threads of this process included)."""
@@ -215,6 +273,162 @@ class FrameStore:
                     changed += 1
         return changed
 
+    # -- class lifecycle ---------------------------------------------------------------
+    def remove_class(self, name: str) -> 'ClassChange':
+        """
+        Remove a pending class: move its frames to the trash and free its id.
+
+        Frees the id in the manifest and in the class registry (``classes_path``), so the
+        next new class name can take it. ValueError with the reason for background, an
+        unknown name, or a class with a learned frame. The store sees only frames: the
+        caller checks that no model version knows the class.
+        """
+        with self._locked():
+            self._finish_journal()
+            class_id, records = self._pending_class(name)
+            trash = f'{TRASH_NAME}/{name}-{time.time_ns() // 1000:016d}'
+            journal = {'op': 'remove', 'name': name, 'class_id': class_id,
+                       'frame_ids': [r.frame_id for r in records], 'trash': trash}
+            self._run_journal(journal)
+        return ClassChange(name, class_id, journal['frame_ids'], trash)
+
+    def rename_class(self, old: str, new: str) -> 'ClassChange':
+        """
+        Rename pending class ``old`` to ``new``; it keeps its id, its frames their ids.
+
+        ValueError with the reason for an invalid or taken new name, background, an
+        unknown old name or a class with a learned frame (as in :meth:`remove_class`,
+        the caller checks the model versions' names).
+        """
+        validate_class_name(new)
+        with self._locked():
+            self._finish_journal()
+            class_id, records = self._pending_class(old)
+            if new in self._names_in_use():
+                raise ValueError(f'class name {new!r} is taken: choose a name that no class '
+                                 'of the store or the class registry has')
+            journal = {'op': 'rename', 'name': old, 'new_name': new, 'class_id': class_id,
+                       'frame_ids': [r.frame_id for r in records]}
+            self._run_journal(journal)
+        return ClassChange(new, class_id, journal['frame_ids'])
+
+    def _registry_data(self) -> dict | None:
+        """Return the class registry (``classes_path``) as a dict, or None without one."""
+        if self.classes_path is None or not self.classes_path.is_file():
+            return None
+        return ClassRegistry.load(self.classes_path).to_dict()
+
+    def _names_in_use(self) -> set[str]:
+        """Return every class name of the manifest, the class registry and the records."""
+        names = set(read_manifest(self.root).values()) | {'background'}
+        registry = self._registry_data()
+        if registry is not None:
+            names |= {str(c['name']) for c in registry['classes']}
+        return names | {r.class_name for r in self.frames()}
+
+    def _pending_class(self, name: str) -> tuple[int, list[FrameRecord]]:
+        """Return the id and the frames of pending class ``name``; ValueError saying why not."""
+        if not isinstance(name, str) or not name:
+            raise ValueError('the class name is empty')
+        registry = self._registry_data()
+        entries = {str(c['name']): int(c['id']) for c in registry['classes']} \
+            if registry is not None else {}
+        if name == 'background' or entries.get(name) == 0:
+            raise ValueError(f'{name!r} is class 0 (everything that is not a labelled '
+                             'object): it cannot be removed or renamed')
+        records = self.frames(class_names=[name])
+        ids = {r.class_id for r in records}
+        ids |= {k for k, v in read_manifest(self.root).items() if v == name}
+        if name in entries:
+            ids.add(entries[name])
+        if not ids:
+            raise ValueError(f'unknown class {name!r}: no labelled frame and no entry of the '
+                             'class registry has this name')
+        if len(ids) > 1:
+            raise ValueError(f'class {name!r} has several ids {sorted(ids)} in {self.root}')
+        learned = sorted({str(r.learned_in_version) for r in records if not r.pending})
+        if learned:
+            raise ValueError(f'class {name!r} is learned (its frames trained '
+                             f'{", ".join(learned)}): a learned class keeps its id for ever; '
+                             'only pending classes can be removed or renamed')
+        return ids.pop(), records
+
+    def _run_journal(self, journal: dict) -> None:
+        """Record the change, apply it, then drop the record (store lock held)."""
+        path = self.root / JOURNAL_NAME
+        atomic_write_json(path, {'format': JOURNAL_FORMAT, **journal})
+        self._apply(journal)
+        path.unlink()
+        fsync_dir(self.root)
+
+    def _finish_journal(self) -> None:
+        """Finish a change that a dead writer left in the journal (store lock held)."""
+        path = self.root / JOURNAL_NAME
+        if not path.exists():
+            return
+        try:
+            journal = json.loads(path.read_text(encoding='utf-8'))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f'unreadable class-change journal {path}: {exc}') from exc
+        if not isinstance(journal, dict) or journal.get('format') != JOURNAL_FORMAT:
+            raise ValueError(f'{path} is not a class-change journal ({JOURNAL_FORMAT!r})')
+        self._apply(journal)
+        path.unlink()
+        fsync_dir(self.root)
+
+    def _apply(self, journal: dict) -> None:
+        """Apply a journalled change; every step is idempotent, so it may run twice."""
+        class_id, name = int(journal['class_id']), str(journal['name'])
+        if journal['op'] == 'remove':
+            trash = self.root / journal['trash']
+            for frame_id in journal['frame_ids']:
+                # The record first: from then on no reader sees the frame.
+                for sub, path in (('frames', self._record_path(frame_id)),
+                                  ('labels', self.label_path(frame_id)),
+                                  ('images', self.image_path(frame_id))):
+                    if path.exists():
+                        (trash / sub).mkdir(parents=True, exist_ok=True)
+                        os.replace(path, trash / sub / path.name)
+            for sub in ('frames', 'labels', 'images'):
+                fsync_dir(self.root / sub)
+            self._rename_in_indexes(class_id, name, None)
+        elif journal['op'] == 'rename':
+            new = str(journal['new_name'])
+            for frame_id in journal['frame_ids']:
+                try:
+                    record = self.get(frame_id)
+                except KeyError:
+                    continue
+                if record.class_name == name:
+                    record.class_name = new
+                    atomic_write_json(self._record_path(frame_id), record.to_dict())
+            self._rename_in_indexes(class_id, name, new)
+        else:
+            raise ValueError(f'unknown class-change journal operation {journal["op"]!r}')
+
+    def _rename_in_indexes(self, class_id: int, old: str, new: str | None) -> None:
+        """Rename (or drop, ``new`` None) class ``old`` in the manifest and class registry."""
+        manifest = read_manifest(self.root)
+        if manifest.get(class_id) == old:
+            if new is None:
+                del manifest[class_id]
+            else:
+                manifest[class_id] = new
+            self._write_manifest(manifest)
+        data = self._registry_data()
+        if data is None:
+            return
+        kept, changed = [], False
+        for entry in data['classes']:
+            if entry['name'] == old and int(entry['id']) == class_id:
+                changed = True
+                if new is None:
+                    continue
+                entry = {**entry, 'name': new}
+            kept.append(entry)
+        if changed:
+            ClassRegistry.from_dict({**data, 'classes': kept}).save(self.classes_path)
+
     def recover(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
         """
         Remove leftovers of interrupted writes older than ``stale_after_s``.
@@ -258,7 +472,10 @@ class FrameStore:
             try:
                 record = FrameRecord.from_dict(json.loads(path.read_text(encoding='utf-8')))
             except (ValueError, OSError) as exc:
-                raise ValueError(f'corrupt frame record {path}: {exc}') from exc
+                # One damaged record must not hide every other frame; it stays on disk
+                # for a person to look at.
+                LOG.warning('skipping unreadable frame record %s: %s', path, exc)
+                continue
             if wanted is not None and record.class_name not in wanted:
                 continue
             if pending_only and not record.pending:

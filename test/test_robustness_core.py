@@ -237,3 +237,36 @@ def test_service_guard_turns_failures_into_refusals():
     assert 'Traceback' in node.logger.errors[0]
     listing = refuse(ListVersions.Response(), 'registry unreadable')
     assert listing.message == 'registry unreadable'
+
+
+# -- frame store ---------------------------------------------------------------------------
+def _store_with_frames(root: Path):
+    from ldka_ros.learning.frame_store import FrameStore
+
+    store = FrameStore(root)
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:12] = True
+    ids = [store.add(rgb, mask, 'duck', 1).frame_id, store.add(rgb, mask, 'duck', 1).frame_id,
+           store.add(rgb, mask, 'mug', 2).frame_id]
+    return store, ids
+
+
+def test_truncated_frame_store_manifest_is_rebuilt_from_the_records(tmp_path):
+    from ldka_ros.learning.data import read_manifest
+    from ldka_ros.learning.frame_store import FrameStore
+
+    _, ids = _store_with_frames(tmp_path / 'frames')
+    manifest = tmp_path / 'frames' / 'manifest.json'
+    manifest.write_bytes(manifest.read_bytes()[:20])
+    store = FrameStore(tmp_path / 'frames')  # refused to open before: every label blocked
+    assert read_manifest(store.root) == {1: 'duck', 2: 'mug'}
+    assert [r.frame_id for r in store.frames()] == ids
+    assert list((tmp_path / 'frames').glob('manifest.json.corrupt-*'))
+
+
+def test_one_unreadable_frame_record_hides_no_other_frame(tmp_path):
+    store, ids = _store_with_frames(tmp_path / 'frames')
+    (tmp_path / 'frames' / 'frames' / f'{ids[0]}.json').write_text('{"format": ')
+    assert [r.frame_id for r in store.frames()] == ids[1:]
+    assert store.pending_classes() == {'duck': 1, 'mug': 1}

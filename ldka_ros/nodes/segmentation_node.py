@@ -160,7 +160,9 @@ class SegmentationNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('segmentation', **kwargs)
         self.values = declare_parameters(self, PARAMS)
-        self.registry = ModelRegistry(self.values['registry_path'])
+        # create=True: on a fresh robot the graph may start before anything was learned;
+        # the node then waits for the first announced version (cold start).
+        self.registry = ModelRegistry(self.values['registry_path'], create=True)
         self._manifests: dict[str, Any] = {}
         self._palettes: dict[str, dict[int, tuple[int, int, int]]] = {}
         self.stats = diag.RateLatencyStats(window_s=10.0)

@@ -37,8 +37,9 @@ _SHAPING = ('ldka_ros/learning/model.py', 'ldka_ros/learning/steps.py',
             'ldka_ros/registry/manifest.py', 'ldka_ros/learning/classes.py')
 
 
-def _cache_key() -> str:
-    digest = hashlib.sha256(f'{INPUT_HW}{BASE_IDS}{BASE_ITERATIONS}'.encode())
+def _cache_key(camvid: Path) -> str:
+    # The data set is part of the key: the full set and the shipped fixture give two models.
+    digest = hashlib.sha256(f'{INPUT_HW}{BASE_IDS}{BASE_ITERATIONS}{camvid.resolve()}'.encode())
     for rel in _SHAPING:
         digest.update((REPO_ROOT / rel).read_bytes())
     return digest.hexdigest()[:16]
@@ -66,7 +67,9 @@ def _build_base_registry(root: Path, camvid: Path) -> None:
     base = CamVidDataset(camvid, 'train', transform=Resize(INPUT_HW))
     lut = np.arange(256, dtype=np.uint8)
     lut[[CAR_ID, 10, 11]] = 0
-    subset = LabelMapped(base, list(range(0, 48, 4)), lut)
+    # Every 4th of the first 48 frames; all frames of a small set (the shipped fixture).
+    indices = range(0, 48, 4) if len(base) >= 48 else range(len(base))
+    subset = LabelMapped(base, list(indices), lut)
     cfg = TrainConfig(iterations=BASE_ITERATIONS, batch_size=4, crop=INPUT_HW, lr=0.02,
                       device='cpu', seed=0)
     trained = train_base(model, subset, BASE_IDS, cfg, collect_features=False).model
@@ -87,7 +90,7 @@ def _build_base_registry(root: Path, camvid: Path) -> None:
 
 def base_registry(dest: Path, camvid: Path) -> Path:
     """Copy the cached base registry (building it once) to ``dest``; return ``dest``."""
-    cached = CACHE_ROOT / f'base_{_cache_key()}' / 'registry'
+    cached = CACHE_ROOT / f'base_{_cache_key(camvid)}' / 'registry'
     if not (cached / 'ACTIVE').is_file():
         tmp = CACHE_ROOT / f'.build-{cached.parent.name}-{os.getpid()}'
         shutil.rmtree(tmp, ignore_errors=True)

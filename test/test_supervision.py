@@ -218,8 +218,9 @@ def test_command_line_starter_respawns_and_stops_cleanly_on_sigterm(tmp_path):
 
 
 # -- the learning job without its parent ---------------------------------------------------
-# The learner node's stand-in: starts the job with its stdout on a pipe (as the learner
-# does), copies every progress line to a file and then waits to be killed.
+# The learner node's stand-in: starts the job with parent_pid and then waits to be
+# killed. The job's progress goes to a file, not a pipe, so that only the parent watch
+# can notice the death (the pipe case has its own test).
 PARENT = """\
 import json, os, subprocess, sys, time
 template, folder = sys.argv[1], sys.argv[2]
@@ -227,15 +228,12 @@ spec = json.load(open(template))
 spec['parent_pid'] = os.getpid()
 with open(os.path.join(folder, 'spec.json'), 'w') as f:
     json.dump(spec, f)
-with open(os.path.join(folder, 'job.err'), 'wb') as err:
+with open(os.path.join(folder, 'job.err'), 'wb') as err, \\
+        open(os.path.join(folder, 'progress.jsonl'), 'wb') as out:
     job = subprocess.Popen([sys.executable, '-m', 'ldka_ros.learning.job', '--spec',
-                            os.path.join(folder, 'spec.json')], stdout=subprocess.PIPE,
+                            os.path.join(folder, 'spec.json')], stdout=out,
                            stderr=err, stdin=subprocess.DEVNULL)
 open(os.path.join(folder, 'job.pid'), 'w').write(str(job.pid))
-with open(os.path.join(folder, 'progress.jsonl'), 'w') as out:
-    for line in job.stdout:
-        out.write(line.decode())
-        out.flush()
 time.sleep(600)
 """
 # Above the parent: a child subreaper, so the orphaned job is re-parented here (its
@@ -321,6 +319,8 @@ def test_job_whose_parent_is_killed_stops_cleanly_and_publishes_nothing(tmp_path
     assert int((folder / 'job.code').read_text()) == EXIT_ORPHANED, err[-3000:]
     assert 'Traceback' not in err and 'Exception ignored' not in err, err[-3000:]
     assert 'parent process' in err and 'labelled frames stay pending' in err
+    result = _read_lines(folder / 'progress.jsonl')[-1]['result']
+    assert result['orphaned'] and not result['success'], result
     _assert_nothing_learned(registry, store, 4)
 
 

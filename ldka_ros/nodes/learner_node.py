@@ -29,7 +29,8 @@ Why it is built this way:
   parameter services and is restored afterwards.
 
 Interfaces: sub ``image`` (sensor_msgs/Image); services ``~/label_object``,
-``~/list_classes``, ``~/list_versions``, ``~/rollback``; action ``~/learn``; pub
+``~/list_classes``, ``~/list_versions``, ``~/rollback``, ``~/remove_class``,
+``~/rename_class`` (pending classes only); action ``~/learn``; pub
 ``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255).
 """
 from __future__ import annotations
@@ -55,7 +56,8 @@ from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliab
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, ModelVersion
-from ldka_ros_interfaces.srv import LabelObject, ListClasses, ListVersions, Rollback
+from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
+                                     RenameClass, Rollback)
 import numpy as np
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
@@ -187,7 +189,9 @@ class LearnerNode(Node):
                 (LabelObject, 'label_object', self._on_label),
                 (ListClasses, 'list_classes', self._on_list_classes),
                 (ListVersions, 'list_versions', self._on_list_versions),
-                (Rollback, 'rollback', self._on_rollback)):
+                (Rollback, 'rollback', self._on_rollback),
+                (RemoveClass, 'remove_class', self._on_remove_class),
+                (RenameClass, 'rename_class', self._on_rename_class)):
             self.create_service(srv_type, f'~/{name}', guard_service(self, name, handler),
                                 callback_group=group)
         self.action = ActionServer(
@@ -456,7 +460,78 @@ class LearnerNode(Node):
         pending = self.store.pending_classes()
         response.pending_classes = sorted(pending)
         response.pending_frames = [int(pending[n]) for n in sorted(pending)]
+        try:
+            reg, _active = self._class_registry()
+            response.slots_used, response.slots_total = len(reg), reg.num_slots
+        except Exception as exc:  # noqa: B902 - the listing is still worth sending
+            response.message = f'class slots unknown: {type(exc).__name__}: {exc}'
         return response
+
+    # -- class lifecycle: remove or rename a pending class -------------------------------
+    def _on_remove_class(self, request, response):
+        try:
+            change = self._change_class(request.name, None)
+        except Refused as exc:
+            return _refused(self, 'remove_class', response, exc)
+        reg, _active = self._class_registry()
+        response.success = True
+        response.class_id = change.class_id
+        response.frames_removed = len(change.frame_ids)
+        response.slots_used, response.slots_total = len(reg), reg.num_slots
+        response.message = (f'removed class {change.name!r}: id {change.class_id} is free '
+                            f'again, {len(change.frame_ids)} labelled frames moved to '
+                            f'{self.store_root / str(change.trash)}; {len(reg)} of '
+                            f'{reg.num_slots} class slots in use')
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_rename_class(self, request, response):
+        try:
+            change = self._change_class(request.old_name, request.new_name)
+        except Refused as exc:
+            return _refused(self, 'rename_class', response, exc)
+        response.success = True
+        response.class_id = change.class_id
+        response.frames_renamed = len(change.frame_ids)
+        response.message = (f'renamed class {request.old_name!r} to {change.name!r} (id '
+                            f'{change.class_id}, {len(change.frame_ids)} labelled frames)')
+        self.get_logger().info(response.message)
+        return response
+
+    def _change_class(self, name: str, new: str | None):
+        """
+        Remove (``new`` None) or rename a pending class in the frame store; Refused if not.
+
+        A class that any model version knows keeps its name and id for ever (rollback
+        may bring that version back), so only the versions can say it is pending; the
+        store checks its frames. The job lock keeps a learning job from starting on
+        frames that are being moved.
+        """
+        learned = self._versions_knowing(name)
+        if learned:
+            raise Refused(f'class {name!r} is learned (a class of {", ".join(learned)}): a '
+                          'learned class keeps its id for ever; only pending classes can be '
+                          'removed or renamed')
+        taken = self._versions_knowing(new) if new is not None else []
+        if taken:
+            raise Refused(f'class name {new!r} is taken by a class of {", ".join(taken)}')
+        if not self._job_lock.acquire(blocking=False):
+            raise Refused(f'a learning job ({self._job_goal}) is running: wait for it to '
+                          'finish or cancel it first')
+        try:
+            with self._class_lock:
+                if new is None:
+                    return self.store.remove_class(name)
+                return self.store.rename_class(name, new)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        finally:
+            self._job_lock.release()
+
+    def _versions_knowing(self, name: str) -> list[str]:
+        """Return the ids of the model versions that have class ``name``."""
+        return [m.id for m in self.registry.list_versions()
+                if any(c['name'] == name for c in m.classes)]
 
     def _on_list_versions(self, request, response):
         good, broken = self.registry.scan()
@@ -770,6 +845,14 @@ def _version_message(manifest, root):
     from ldka_ros.nodes.segmentation_node import version_message
 
     return version_message(manifest, root)
+
+
+def _refused(node, service: str, response, exc: Exception):
+    """Fill a refused class-change response with the reason, log it and return it."""
+    response.success = False
+    response.message = str(exc)
+    node.get_logger().warning(f'{service} refused: {response.message}')
+    return response
 
 
 def _float(value, default: float = float('nan')) -> float:

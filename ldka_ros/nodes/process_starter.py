@@ -24,6 +24,13 @@ the whole graph down once it is down for good: not respawned, or given up. The s
 exits by itself when no node is running and none is waiting for a restart. During a
 shutdown nothing is restarted: a pending restart is dropped.
 
+Why ``required`` is per node and off by default: the starter used to stop every node
+when any one died, which made every node required, and a crashed learner took the
+robot's segmentation down with it. Now only a node whose loss makes the rest pointless
+(a benchmark client, a node a test drives) is marked; the old ``--keep-going`` flag, now
+the behaviour for every node that is not required, is still accepted. The starter's
+exit code is 1 if a node died on its own during the run (restarted or not), else 0.
+
 A graph is plain data (``NodeSpec``), optionally loaded from YAML::
 
     nodes:

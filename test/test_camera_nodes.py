@@ -176,6 +176,9 @@ def test_camera_nodes_refuse_bad_configuration(ros_launcher, tmp_path):
         'empty': (REPLAY, {'path': str(empty)}, 'holds no'),
         'junk': (REPLAY, {'path': str(junk)}, 'OpenCV'),
         'missing': (REPLAY, {'path': str(tmp_path / 'nope')}, 'does not exist'),
+        'no_bag': (REPLAY, {'bag': str(tmp_path / 'nope.mcap')}, 'does not exist'),
+        'not_bag': (REPLAY, {'bag': str(empty)}, 'not a rosbag2 bag'),
+        'path_and_bag': (REPLAY, {'path': str(empty), 'bag': str(junk)}, 'not both'),
         'object': (SIM, {'objects': ['duck', 'unicorn']}, 'unknown sim object'),
     }
     procs = {name: ros_launcher.start_module(name, module, params=params)

@@ -181,11 +181,11 @@ def test_reader_skips_damaged_messages_and_names_what_exists(recording, tmp_path
         BagImageReader(tmp_path / 'plain')
     (tmp_path / 'broken.mcap').write_bytes(b'\x89MCAP0\r\n' + b'\0' * 64)
     with pytest.raises(BagError, match='cannot open bag'):
-        BagImageReader(tmp_path / 'broken.mcap').open()
+        BagImageReader(tmp_path / 'broken.mcap').open_bag()
 
 
 def test_compressed_decoding_refuses_what_is_not_a_colour_image():
-    from ldka_ros.imaging.encodings import decode_compressed, message_rgb
+    from ldka_ros.imaging.pixels import decode_compressed, message_rgb
 
     with pytest.raises(ValueError, match='holds no bytes'):
         decode_compressed('jpeg', b'')

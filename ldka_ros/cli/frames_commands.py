@@ -233,7 +233,7 @@ def register(sub) -> None:
     p = fsub.add_parser('from-bag', help='write frames of a bag image topic as image files '
                         'named by stamp (OUT/images/<stamp_ns>.png), to label them')
     p.add_argument('bag', help='rosbag2 directory, or a .mcap / .db3 file')
-    p.add_argument('--topic', default='', help="sensor_msgs/Image or CompressedImage topic; "
+    p.add_argument('--topic', default='', help='sensor_msgs/Image or CompressedImage topic; '
                    "'' = the bag's only image topic")
     p.add_argument('--every', type=int, default=1, help='keep every N-th frame (default 1)')
     p.add_argument('--max', type=int, default=None, help='stop after K frames')
@@ -244,7 +244,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_from_bag)
 
     p = fsub.add_parser('add-labelled', help='store frames labelled offline (DIR/images and '
-                        'DIR/masks or DIR/labels, same stems) in the learner\'s frame store')
+                        "DIR/masks or DIR/labels, same stems) in the learner's frame store")
     p.add_argument('folder', metavar='DIR')
     p.add_argument('--frame-store', required=True, help="the learner's frame store folder "
                    '(its frame_store_path; classes.json lives there)')

@@ -7,7 +7,7 @@ to replay. The ``rosbags`` library reads rosbag2 directories and single ``.mcap`
 ``.db3`` files in pure Python, so frames can be extracted on a laptop without a ROS
 install, and the replay camera and the ``ldka frames`` commands share one reader.
 
-What is read: ``sensor_msgs/msg/Image`` (any encoding ``imaging.encodings`` knows) and
+What is read: ``sensor_msgs/msg/Image`` (any encoding ``imaging.pixels`` knows) and
 ``sensor_msgs/msg/CompressedImage`` (jpeg/png), as ``BagFrame(stamp_ns, frame_id, rgb)``
 with ``rgb`` uint8 (H, W, 3). A message that does not deserialise or decode is skipped,
 counted in ``BagImageReader.skipped`` and logged once per kind of problem, so one
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from ldka_ros.errors import UserError
-from ldka_ros.imaging.encodings import decode_compressed, raw_pixels, to_rgb
+from ldka_ros.imaging.pixels import decode_compressed, raw_pixels, to_rgb
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class BagImageReader:
         self._warned: set[str] = set()
 
     # -- opening -------------------------------------------------------------------
-    def open(self) -> 'BagImageReader':
+    def open_bag(self) -> 'BagImageReader':
         """Open the bag; BagError when its files are damaged or use an unknown format."""
         from rosbags.rosbag2 import Reader
 
@@ -126,7 +126,7 @@ class BagImageReader:
             reader.close()
 
     def __enter__(self) -> 'BagImageReader':
-        return self.open()
+        return self.open_bag()
 
     def __exit__(self, *exc_info) -> None:
         self.close()
@@ -143,7 +143,7 @@ class BagImageReader:
                 for name, info in self._open_reader().topics.items()}
 
     def topics(self) -> list[ImageTopic]:
-        """Return the bag's image topics (raw and compressed), sorted by name."""
+        """Return the image topics of the bag, raw and compressed, sorted by name."""
         out = []
         for name, info in sorted(self._open_reader().topics.items()):
             if info.msgtype in IMAGE_TYPES:

@@ -17,14 +17,14 @@ import array
 import sys
 
 # flake8's google order (ament config) sorts ldka_ros among the third-party modules.
-from ldka_ros.imaging.encodings import (decode_compressed, encoding_info, raw_pixels,
-                                        SUPPORTED_HINT, to_rgb)
+from ldka_ros.imaging.pixels import (decode_compressed, encoding_info, raw_pixels,
+                                    SUPPORTED_HINT, to_rgb)
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 # The numpy side (encodings, colour order, compressed decoding) lives in
-# ldka_ros.imaging.encodings so that bag files read without ROS convert the same way.
+# ldka_ros.imaging.pixels so that bag files read without ROS convert the same way.
 __all__ = ['BACKEND', 'builtin_image_to_numpy', 'builtin_numpy_to_image', 'decode_compressed',
            'encoding_info', 'image_to_numpy', 'msg_to_rgb', 'numpy_to_image',
            'subscribe_camera', 'SUPPORTED_HINT', 'to_rgb', 'TRANSPORTS']

@@ -50,7 +50,7 @@ from typing import Any
 import warnings
 
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
-                                            subscribe_camera, TRANSPORTS)
+                                             subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service

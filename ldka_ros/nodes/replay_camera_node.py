@@ -132,7 +132,7 @@ class BagSource:
 
     def __init__(self, path: str | Path, topic: str = '') -> None:
         self.path = Path(path).expanduser()
-        self.bag = BagImageReader(self.path).open()
+        self.bag = BagImageReader(self.path).open_bag()
         try:
             self.topic = self.bag.topic(topic)
         except BaseException:
@@ -205,7 +205,7 @@ PARAMS = [
               read_only=True),
     ParamSpec('bag', '', 'rosbag2 recording to play instead of path: a directory with '
               'metadata.yaml, or a .mcap / .db3 file.', read_only=True),
-    ParamSpec('topic', '', "Image topic of the bag (sensor_msgs/Image or CompressedImage); "
+    ParamSpec('topic', '', 'Image topic of the bag (sensor_msgs/Image or CompressedImage); '
               "'' = the bag's only image topic.", read_only=True),
     ParamSpec('timing', 'rate', "'rate': publish at rate_hz; 'stamps': keep the recorded "
               f'spacing of the frames of a bag (pauses shortened to {MAX_GAP_S:g} s).',

@@ -675,29 +675,29 @@ def _frames_rgb(store, frame_ids: list[str], limit: int) -> list[np.ndarray]:
 
 def export(prep: Prepared, model, work: Path, report: Reporter, control: StopControl,
            method: str) -> tuple[Path, dict]:
-    """Run the ``exporting`` phase: ONNX file + parity against torch on real frames."""
-    from ldka_ros.inference.export import check_parity, export_onnx
+    """
+    Run the ``exporting`` phase: ONNX file + parity against torch on real frames.
+
+    The export and its check are ``registry.publishing``'s, shared with ``ldka registry
+    publish``, so that learned and hand-published versions are made alike.
+    """
+    from ldka_ros.registry.publishing import export_checked
 
     report.start('exporting', f'ONNX export at {prep.input_hw[0]}x{prep.input_hw[1]}')
-    path = work / 'model.onnx'
-    exported = export_onnx(model, path, prep.input_hw, metadata={
-        'parent_version': prep.parent.id, 'step': int(prep.parent.step) + 1,
-        'method': method})
-    report.update(0.5, message=f'exported {exported.size_bytes} bytes in '
-                               f'{exported.seconds:.1f} s; checking parity')
-    control.check()
-    images = _frames_rgb(prep.store, prep.heldout_ids + prep.train_ids, PARITY_FRAMES)
-    parity = check_parity(model, path, images, providers='cpu')
-    if not parity.passed:
-        raise RuntimeError(f'the exported ONNX graph disagrees with the torch model: argmax '
-                           f'agreement {parity.argmax_agreement:.4%} < '
-                           f'{parity.min_agreement:.2%} on {parity.num_images} frames; '
-                           'nothing was published')
-    report.update(1.0, message=f'parity {parity.argmax_agreement:.4%} argmax agreement')
-    info = {'sha256': exported.sha256, 'structure_digest': exported.structure_digest,
-            'size_bytes': exported.size_bytes, 'opset': exported.opset,
-            'seconds': round(exported.seconds, 3), 'parity': parity.to_dict()}
-    return path, info
+
+    def on_progress(fraction: float, message: str) -> None:
+        report.update(fraction, message=message)
+        if fraction < 1.0:
+            control.check()
+
+    graph = export_checked(
+        model, work / 'model.onnx', prep.input_hw,
+        images=lambda: _frames_rgb(prep.store, prep.heldout_ids + prep.train_ids,
+                                   PARITY_FRAMES),
+        metadata={'parent_version': prep.parent.id, 'step': int(prep.parent.step) + 1,
+                  'method': method},
+        progress=on_progress)
+    return graph.path, graph.info
 
 
 def build_engine(spec: JobSpec, prep: Prepared, onnx_path: Path, work: Path,
@@ -879,35 +879,39 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
 def publish(spec: JobSpec, prep: Prepared, model, bank, onnx_path: Path, engine: tuple,
             metrics: dict, summary: dict, export_info: dict, work: Path,
             report: Reporter, control: StopControl):
-    """Run the ``publishing`` phase; return the new version's manifest."""
+    """
+    Run the ``publishing`` phase; return the new version's manifest.
+
+    Checkpoint, legend and manifest fields come from ``registry.publishing``, the same
+    function ``ldka registry publish`` uses.
+    """
     import torch
 
-    from ldka_ros.learning.checkpoint import save_checkpoint
+    from ldka_ros.registry.publishing import ExportedGraph, publish_model
 
     control.check()  # the last point at which a cancel stops the job
     report.start('publishing')
     step = int(prep.parent.step) + 1
-    checkpoint = save_checkpoint(work / 'checkpoint.pt', model.cpu(), prep.new_classes, meta={
-        'parent_version': prep.parent.id, 'step': step, 'method': spec.method,
-        'input_hw': list(prep.input_hw), 'seed': int(spec.seed)})
-    artefacts = {'checkpoint': checkpoint, 'onnx': onnx_path}
+    artefacts = {}
     if bank is not None:
         bank_path = work / 'feature_bank.pt'
         torch.save(bank.state_dict(), bank_path)
         artefacts['feature_bank'] = bank_path
     engine_path, engine_status, engine_device = engine
-    legend = [{'id': c.id, 'name': c.name, 'color': list(c.color), 'step': c.step}
-              for c in prep.new_classes]
-    extra = {'input_hw': list(prep.input_hw), 'method': spec.method, 'train': summary,
-             'export': export_info, 'engine': engine_status,
+    extra = {'method': spec.method, 'train': summary, 'engine': engine_status,
              'frames': {'train': prep.train_ids, 'heldout': prep.heldout_ids},
              'learned_classes': sorted(prep.step_ids)}
-    report.update(0.2, message='copying artefacts into the registry')
     if engine_path is not None:
         extra['engine_cache_file'] = str(engine_path)
         extra['engine_device'] = engine_device
-    manifest = prep.registry.publish(artefacts, legend, parent=prep.parent.id, step=step,
-                                     metrics=_finite(metrics), extra=extra, activate=True)
+    manifest = publish_model(
+        prep.registry, model, prep.new_classes, ExportedGraph(onnx_path, export_info), work,
+        input_hw=prep.input_hw, parent=prep.parent.id, step=step, metrics=_finite(metrics),
+        extra=extra, artefacts=artefacts, activate=True,
+        checkpoint_meta={'parent_version': prep.parent.id, 'step': step,
+                         'method': spec.method, 'input_hw': list(prep.input_hw),
+                         'seed': int(spec.seed)},
+        progress=lambda fraction, message: report.update(fraction, message=message))
     report.update(0.8, message=f'published {manifest.id}')
     if spec.mark_learned:
         prep.store.mark_learned(prep.train_ids + prep.heldout_ids, manifest.id)

@@ -205,10 +205,12 @@ class ModelRegistry:
         if not self.versions_dir.is_dir():
             if not create:
                 if not self.root.exists():
-                    raise RegistryError(f'model registry {self.root} does not exist; pass '
-                                        'create=True (ldka: --create) to make a new one')
+                    raise RegistryError(f'model registry {self.root} does not exist; make '
+                                        f'one with: ldka registry create --registry '
+                                        f'{self.root} (in Python: create=True)')
                 raise RegistryError(f'{self.root} is not a model registry (no versions/ '
-                                    'directory); pass create=True to make one there')
+                                    'directory); make one there with: ldka registry create '
+                                    f'--registry {self.root} (in Python: create=True)')
             try:
                 self.versions_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

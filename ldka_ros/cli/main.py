@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     'ldka_ros.cli.learning_commands',
     'ldka_ros.cli.inference_commands',
     'ldka_ros.cli.demo_commands',
+    'ldka_ros.cli.ros_commands',
     'ldka_ros.cli.frames_commands',
     'ldka_ros.cli.registry_commands',
 )

@@ -409,7 +409,7 @@ def test_segmentation_and_learner_take_compressed_images(recording, tmp_path, ca
                                encoded['jpeg'][3])
     try:
         masks = ros_harness.TopicCollector(ros_node.node, Image, f'{ns}/segmentation/mask', 10)
-        ros_launcher.start_module('segmentation', 'ldka_ros.nodes.segmentation_node', params={
+        seg = ros_launcher.start_module('segmentation', 'ldka_ros.nodes.segmentation_node', params={
             'registry_path': str(registry.root), 'backend': 'onnxruntime', 'threads': 1,
             'image_transport': 'compressed', 'max_rate_hz': 4.0,
             'model_version_topic': f'{ns}/learner/model_version',
@@ -433,6 +433,15 @@ def test_segmentation_and_learner_take_compressed_images(recording, tmp_path, ca
             assert mask.encoding == 'mono8' and mask.header.frame_id == FRAME_ID
             assert (mask.header.stamp.sec, mask.header.stamp.nanosec) in set(camera.sent)
             assert np.mean(image_to_numpy(mask) == expected) > 0.999
+        # Bytes that are no image: counted and logged as bad frames, the node keeps going.
+        good = camera.msg.data
+        camera.msg.data = b'\xff\xd8\xff not a jpeg'
+        ros_harness.wait_until(lambda: 'bad camera frame' in seg.log_text(), 20,
+                               'the undecodable frame to be reported', ros_launcher)
+        assert 'could not be decoded' in seg.log_text()
+        camera.msg.data = good
+        seen = len(masks.messages)
+        masks.wait_for(seen + 2, timeout=30.0, launcher=ros_launcher)
 
         # The learner labels its latest (compressed) frame: the known id for 'car', the
         # next free one for a new class, exactly as the command line allocates them.

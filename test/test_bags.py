@@ -409,12 +409,14 @@ def test_segmentation_and_learner_take_compressed_images(recording, tmp_path, ca
                                encoded['jpeg'][3])
     try:
         masks = ros_harness.TopicCollector(ros_node.node, Image, f'{ns}/segmentation/mask', 10)
-        seg = ros_launcher.start_module('segmentation', 'ldka_ros.nodes.segmentation_node', params={
+        seg_params = {
             'registry_path': str(registry.root), 'backend': 'onnxruntime', 'threads': 1,
             'image_transport': 'compressed', 'max_rate_hz': 4.0,
             'model_version_topic': f'{ns}/learner/model_version',
-            'rollback_service': f'{ns}/learner/rollback'},
-            remaps={'image': f'{ns}/camera/image_raw'})
+            'rollback_service': f'{ns}/learner/rollback'}
+        seg = ros_launcher.start_module('segmentation', 'ldka_ros.nodes.segmentation_node',
+                                        params=seg_params,
+                                        remaps={'image': f'{ns}/camera/image_raw'})
         # The learner's camera topic is image_transport's <image>/compressed as well.
         ros_launcher.start_module('learner', 'ldka_ros.nodes.learner_node', params={
             'registry_path': str(registry.root), 'frame_store_path': str(tmp_path / 'frames'),

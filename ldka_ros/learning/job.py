@@ -92,6 +92,13 @@ PARITY_FRAMES = 4
 #: Divergence handling: restarts with the learning rate divided by LR_BACKOFF.
 LR_RETRIES = 2
 LR_BACKOFF = 4.0
+#: The first model of an empty registry (cold start): an ImageNet-pretrained backbone
+#: (offline weights, see ``learning.pretrained``) whose backbone stays frozen: with a
+#: handful of labelled frames only the decoder can be fitted without overfitting, and
+#: it trains about 3x faster on a CPU (see docs/demo.md, base model).
+COLD_START_BACKBONE = 'efficientnet_lite0'
+COLD_START_DECODER_CHANNELS = 48
+COLD_START_NUM_SLOTS = 32
 
 
 class JobCancelled(Exception):
@@ -454,17 +461,19 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
     # The version that serves: ACTIVE, or the newest readable one when ACTIVE is damaged
     # (the learner node announces the same one).
     parent, _note = registry.serving()
-    if parent is None:
-        raise ValueError(f'model registry {registry.root} has no active version: publish and '
-                         'activate a base model before learning new classes')
-    checkpoint = registry.artefact_path(parent.id, 'checkpoint', verify=True)
-    old_model, old_classes, _meta = load_checkpoint(checkpoint)
-    report.update(0.4)
     store_root = Path(spec.frame_store_path).expanduser()
     if not store_root.is_dir():
         raise FileNotFoundError(f'frame store {store_root} does not exist; label frames '
                                 "first (the learner node's ~/label_object service)")
     classes_path = _classes_path(store_root)
+    if parent is not None:
+        checkpoint = registry.artefact_path(parent.id, 'checkpoint', verify=True)
+        old_model, old_classes, _meta = load_checkpoint(checkpoint)
+    else:
+        old_model, old_classes = origin_model(classes_path)
+    parent_name = parent.id if parent is not None else 'the pretrained backbone (cold start)'
+    next_step = int(parent.step) + 1 if parent is not None else 0
+    report.update(0.4)
     store = FrameStore(store_root, classes_path=classes_path)
     pending = store.pending_classes()
     learned = set(old_classes.names)
@@ -476,7 +485,7 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
                              f'frames: {sorted(pending) or "none"}')
         again = [c for c in spec.classes if c in learned]
         if again:
-            raise ValueError(f'{again} are already classes of the active model {parent.id}; '
+            raise ValueError(f'{again} are already classes of the active model {parent_name}; '
                              'a class-incremental step only learns classes the model does '
                              'not know yet')
         wanted = sorted(set(spec.classes))
@@ -484,10 +493,10 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
         wanted = sorted(c for c in pending if c not in learned)
         skipped = sorted(c for c in pending if c in learned)
         if skipped:
-            notes.append(f'skipped {skipped}: already classes of {parent.id}')
+            notes.append(f'skipped {skipped}: already classes of {parent_name}')
         if not wanted:
             raise ValueError('nothing to learn: no pending labelled frames of a class the '
-                             f'active model {parent.id} does not know yet'
+                             f'active model {parent_name} does not know yet'
                              + (f' (pending frames only for known classes {skipped})'
                                 if skipped else ''))
     records = store.frames(class_names=wanted, pending_only=True)
@@ -516,21 +525,50 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
         cid = step_ids[name]
         color = (list(registered.get(name).color) if registered is not None
                  and name in registered else None)
-        entry = {'id': cid, 'name': name, 'step': int(parent.step) + 1}
+        entry = {'id': cid, 'name': name, 'step': next_step}
         if color is not None:
             entry['color'] = color
         merged['classes'].append(entry)
     new_classes = ClassRegistry.from_dict(merged)
     input_hw = _input_hw(spec, parent)
     bank = None
-    if spec.method == 'ldka+gfr':
+    if spec.method == 'ldka+gfr' and parent is not None:
         bank = _load_feature_bank(registry, parent, notes)
     control.check()
     counts = {n: len(ids) for n, ids in sorted(by_class.items())}
-    report.update(1.0, message=f'learning {counts} frames per class on top of {parent.id}; '
+    report.update(1.0, message=f'learning {counts} frames per class on top of {parent_name}; '
                                f'{len(heldout_ids)} held out')
     return Prepared(registry, store, parent, old_model, old_classes, new_classes, step_ids,
                     train_ids, heldout_ids, input_hw, bank, notes)
+
+
+def origin_model(classes_path: Path):
+    """
+    Return ``(model, classes)`` a cold start learns from: pretrained backbone, background.
+
+    Why: a robot with an empty registry must still reach a first model of its own
+    objects. The first learning job trains the decoder of this model on the labelled
+    frames (background + the labelled classes) and publishes it as the first version;
+    every later job is a class-incremental step on top of it. The class slots come from
+    the learner's class registry (``classes.json``) so ids allocated while labelling fit.
+    """
+    from ldka_ros.learning.classes import ClassRegistry
+    from ldka_ros.learning.model import build_model, ModelConfig
+    from ldka_ros.learning.pretrained import find_local_weights, LOCAL_WEIGHTS_NORMALIZATION
+
+    slots = COLD_START_NUM_SLOTS
+    if classes_path.is_file():
+        slots = int(ClassRegistry.load(classes_path).num_slots)
+    weights = find_local_weights(COLD_START_BACKBONE)
+    config = ModelConfig(backbone=COLD_START_BACKBONE, num_slots=slots,
+                         decoder_channels=COLD_START_DECODER_CHANNELS,
+                         pretrained='local' if weights else None)
+    if weights:
+        config.mean, config.std = LOCAL_WEIGHTS_NORMALIZATION
+    model = build_model(config)
+    model.set_active([0])
+    model.eval()
+    return model, ClassRegistry(slots)
 
 
 def _input_hw(spec: JobSpec, parent) -> tuple[int, int]:
@@ -539,6 +577,8 @@ def _input_hw(spec: JobSpec, parent) -> tuple[int, int]:
 
     if spec.input_hw:
         return int(spec.input_hw[0]), int(spec.input_hw[1])
+    if parent is None:
+        return DEFAULT_INPUT_HW
     hw = parent.extra.get('input_hw')
     if hw and len(hw) == 2:
         return int(hw[0]), int(hw[1])
@@ -611,7 +651,8 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                 work: Path, report: Reporter, control: StopControl,
                 started: float) -> tuple[Any, Any, dict]:
     """Run one ``learn_step`` attempt at learning rate ``lr``."""
-    from ldka_ros.learning.steps import Cancelled, learn_step, read_train_state, step_config
+    from ldka_ros.learning.steps import (Cancelled, learn_step, read_train_state, step_config,
+                                         train_base)
 
     cfg = step_config(iterations=int(spec.max_iterations), batch_size=int(spec.batch_size),
                       lr=lr, crop=crop, device=spec.device, seed=int(spec.seed),
@@ -631,9 +672,16 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
     new_ids = sorted(prep.step_ids.values())
     stopped_early = False
     try:
-        result = learn_step(prep.old_model, dataset, new_ids, spec.method, cfg,
-                            feature_bank=prep.feature_bank, progress=on_progress,
-                            cancel=control.event, checkpoint_path=state_path, resume=False)
+        if prep.parent is None:  # cold start: the base step of the labelled classes
+            cfg.freeze_backbone = True
+            result = train_base(prep.old_model, dataset, new_ids, cfg, progress=on_progress,
+                                cancel=control.event, checkpoint_path=state_path,
+                                resume=False, collect_features=spec.method == 'ldka+gfr')
+        else:
+            result = learn_step(prep.old_model, dataset, new_ids, spec.method, cfg,
+                                feature_bank=prep.feature_bank, progress=on_progress,
+                                cancel=control.event, checkpoint_path=state_path,
+                                resume=False)
         model, bank = result.model, result.feature_bank
         history, seconds, per_iter = result.history, result.seconds, result.seconds_per_iter
     except Cancelled:
@@ -644,6 +692,8 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
         stopped_early = True
         state = read_train_state(state_path)
         model = copy.deepcopy(prep.old_model)
+        if prep.parent is None:
+            model.set_active([0, *new_ids])
         model.load_state_dict(state['model'])
         model.eval()
         history, seconds = state['history'], float(state['seconds'])
@@ -694,8 +744,7 @@ def export(prep: Prepared, model, work: Path, report: Reporter, control: StopCon
         model, work / 'model.onnx', prep.input_hw,
         images=lambda: _frames_rgb(prep.store, prep.heldout_ids + prep.train_ids,
                                    PARITY_FRAMES),
-        metadata={'parent_version': prep.parent.id, 'step': int(prep.parent.step) + 1,
-                  'method': method},
+        metadata={'parent_version': _parent_id(prep), 'step': _step(prep), 'method': method},
         progress=on_progress)
     return graph.path, graph.info
 
@@ -843,7 +892,9 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
                      (1.0 if counted[n] else math.nan)) for n in sorted(prep.step_ids)}
     scored = [v for v in class_iou.values() if math.isfinite(v)]
     miou_new = float(np.mean(scored)) if scored else math.nan
-    miou_old = retention.mean_iou(old_ids) if prep.heldout_ids else math.nan
+    # Retention against the old model's predictions; a first model has no old model.
+    has_old = prep.heldout_ids and prep.parent is not None
+    miou_old = retention.mean_iou(old_ids) if has_old else math.nan
     taught_iou: dict[str, dict[str, float]] = {}
     for name, ids in taught_frames.items():
         cid = prep.old_classes.get(name).id
@@ -866,7 +917,7 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
         'miou_old': miou_old,
         'miou_old_reference': 'old model predictions on the held-out frames, outside the '
                               'labelled masks (the old model scores 1.0 by construction)',
-        'old_model_miou_old': 1.0 if prep.heldout_ids else math.nan,
+        'old_model_miou_old': 1.0 if has_old else math.nan,
         'heldout_frames': {n: counted[n] for n in sorted(counted)},
         'taught_class_iou': taught_iou,
     }
@@ -891,7 +942,7 @@ def publish(spec: JobSpec, prep: Prepared, model, bank, onnx_path: Path, engine:
 
     control.check()  # the last point at which a cancel stops the job
     report.start('publishing')
-    step = int(prep.parent.step) + 1
+    step = _step(prep)
     artefacts = {}
     if bank is not None:
         bank_path = work / 'feature_bank.pt'
@@ -906,9 +957,9 @@ def publish(spec: JobSpec, prep: Prepared, model, bank, onnx_path: Path, engine:
         extra['engine_device'] = engine_device
     manifest = publish_model(
         prep.registry, model, prep.new_classes, ExportedGraph(onnx_path, export_info), work,
-        input_hw=prep.input_hw, parent=prep.parent.id, step=step, metrics=_finite(metrics),
+        input_hw=prep.input_hw, parent=_parent_id(prep), step=step, metrics=_finite(metrics),
         extra=extra, artefacts=artefacts, activate=True,
-        checkpoint_meta={'parent_version': prep.parent.id, 'step': step,
+        checkpoint_meta={'parent_version': _parent_id(prep), 'step': step,
                          'method': spec.method, 'input_hw': list(prep.input_hw),
                          'seed': int(spec.seed)},
         progress=lambda fraction, message: report.update(fraction, message=message))
@@ -944,14 +995,15 @@ def run_job(spec: JobSpec, report: Reporter, control: StopControl) -> dict:
         if own_work and not spec.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
     names = sorted(prep.step_ids)
-    message = (f'learned {names} in {manifest.id} (parent {prep.parent.id}): miou_new '
+    origin = _parent_id(prep) or 'none: first model'
+    message = (f'learned {names} in {manifest.id} (parent {origin}): miou_new '
                f'{_fmt(metrics["miou_new"])}, miou_old {_fmt(metrics["miou_old"])}; '
                f'engine {engine[1]}')
     if prep.notes:
         message += '; ' + '; '.join(prep.notes)
     taught = metrics['taught_class_iou']
     return {
-        'success': True, 'version_id': manifest.id, 'parent_id': prep.parent.id,
+        'success': True, 'version_id': manifest.id, 'parent_id': _parent_id(prep) or '',
         'step': manifest.step, 'classes': names,
         'class_names': names + sorted(taught),
         'class_iou': [metrics['class_iou'][n] for n in names]
@@ -961,6 +1013,16 @@ def run_job(spec: JobSpec, report: Reporter, control: StopControl) -> dict:
         'frames_learned': len(prep.train_ids) + len(prep.heldout_ids),
         'message': message,
     }
+
+
+def _parent_id(prep: Prepared) -> str | None:
+    """Return the parent version's id, None for a cold start's first model."""
+    return prep.parent.id if prep.parent is not None else None
+
+
+def _step(prep: Prepared) -> int:
+    """Return the class-incremental step of the new version (0 for a first model)."""
+    return int(prep.parent.step) + 1 if prep.parent is not None else 0
 
 
 def _fmt(value: float) -> str:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 
 from ldka_ros.cli.main import main
 import pytest
@@ -104,6 +105,33 @@ def test_a_missing_registry_names_the_command_that_makes_one(tmp_path, capsys):
     # the command it names works
     assert ldka('create', '--registry', str(missing)) == 0
     assert ldka('list', '--registry', str(missing)) == 0
+
+
+def test_a_node_on_a_fresh_home_names_the_publish_command(tmp_path, ros_domain):
+    """The segmentation node on an empty registry tells the user which command fills it."""
+    registry = tmp_path / 'home' / '.ldka_ros' / 'registry'
+    env = {**os.environ, 'ROS_DOMAIN_ID': str(ros_domain),
+           'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST', 'ROS_LOG_DIR': str(tmp_path / 'log')}
+    proc = subprocess.Popen([sys.executable, '-m', 'ldka_ros.nodes.segmentation_node',
+                             '--ros-args', '-p', f'registry_path:={registry}'],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=REPO_ROOT)
+    seen = []
+    watchdog = threading.Timer(90.0, proc.kill)  # a silent node ends the loop, not the run
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if 'no model to serve yet' in line or len(seen) > 200:
+                break
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        proc.wait(timeout=30)
+    hint = [line for line in seen if 'no model to serve yet' in line]
+    assert hint, ''.join(seen)
+    assert f'ldka registry publish --registry {registry} --checkpoint CKPT' in hint[0]
+    assert (registry / 'versions').is_dir()
 
 
 def test_publish_is_the_learners_path(published):

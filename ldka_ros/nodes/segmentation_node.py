@@ -268,7 +268,9 @@ class SegmentationNode(Node):
             return manifest.id
         self._no_model_reason = ('; '.join(reasons) if reasons else
                                  f'model registry {self.registry.root} has no versions; '
-                                 'publish a base model (ldka train-base) or learn one')
+                                 'publish a base model (ldka registry publish --registry '
+                                 f'{self.registry.root} --checkpoint CKPT --activate) or '
+                                 'learn one')
         self.get_logger().error(f'no model to serve yet: {self._no_model_reason}; waiting '
                                 'for a model version announcement')
         return None

@@ -342,3 +342,34 @@ def test_an_archive_whose_file_does_not_match_its_manifest_is_refused(published,
         err = capsys.readouterr().err
         assert "artefact 'onnx' file model.onnx has sha256" in err, err
         assert tree(other) == before
+
+
+def test_damaged_manifests_and_active_pointer_are_listed_and_fail_verify(
+        published, tmp_path, capsys):
+    root = copy_of(published, tmp_path / 'a')
+    manifest = root / 'versions' / 'v0002' / 'manifest.json'
+    manifest.write_bytes(manifest.read_bytes()[:200])  # truncated: not JSON any more
+    (root / 'ACTIVE').write_text('garbage\n')
+    shutil.copytree(root / 'versions' / 'v0001', root / 'versions' / 'v0007')
+    (root / 'versions' / 'v0007' / 'manifest.json').unlink()
+    capsys.readouterr()
+    assert ldka('list', '--registry', str(root)) == 0
+    out = capsys.readouterr().out
+    broken = [line for line in out.splitlines() if 'BROKEN' in line]
+    assert len(broken) == 1 and 'v0002' in broken[0] and 'unreadable' in broken[0], out
+    assert 'ACTIVE is unusable' in out and "'garbage'" in out
+    assert ldka('list', '--json', '--registry', str(root)) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [b['id'] for b in listing['broken']] == ['v0002']
+    assert [v['id'] for v in listing['versions']] == ['v0001'] and listing['active'] is None
+    assert ldka('verify', '--registry', str(root)) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith('PROBLEM')]
+    assert len(problems) == 3, problems
+    assert any(p.startswith('PROBLEM ACTIVE pointer') for p in problems)
+    assert any(p.startswith('PROBLEM v0002: manifest') and str(manifest) in p
+               for p in problems)
+    assert any(p.startswith('PROBLEM v0007: manifest: has no manifest.json') for p in problems)
+    assert ldka('verify', 'v0001', '--registry', str(root)) == 0
+    assert ldka('verify', 'v0009', '--registry', str(root)) == 2
+    assert 'unknown model version' in capsys.readouterr().err

@@ -301,8 +301,8 @@ class _Progress:
         self.last = feedback
         if self.bar is None:
             return
-        losses = ' '.join(f'{n}={v:.3g}' for n, v in zip(feedback.loss_names,
-                                                          feedback.loss_values))
+        pairs = zip(feedback.loss_names, feedback.loss_values)
+        losses = ' '.join(f'{name}={value:.3g}' for name, value in pairs)
         eta = f'ETA {feedback.eta_seconds:.0f}s' if feedback.eta_seconds >= 0 else ''
         self.bar.set_description_str(feedback.phase, refresh=False)
         self.bar.set_postfix_str(', '.join(filter(None, [losses, eta])), refresh=False)

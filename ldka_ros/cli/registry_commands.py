@@ -292,6 +292,10 @@ def cmd_publish(args) -> int:
     from ldka_ros.learning.checkpoint import load_checkpoint
     from ldka_ros.registry.publishing import export_checked, publish_model
 
+    if args.step is not None and args.step < 0:
+        raise UserError(f'--step must be 0 or more, got {args.step}')
+    if args.check_count < 1:
+        raise UserError(f'--check-count must be at least 1, got {args.check_count}')
     registry = _registry(args)
     metrics = _metrics(args.metrics)
     parent = registry.get(_version(registry, args.parent)) if args.parent else None

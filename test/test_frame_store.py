@@ -302,3 +302,21 @@ def test_a_class_change_cut_short_is_finished_when_the_store_is_opened(tmp_path,
     else:
         assert 12 not in registry and reopened.pending_classes() == {'junk': 1}
         assert FolderDataset(tmp_path / 'store').classes == {13: 'junk'}
+
+
+def test_class_changes_wait_for_the_class_id_allocation_lock(tmp_path, frames):
+    """A removal waits while an id allocator (learner, ``ldka frames``) holds classes.json."""
+    import threading
+
+    from ldka_ros.learning.class_ids import allocation_lock
+
+    store, _ducks, junk, ClassRegistry = _store_with_classes(tmp_path, frames)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (store.remove_class('junk'), done.set()))
+    with allocation_lock(tmp_path / 'classes.json'):
+        worker.start()
+        assert not done.wait(0.5), 'the removal did not wait for the allocation lock'
+        assert 'junk' in ClassRegistry.load(tmp_path / 'classes.json')
+        assert store.get(junk[0].frame_id).class_name == 'junk'
+    worker.join(10.0)
+    assert done.is_set() and 'junk' not in ClassRegistry.load(tmp_path / 'classes.json')

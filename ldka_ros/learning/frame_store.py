@@ -33,6 +33,7 @@ read by it): a mistaken removal of expensive operator labels can be undone by ha
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, ExitStack
 from dataclasses import asdict, dataclass
 import json
 import logging
@@ -41,7 +42,7 @@ from pathlib import Path
 import shutil
 import tempfile
 import time
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 import uuid
 
 from ldka_ros.fsio import locked
@@ -283,7 +284,7 @@ class FrameStore:
         unknown name, or a class with a learned frame. The store sees only frames: the
         caller checks that no model version knows the class.
         """
-        with self._locked():
+        with self._class_change_locked():
             self._finish_journal()
             class_id, records = self._pending_class(name)
             trash = f'{TRASH_NAME}/{name}-{time.time_ns() // 1000:016d}'
@@ -301,7 +302,7 @@ class FrameStore:
         the caller checks the model versions' names).
         """
         validate_class_name(new)
-        with self._locked():
+        with self._class_change_locked():
             self._finish_journal()
             class_id, records = self._pending_class(old)
             if new in self._names_in_use():
@@ -311,6 +312,23 @@ class FrameStore:
                        'frame_ids': [r.frame_id for r in records]}
             self._run_journal(journal)
         return ClassChange(new, class_id, journal['frame_ids'])
+
+    @contextmanager
+    def _class_change_locked(self) -> Iterator[None]:
+        """
+        Hold the class-id allocation lock of ``classes_path``, then the store's lock.
+
+        Why both: ids are handed out under the allocation lock (by the learner and by
+        ``ldka frames add-labelled``), so a removal or rename that edits ``classes.json``
+        must exclude them too; taking it first, as allocators do, cannot deadlock.
+        """
+        with ExitStack() as stack:
+            if self.classes_path is not None:
+                from ldka_ros.learning.class_ids import allocation_lock
+
+                stack.enter_context(allocation_lock(self.classes_path))
+            stack.enter_context(self._locked())
+            yield
 
     def _registry_data(self) -> dict | None:
         """Return the class registry (``classes_path``) as a dict, or None without one."""

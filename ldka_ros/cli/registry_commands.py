@@ -238,9 +238,9 @@ class _Stages:
     def __init__(self) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=100, desc='publish', unit='%', file=sys.stderr, leave=False,
-                        disable=None, dynamic_ncols=True,
-                        bar_format='{desc}: {percentage:3.0f}%|{bar}| {postfix}')
+        self.bar = tqdm(total=100, unit='%', file=sys.stderr, leave=False, disable=None,
+                        dynamic_ncols=True,
+                        bar_format='publish {percentage:3.0f}%|{bar}| {desc}')
 
     def part(self, start: float, end: float):
         """Return a ``progress(fraction, message)`` callback mapped onto [start, end]."""
@@ -250,7 +250,7 @@ class _Stages:
 
     def show(self, percent: float, message: str) -> None:
         self.bar.n = int(min(100.0, percent))
-        self.bar.set_postfix_str(message[:60], refresh=False)
+        self.bar.set_description_str(message[:60], refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -51,6 +51,8 @@ MAX_MEMBERS = 1000
 #: Beside the manifest in an export: the parent's id and artefact digests.
 PARENT_NAME = 'parent.json'
 TAR_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
+#: Manifest fields that describe the machine a version was made on, not the version.
+_MACHINE_FACTS = ('engine_cache_file', 'engine_device')
 _CHUNK = 1 << 20
 
 
@@ -399,18 +401,15 @@ def _read_parent(root: Path) -> dict | None:
     return value
 
 
-def _local_parent(registry: ModelRegistry, manifest: VersionManifest,
-                  identity: dict | None) -> str | None:
+def _same_model(registry: ModelRegistry, digests: dict, prefer: str | None = None
+                ) -> str | None:
     """
-    Return the id here of the exported version's parent, or None when it is not here.
+    Return the id of a version here whose portable artefacts have ``digests``, or None.
 
-    A version here is the parent when every portable artefact digest of the exported
-    parent matches it (same model, whatever its id here); the same id is preferred when
-    several match.
+    Ids are per registry, contents are not: this finds a model whatever its id here
+    (``prefer`` wins when several versions match).
     """
-    if manifest.parent is None or identity is None:
-        return None
-    wanted = {str(k): str(v) for k, v in identity['artefacts'].items()}
+    wanted = {str(k): str(v) for k, v in digests.items()}
     if not wanted:
         return None
     matches = []
@@ -418,8 +417,8 @@ def _local_parent(registry: ModelRegistry, manifest: VersionManifest,
         have = {k: e.sha256 for k, e in local.artefacts.items() if e.device is None}
         if all(have.get(k) == v for k, v in wanted.items()):
             matches.append(local.id)
-    if manifest.parent in matches:
-        return manifest.parent
+    if prefer in matches:
+        return prefer
     return matches[-1] if matches else None
 
 
@@ -504,13 +503,19 @@ def import_version(registry: ModelRegistry, src: str | os.PathLike, activate: bo
             if entry.device is not None:
                 note(f'{key} was built for device {entry.device}; not imported (this '
                      'machine builds its own)')
-        parent = _local_parent(registry, manifest, _read_parent(root))
+        identity = _read_parent(root) if manifest.parent is not None else None
+        parent = (_same_model(registry, identity['artefacts'], prefer=manifest.parent)
+                  if identity is not None else None)
         if manifest.parent is not None and parent is None:
             note(f'parent {manifest.parent} of {manifest.id} (the same model) is not in '
                  f'{registry.root}; the imported version has no parent')
         elif parent is not None and parent != manifest.parent:
             note(f'parent {manifest.parent} of {manifest.id} is {parent} here')
-        extra = dict(manifest.extra)
+        same = _same_model(registry, {k: e.sha256 for k, e in manifest.artefacts.items()
+                                      if e.device is None})
+        if same is not None:
+            note(f'the same model is already here as {same}; imported again under a new id')
+        extra = {k: v for k, v in manifest.extra.items() if k not in _MACHINE_FACTS}
         extra['imported'] = {'id': manifest.id, 'parent': manifest.parent,
                              'created': manifest.created, 'source': str(src)}
         return registry.publish(files, manifest.classes, parent=parent, step=manifest.step,

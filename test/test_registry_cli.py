@@ -390,5 +390,9 @@ def test_damaged_manifests_and_active_pointer_are_listed_and_fail_verify(
                for p in problems)
     assert any(p.startswith('PROBLEM v0007: manifest: has no manifest.json') for p in problems)
     assert ldka('verify', 'v0001', '--registry', str(root)) == 0
+    capsys.readouterr()
+    assert ldka('verify', 'v0002', '--registry', str(root)) == 1
+    assert capsys.readouterr().out.startswith('PROBLEM v0002: manifest')
+    assert ldka('verify', 'v0007', '--registry', str(root)) == 1
     assert ldka('verify', 'v0009', '--registry', str(root)) == 2
     assert 'unknown model version' in capsys.readouterr().err

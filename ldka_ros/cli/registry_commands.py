@@ -47,15 +47,19 @@ def _registry(args, create: bool = False, keep: int | None = None):
                          create=create)
 
 
-def _version(registry, text: str) -> str:
-    """Return the id meant by ``text``: ``v0003``, ``3`` or ``active``."""
+def _version_id(registry, text: str) -> str:
+    """Return the id meant by ``text`` (``v0003``, ``3`` or ``active``) without reading it."""
     if text == 'active':
         vid = registry.active_id()
         if vid is None:
             raise UserError(f'no version is active in {registry.root}')
         return vid
-    value: str | int = int(text) if text.isdigit() else text
-    return registry.get(value).id
+    return registry.version_dir(int(text) if text.isdigit() else text).name
+
+
+def _version(registry, text: str) -> str:
+    """Return the id meant by ``text`` after reading its manifest (errors name the cause)."""
+    return registry.get(_version_id(registry, text)).id
 
 
 @contextmanager
@@ -374,7 +378,8 @@ def cmd_activate(args) -> int:
 
 def cmd_verify(args) -> int:
     registry = _registry(args)
-    vid = _version(registry, args.version) if args.version else None
+    # Not _version: a version whose manifest is damaged is a finding (exit 1), not an error.
+    vid = _version_id(registry, args.version) if args.version else None
     report = _audit(registry, vid)
     for problem in report.problems:
         print(f'PROBLEM {problem}')

@@ -85,9 +85,7 @@ def _readable(registry: ModelRegistry, version_id: str | None) -> list[VersionMa
     if version_id is not None:
         try:
             return [registry.get(version_id)]
-        except VersionNotFoundError:
-            raise
-        except RegistryError:
+        except RegistryError:  # unknown or damaged: audit() tells which
             return []
     return registry.list_versions()
 

@@ -120,27 +120,28 @@ def test_label_list_rename_and_remove_through_the_cli(learner_files, ros_launche
     image0, image1 = _png(tmp_path / 'f0.png', rgb0), _png(tmp_path / 'f1.png', rgb1)
     mask0 = _png(tmp_path / 'm0.png', np.where(car0, 255, 0).astype(np.uint8))
 
-    # The first call also waits for the node to come up.
-    code, out, err = ldka_ros(run, ns, 'classes', '--timeout', '60')
-    assert code == 0, (out, err, run.logs())
-    assert 'learned in v0001' in out and '(none)' in out
-    # A mask on a given image; the stored mask comes back and is written out.
+    # A mask on a given image; the stored mask comes back and is written out. The first
+    # call also waits for the learner to come up.
     reply = ok_json(run, ns, 'label', '--class', 'car', '--mask', mask0, '--image', image0,
-                    '--save-mask', str(tmp_path / 'back0.png'))
+                    '--save-mask', str(tmp_path / 'back0.png'), '--timeout', '60')
     assert reply['class_id'] == CAR_ID and reply['frames_for_class'] == 1
     assert np.array_equal(cv2.imread(str(tmp_path / 'back0.png'), cv2.IMREAD_UNCHANGED) > 0,
                           car0)
     # A box (GrabCut inside it) and a polygon; text output is the learner's summary.
+    # A box (GrabCut inside it) and a polygon, side by side; text output is the summary.
     x, y, w, h = _box_of(car1)
-    code, out, err = ldka_ros(run, ns, 'label', '--class', 'car', '--box', f'{x},{y},{w},{h}',
-                              '--image', image1, '--save-mask', str(tmp_path / 'back1.png'))
-    assert code == 0 and "2 frames of 'car'" in out, (out, err)
-    boxed = cv2.imread(str(tmp_path / 'back1.png'), cv2.IMREAD_UNCHANGED) > 0
-    assert boxed.any() and not boxed[:y].any() and not boxed[:, x + w:].any()
+    boxed = Cli(run, ns, 'label', '--class', 'car', '--box', f'{x},{y},{w},{h}', '--image',
+                image1, '--save-mask', str(tmp_path / 'back1.png'))
     outline = f'{x},{y},{x + w - 1},{y},{x + w - 1},{y + h - 1},{x},{y + h - 1}'
-    junk = ok_json(run, ns, 'label', '--class', 'junk', '--polygon', outline, '--image',
-                   image1)
-    assert junk['class_id'] == CAR_ID + 1 and junk['pending_frames'] == 3
+    polygon = Cli(run, ns, 'label', '--class', 'junk', '--polygon', outline, '--image', image1,
+                  '--json')
+    code, out, err = boxed.wait()
+    assert code == 0 and 'stored frame' in out and "'car' (id 9;" in out, (out, err)
+    box_mask = cv2.imread(str(tmp_path / 'back1.png'), cv2.IMREAD_UNCHANGED) > 0
+    assert box_mask.any() and not box_mask[:y].any() and not box_mask[:, x + w:].any()
+    code, out, err = polygon.wait()
+    assert code == 0, (out, err)
+    assert json.loads(out)['class_id'] == CAR_ID + 1
 
     total = ClassRegistry.load(tmp_path / 'frames' / 'classes.json').num_slots
     listing = ok_json(run, ns, 'classes')
@@ -161,11 +162,10 @@ def test_label_list_rename_and_remove_through_the_cli(learner_files, ros_launche
     assert {p.stem for p in trashed} == frame_ids
     cup = ok_json(run, ns, 'label', '--class', 'cup', '--mask', mask0, '--image', image0)
     assert cup['class_id'] == CAR_ID + 1
-    code, out, err = ldka_ros(run, ns, 'classes')
-    assert code == 0 and f'class slots: {BASE_CLASSES + 2} of {total} in use' in out, err
-    assert 'cup (1 frame)' in out and 'car (2 frames)' in out and 'cone' not in out
 
-    # Refusals (exit 2, the reason on stderr), run side by side: none changes anything.
+    # The text listing and refusals (exit 2, the reason on stderr), side by side: none of
+    # them changes anything.
+    listing = Cli(run, ns, 'classes')
     small = _png(tmp_path / 'small.png', np.full((10, 10), 255, np.uint8))
     cases = {
         'is learned': ('rename-class', 'sky', 'heaven'),
@@ -184,6 +184,10 @@ def test_label_list_rename_and_remove_through_the_cli(learner_files, ros_launche
     for reason, cli in running.items():
         code, out, err = cli.wait()
         assert code == 2 and out == '' and reason in err, (reason, code, out, err)
+    code, out, err = listing.wait()
+    assert code == 0 and f'class slots: {BASE_CLASSES + 2} of {total} in use' in out, err
+    assert 'learned in v0001:' in out and '    8 fence' in out
+    assert 'cup (1 frame)' in out and 'car (2 frames)' in out and 'cone' not in out
     assert FrameStore(tmp_path / 'frames').pending_classes() == {'car': 2, 'cup': 1}
     run.check_alive()
 
@@ -209,9 +213,6 @@ def test_learn_shows_progress_and_ctrl_c_cancels_the_goal(learner_files, ros_lau
     label_frames(tmp_path / 'frames', frames[:4])
     learner = _start_learner(ros_launcher, tmp_path)
     ns, run = ros_namespace, ros_launcher
-    versions = ok_json(run, ns, 'versions', '--timeout', '60')
-    assert [v['id'] for v in versions['versions']] == ['v0001']
-    assert versions['active_version'] == 'v0001' and versions['versions'][0]['active']
 
     # A long goal, interrupted with SIGINT once it trains: exit 130, goal cancelled.
     long = Cli(run, ns, 'learn', '--iterations', '100000', '--timeout', '60')
@@ -238,9 +239,22 @@ def test_learn_shows_progress_and_ctrl_c_cancels_the_goal(learner_files, ros_lau
     assert result['status'] == 'succeeded' and result['version_id'] == 'v0002'
     assert list(result['class_iou']) == ['car'] and 0.0 <= result['class_iou']['car'] <= 1.0
     assert 'training' in err and 'exporting' in err and '100%|' in err
-    code, out, _ = ldka_ros(run, ns, 'versions')
+    # Side by side: the version list, and refusals now that car is learned.
+    listing = Cli(run, ns, 'versions')
+    learned = Cli(run, ns, 'remove-class', 'car')
+    nothing = Cli(run, ns, 'learn', '--no-progress')
+    code, out, _ = listing.wait()
     assert code == 0 and re.search(r'^\* v0002 +v0001 +1 ', out, re.M), out
     assert re.search(r'^  v0001 +- +0 ', out, re.M), out
-    # Learned now: it keeps its name and id.
-    assert 'learned' in refused(run, ns, 'remove-class', 'car')
-    assert 'nothing to learn' in refused(run, ns, 'learn')
+    for cli, reason in ((learned, 'learned'), (nothing, 'nothing to learn')):
+        code, out, err = cli.wait()
+        assert code == 2 and out == '' and reason in err, (code, out, err)
+
+    # The learner goes away during a goal: the command does not wait for ever (exit 3).
+    label_frames(tmp_path / 'frames', frames[:2], name='bus', class_id=CAR_ID + 1)
+    orphan = Cli(run, ns, 'learn', '--iterations', '100000', '--timeout', '3')
+    ros_harness.wait_until(lambda: 'preparing' in orphan.stderr or 'training' in orphan.stderr
+                           or orphan.proc.poll() is not None, 120, 'learning feedback', run)
+    learner.stop()
+    code, out, err = orphan.wait(60)
+    assert code == 3 and 'went away during the goal' in err, (code, out, err)

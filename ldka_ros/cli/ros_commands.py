@@ -359,7 +359,11 @@ def _follow_goal(client: LearnerClient, action, goal, progress: _Progress,
     if not handle.accepted:
         raise Refused('the learner rejected the goal')
     finished = handle.get_result_async()
-    client.spin_until(finished.done, float('inf'), stop=interrupted)
+    server_gone = _absence_timer(action.server_is_ready, client.timeout)
+    client.spin_until(lambda: finished.done() or server_gone(), float('inf'), stop=interrupted)
+    if not finished.done() and not interrupted.is_set():
+        raise Unreachable(f'action {client.name("learn")} went away during the goal (no '
+                          f'server for {client.timeout:g} s); the goal may still run there')
     if not finished.done():
         _say('cancelling the learning goal (Ctrl-C again to stop waiting)...')
         cancel = handle.cancel_goal_async()
@@ -372,6 +376,30 @@ def _follow_goal(client: LearnerClient, action, goal, progress: _Progress,
                               'cancel request')
     reply = finished.result()
     return reply.status, reply.result
+
+
+def _absence_timer(present: Callable[[], bool], limit: float) -> Callable[[], bool]:
+    """
+    Return a check that is True once ``present()`` has been False for ``limit`` seconds.
+
+    Why: rclpy never fails a result future whose action server died, so without this a
+    script would wait for ever on a learner that was killed mid-goal.
+    """
+    since: list[float] = []
+    last_poll = [0.0]
+
+    def gone() -> bool:
+        now = time.monotonic()
+        if now - last_poll[0] < 0.5:
+            return bool(since) and now - since[0] > limit
+        last_poll[0] = now
+        if present():
+            since.clear()
+            return False
+        if not since:
+            since.append(now)
+        return now - since[0] > limit
+    return gone
 
 
 def _report_learn(args: argparse.Namespace, status: int, result, interrupted: bool) -> int:

@@ -164,6 +164,9 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
 
 def register(subparsers) -> None:
     """Add the learning sub-commands to the ``ldka`` parser."""
+    from ldka_ros.learning import first_model_bench
+
+    first_model_bench.register(subparsers)
     p = subparsers.add_parser('train-base', help='train a base model: the base step of a '
                               'protocol, or your own classes from a folder (--folder)')
     _common(p)

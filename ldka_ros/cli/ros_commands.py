@@ -154,13 +154,27 @@ class LearnerClient:
     def call(self, srv_type, leaf: str, request):
         """Call the learner's service ``leaf``; Unreachable if it is absent or silent."""
         client = self.node.create_client(srv_type, self.name(leaf))
-        if not client.wait_for_service(timeout_sec=self.timeout):
+        if not self.appears(client.service_is_ready):
             raise self.unreachable(f'service {self.name(leaf)}')
         future = client.call_async(request)
         wait = max(self.timeout, MIN_ANSWER_S)
         if not self.spin_until(future.done, wait):
             raise Unreachable(f'service {self.name(leaf)} did not answer within {wait:g} s')
         return future.result()
+
+    def appears(self, ready: Callable[[], bool]) -> bool:
+        """
+        Wait up to ``timeout`` for ``ready()`` (a service or action server discovered).
+
+        Polled every 20 ms: rclpy's own ``wait_for_service`` sleeps 0.25 s between checks,
+        which a script calling ``ldka ros`` many times pays on every call.
+        """
+        deadline = time.monotonic() + self.timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def spin_until(self, done: Callable[[], bool], timeout: float,
                    stop: threading.Event | None = None) -> bool:
@@ -328,7 +342,7 @@ def _cmd_learn(client: LearnerClient, args: argparse.Namespace, goal) -> int:
     from rclpy.action import ActionClient
 
     action = ActionClient(client.node, LearnClasses, client.name('learn'))
-    if not action.wait_for_server(timeout_sec=client.timeout):
+    if not client.appears(action.server_is_ready):
         raise client.unreachable(f'action {client.name("learn")}')
     interrupted = threading.Event()
 

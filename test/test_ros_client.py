@@ -204,6 +204,25 @@ def test_unreachable_learner_exits_3(ros_launcher, ros_namespace):
     assert code == 2 and 'not a valid node name' in err, err
 
 
+WITHOUT_ROS = """
+import sys
+sys.modules['rclpy'] = None  # as on a machine without ROS 2
+sys.modules['ldka_ros_interfaces'] = None
+from ldka_ros.cli.main import build_parser, main
+build_parser()  # every other ldka command is still there
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_ros_ldka_works_and_ldka_ros_says_what_is_missing(tmp_path):
+    env = ros_harness.ros_child_env(ros_harness.random_domain_id(), tmp_path)
+    proc = subprocess.run([sys.executable, '-c', WITHOUT_ROS, 'ros', 'classes'],
+                          cwd=ros_harness.REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and 'needs ROS 2' in proc.stderr, proc.stderr
+    assert 'Traceback' not in proc.stderr and proc.stdout == ''
+
+
 @pytest.mark.slow
 def test_learn_shows_progress_and_ctrl_c_cancels_the_goal(learner_files, ros_launcher,
                                                           ros_namespace):

@@ -19,6 +19,7 @@ Results go to stdout (``--json``: one JSON document), messages to stderr.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -190,6 +191,7 @@ class LearnerClient:
 def _run(args: argparse.Namespace) -> int:
     """Run one ``ros`` sub-command and turn its outcome into the documented exit code."""
     try:
+        _check_ros()
         request = args.prepare(args)  # bad input fails before any ROS set-up
         with LearnerClient(args.learner, args.timeout) as client:
             return int(args.ros_func(client, args, request) or 0)
@@ -202,6 +204,19 @@ def _run(args: argparse.Namespace) -> int:
     except (Interrupted, KeyboardInterrupt) as exc:
         _say(f'interrupted{": " + str(exc) if str(exc) else ""}', args.ros_command)
         return EXIT_INTERRUPTED
+
+
+def _check_ros() -> None:
+    """Raise UserError (exit 2) naming what is missing when ROS 2 cannot be imported."""
+    from ldka_ros.errors import UserError
+
+    for module in ('rclpy', 'ldka_ros_interfaces.srv'):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UserError(f'ldka ros needs ROS 2 and the built interface package ({exc}); '
+                            'source your ROS set-up and the workspace (pip install: '
+                            '`source scripts/env.sh`)') from None
 
 
 def _say(text: str, command: str = '') -> None:

@@ -225,7 +225,9 @@ def test_nan_loss_names_the_term_and_keeps_checkpoint(base, step_data, tmp_path)
                    checkpoint_path=path,
                    progress=lambda e: cancel.set() if e.iteration == 2 else None)
     before = path.read_bytes()
-    with pytest.raises(RuntimeError, match=r"loss term 'pml' is nan at iteration 2"):
+    from ldka_ros.learning.steps import Diverged
+
+    with pytest.raises(Diverged, match=r"loss term 'pml' is nan at iteration 2"):
         learn_step(base.model, _PoisonedFrames(step_data, poison=True), NEW_CLASSES, 'ldka',
                    cfg, checkpoint_path=path)
     assert path.read_bytes() == before

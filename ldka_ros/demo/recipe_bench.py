@@ -35,7 +35,7 @@ def run(args) -> dict:
     from ldka_ros.learning.checkpoint import load_checkpoint
     from ldka_ros.learning.data import FolderDataset, LabelMapped, Resize
     from ldka_ros.learning.evaluate import evaluate
-    from ldka_ros.learning.steps import learn_step, RECIPES, TrainConfig
+    from ldka_ros.learning.steps import Diverged, learn_step, RECIPES, TrainConfig
 
     cfg = BaseModelConfig()
     base = ensure_base_model(cfg, progress=not args.no_progress)
@@ -67,7 +67,7 @@ def run(args) -> dict:
                     error = ''
                     try:
                         result = learn_step(model, step, [new_id], method, tcfg)
-                    except RuntimeError as exc:  # a diverged step is a result, not a crash
+                    except Diverged as exc:  # a diverged step is a result, not a crash
                         error = str(exc).split(';')[0]
                     seconds = time.perf_counter() - t0
                     row = {'seed': seed, 'method': method, 'recipe': name, 'seconds': seconds,

@@ -76,6 +76,7 @@ import time
 import traceback
 from typing import Any, Callable, TextIO
 
+from ldka_ros.learning.methods import ROBOT_METHODS
 import numpy as np
 
 PHASES = ('preparing', 'training', 'exporting', 'building_engine', 'validating', 'publishing')
@@ -83,7 +84,6 @@ PHASES = ('preparing', 'training', 'exporting', 'building_engine', 'validating',
 PHASE_WEIGHTS = {'preparing': 0.04, 'training': 0.76, 'exporting': 0.06,
                  'building_engine': 0.04, 'validating': 0.06, 'publishing': 0.04}
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ORPHANED = 0, 1, 2, 3, 4
-METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr')
 ENGINE_MODES = ('auto', 'tensorrt', 'none')
 #: Held-out frames per previously taught class scored in validation (bounds the time).
 MAX_OLD_CLASS_FRAMES = 8
@@ -160,8 +160,9 @@ class JobSpec:
 
     def validate(self) -> None:
         """Raise ValueError with the reason for any out-of-range value."""
-        if self.method not in METHODS:
-            raise ValueError(f'method {self.method!r} unknown; use one of {", ".join(METHODS)}')
+        if self.method not in ROBOT_METHODS:
+            raise ValueError(f'method {self.method!r} unknown; use one of '
+                             f'{", ".join(ROBOT_METHODS)}')
         if self.engine_precision not in ('fp16', 'fp32'):
             raise ValueError(f'engine_precision must be fp16 or fp32, got '
                              f'{self.engine_precision!r}')
@@ -600,14 +601,6 @@ def _load_feature_bank(registry, parent, notes: list[str]):
                                                           weights_only=True))
 
 
-def _diverged(exc: BaseException) -> bool:
-    """Return True for the training loop's non-finite loss/weights error."""
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        ' is nan ' in text or ' is inf ' in text or ' is -inf ' in text
-        or 'non-finite' in text)
-
-
 def train(spec: JobSpec, prep: Prepared, work: Path, report: Reporter,
           control: StopControl) -> tuple[Any, Any, dict]:
     """
@@ -619,6 +612,7 @@ def train(spec: JobSpec, prep: Prepared, work: Path, report: Reporter,
     a learning rate. The wall-clock budget counts across attempts.
     """
     from ldka_ros.learning.data import Resize
+    from ldka_ros.learning.steps import Diverged
 
     crop = tuple(int(v) for v in spec.crop) if spec.crop else prep.input_hw
     dataset = prep.store.dataset(prep.step_ids, prep.train_ids,
@@ -633,8 +627,8 @@ def train(spec: JobSpec, prep: Prepared, work: Path, report: Reporter,
             model, bank, summary = _train_once(spec, prep, dataset, crop, lr, work, report,
                                                control, started)
             break
-        except RuntimeError as exc:
-            if not _diverged(exc) or attempt == LR_RETRIES:
+        except Diverged as exc:
+            if attempt == LR_RETRIES:
                 raise
             notes.append(f'diverged at lr {lr:g} ({str(exc).split(";")[0]})')
             lr /= LR_BACKOFF

@@ -29,13 +29,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ldka_ros.errors import UserError
 from ldka_ros.learning import losses as L
+from ldka_ros.learning.methods import METHODS
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr', 'joint')
 STATE_FORMAT = 'ldka_ros.train_state/1'
 
 
@@ -200,6 +200,15 @@ class ProgressEvent:
 
 class Cancelled(Exception):
     """A learning job stopped because its cancel event was set (checkpoint kept)."""
+
+
+class Diverged(RuntimeError):
+    """
+    The loss or the weights became NaN/inf: the step diverged (learning rate too high).
+
+    A type of its own so that callers retry with a lower rate on this and nothing else
+    (a RuntimeError subclass, so older ``except RuntimeError`` callers still catch it).
+    """
 
 
 @dataclass
@@ -544,8 +553,8 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
         if path is None:
             return
         if not _finite_params(model):
-            raise RuntimeError(f'{phase}: model parameters became non-finite before '
-                               f'iteration {iteration}; checkpoint {path} left untouched')
+            raise Diverged(f'{phase}: model parameters became non-finite before '
+                           f'iteration {iteration}; checkpoint {path} left untouched')
         _atomic_torch_save({'format': STATE_FORMAT, 'key': key, 'iteration': iteration,
                             'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                             'scaler': scaler.state_dict(), 'loss': loss.state_dict(),
@@ -578,7 +587,7 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
         for name, term in terms.items():
             value = float(term.detach())
             if not math.isfinite(value):
-                raise RuntimeError(
+                raise Diverged(
                     f'{phase}: loss term {name!r} is {value} at iteration {iteration} '
                     '(check the data for NaN/inf and lower the learning rate); '
                     + (f'the last good checkpoint {path} is kept' if path else
@@ -614,7 +623,7 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
         raise Cancelled(f'{phase} cancelled at iteration {iteration}/{cfg.iterations}')
     seconds = time.perf_counter() - t0
     if not _finite_params(model):
-        raise RuntimeError(f'{phase}: model parameters became non-finite during training')
+        raise Diverged(f'{phase}: model parameters became non-finite during training')
     per_iter = seconds / done_here if done_here else (
         spent / max(1, start) if start else 0.0)
     return history, spent + seconds, per_iter

@@ -49,6 +49,7 @@ import time
 from typing import Any
 import warnings
 
+from ldka_ros.learning.methods import ROBOT_METHODS
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
@@ -69,7 +70,6 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
 
-METHODS = ('ldka', 'ldka+gfr', 'mib', 'finetune')
 BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
 #: Job exit codes (see ldka_ros.learning.job).
 EXIT_CANCELLED = 3
@@ -100,7 +100,7 @@ PARAMS = [
     ParamSpec('default_max_seconds', 0.0, 'Wall-clock training budget when the goal gives '
               'max_seconds = 0; 0 = no time limit.', minimum=0.0, maximum=1e7),
     ParamSpec('method', 'ldka', 'Class-incremental method of a learning step.',
-              choices=METHODS),
+              choices=ROBOT_METHODS),
     ParamSpec('device', 'auto', "Training device: 'auto' (CUDA when available), 'cpu', "
               "'cuda', 'cuda:N'.", read_only=True),
     ParamSpec('backend', 'auto', 'Engine building after export: auto/tensorrt build a '

@@ -1,0 +1,15 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+The class-incremental methods by name: the one list every layer validates against.
+
+Why a module of its own: the learner node, the learning job, the CLI and the benchmark
+all check a method name, and the node must do so without importing torch (seconds on a
+robot) — so the names live here, and ``learning.steps`` implements them.
+"""
+from __future__ import annotations
+
+#: Every method ``learning.steps.learn_step`` implements.
+METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr', 'joint')
+#: Methods a robot can run on operator labels: ``joint`` needs every old class labelled in
+#: the step's frames, which operator labels never are (it is the benchmark's reference).
+ROBOT_METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr')

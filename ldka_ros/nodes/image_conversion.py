@@ -18,7 +18,7 @@ import sys
 
 # flake8's google order (ament config) sorts ldka_ros among the third-party modules.
 from ldka_ros.imaging.pixels import (decode_compressed, encoding_info, raw_pixels,
-                                    SUPPORTED_HINT, to_rgb)
+                                     SUPPORTED_HINT, to_rgb)
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header

@@ -249,10 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     min_pixels = max(4, size[0] * size[1] // 2000)
     margin = max(2, size[0] // 18)  # the tests' 20 px border of a 360-row frame, scaled
     chosen, source_size = {}, None
-    for split, count in (('train', args.train), ('val', args.val)):
-        frames = load_frames(args.camvid / split, size)
-        source_size = cv2.imread(str(frames[0].label), cv2.IMREAD_UNCHANGED).shape
-        chosen[split] = choose(frames, split, count, min_pixels, args.min_gap, margin)
+    try:  # choose everything before the old fixture is removed
+        for split, count in (('train', args.train), ('val', args.val)):
+            frames = load_frames(args.camvid / split, size)
+            source_size = cv2.imread(str(frames[0].label), cv2.IMREAD_UNCHANGED).shape
+            chosen[split] = choose(frames, split, count, min_pixels, args.min_gap, margin)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
     if args.out.exists():
         shutil.rmtree(args.out)
     for split, frames in chosen.items():

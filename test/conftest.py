@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def full_camvid_path() -> Path | None:
         return None
     env = os.environ.get('LDKA_CAMVID')
     for path in ([Path(env)] if env else []) + [SHARED_CAMVID]:
-        if _is_camvid(path):
+        if _is_camvid(path) and path.resolve() != FIXTURE_CAMVID.resolve():
             return path
     return None
 
@@ -85,7 +86,7 @@ def camvid_scale(root: Path) -> float:
     return cv2.imread(str(first)).shape[0] / CAMVID_HEIGHT
 
 
-def spread(items: list, count: int, step: int) -> list:
+def spread(items: Sequence, count: int, step: int) -> list:
     """
     Return ``items[::step][:count]``, or ``count`` items spread evenly where that is short.
 

@@ -42,6 +42,8 @@ class Cli:
     def __init__(self, launcher, ns: str, *argv: str, learner: str | None = None) -> None:
         learner = learner if learner is not None else f'{ns}/learner'
         cmd = [sys.executable, '-m', 'ldka_ros.cli.main', 'ros', *argv, '--learner', learner]
+        if '--timeout' not in argv:  # discovery on two loaded cores, ten commands at once
+            cmd += ['--timeout', '60']
         self.argv = cmd
         self.proc = subprocess.Popen(cmd, cwd=ros_harness.REPO_ROOT, env=launcher.env(),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -175,7 +175,6 @@ class SegmentationNode(Node):
         self._last_received: float | None = None
         self._last_error = ''
         self._last_bad = ''
-        self._model_lock = threading.Lock()
         self.swapper: HotSwapper | None = None
         self.pipeline: SegmentationPipeline | None = None
         self._no_model_reason = ''
@@ -278,10 +277,11 @@ class SegmentationNode(Node):
     def _install(self, swapper: HotSwapper) -> None:
         """Make ``swapper`` the one that serves (used once: later versions swap in it)."""
         swapper.add_listener(self._on_swap_event)
-        with self._model_lock:
-            self.swapper = swapper
-            self.pipeline = SegmentationPipeline(swapper)
-            self._no_model_reason = ''
+        # Plain assignments: the worker reads ``pipeline`` once per frame, so it sees
+        # either no model or a complete one.
+        self.pipeline = SegmentationPipeline(swapper)
+        self.swapper = swapper
+        self._no_model_reason = ''
         self._publish_legend(swapper.current_version)
 
     def _adopt(self, version_id: str) -> None:

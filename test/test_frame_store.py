@@ -320,3 +320,19 @@ def test_class_changes_wait_for_the_class_id_allocation_lock(tmp_path, frames):
         assert store.get(junk[0].frame_id).class_name == 'junk'
     worker.join(10.0)
     assert done.is_set() and 'junk' not in ClassRegistry.load(tmp_path / 'classes.json')
+
+
+def test_storing_a_label_does_not_import_torch(tmp_path):
+    """The learner's ~/label_object path stays torch-free (torch took seconds to import)."""
+    import subprocess
+    import sys
+
+    code = ('import sys, numpy as np\n'
+            'from ldka_ros.learning.frame_store import FrameStore\n'
+            f'store = FrameStore({str(tmp_path / "frames")!r})\n'
+            'store.add(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), "duck", 1)\n'
+            'store.frames(); store.pending_classes()\n'
+            'print("torch" in sys.modules)\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == 'False', out.stderr

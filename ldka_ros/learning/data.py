@@ -14,7 +14,6 @@ a step quickly.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
@@ -23,12 +22,13 @@ import warnings
 import cv2
 from ldka_ros.learning.classes import (atomic_write_bytes, atomic_write_json,
                                        CAMVID_CLASS_NAMES, ClassRegistry)
+# Re-exported: the torch-free file helpers are part of this module's interface.
+from ldka_ros.learning.label_files import (  # noqa: F401
+    check_sample, DATASET_FORMAT, encode_jpg, encode_png, IGNORE_INDEX, IMAGE_EXTS, image_size,
+    read_label, read_manifest, read_rgb)
 import numpy as np
 import torch
 
-DATASET_FORMAT = 'ldka_ros.dataset/1'
-IGNORE_INDEX = 255
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
 CAMVID_CLASSES = CAMVID_CLASS_NAMES
 #: transform(rgb, label, rng) -> (rgb, label), all numpy.
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
@@ -46,75 +46,6 @@ def to_tensors(rgb: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.
     """Convert a uint8 RGB image and uint8 label to ``(float 3xHxW in [0,1], long HxW)``."""
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
     return image, torch.from_numpy(np.ascontiguousarray(label)).long()
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 RGB; FileNotFoundError/ValueError when unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'image {path} does not exist')
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'image {path} could not be decoded (corrupt or not an image)')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG as uint8 (H, W); ValueError unless it is single-channel 8-bit."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'label {path} does not exist')
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise ValueError(f'label {path} could not be decoded (corrupt or not a PNG)')
-    if label.ndim != 2 or label.dtype != np.uint8:
-        raise ValueError(f'label {path} must be a single-channel 8-bit PNG of class ids, '
-                         f'got shape {label.shape} dtype {label.dtype}')
-    return label
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """Return ``(H, W)`` of an image file reading only its header where possible."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            width, height = img.size
-        return height, width
-    except Exception:  # noqa: B902 - fall back to a full decode for anything PIL rejects
-        return read_rgb(path).shape[:2]
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """Encode a uint8 label (H, W) or RGB image (H, W, 3) as PNG bytes."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode('.png', array)
-    if not ok:
-        raise ValueError(f'could not encode array of shape {array.shape} as PNG')
-    return buf.tobytes()
-
-
-def encode_jpg(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """Encode a uint8 RGB image as JPEG bytes."""
-    ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError(f'could not encode image of shape {rgb.shape} as JPEG')
-    return buf.tobytes()
-
-
-def check_sample(rgb: np.ndarray, label: np.ndarray) -> None:
-    """Raise ValueError unless ``rgb`` is uint8 (H, W, 3) and ``label`` uint8 (H, W)."""
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
-            or rgb.shape[2] != 3:
-        raise ValueError('image must be a uint8 numpy array (H, W, 3) RGB, got '
-                         f'{getattr(rgb, "dtype", type(rgb))} {getattr(rgb, "shape", "")}')
-    if not isinstance(label, np.ndarray) or label.dtype != np.uint8 or label.ndim != 2:
-        raise ValueError('label must be a uint8 numpy array (H, W), got '
-                         f'{getattr(label, "dtype", type(label))} {getattr(label, "shape", "")}')
-    if label.shape != rgb.shape[:2]:
-        raise ValueError(f'label size {label.shape} differs from image size {rgb.shape[:2]}')
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -272,30 +203,6 @@ class _LabelFileDataset(SegDataset):
             stat = path.stat()
             digest.update(f'{path}|{stat.st_size}|{stat.st_mtime_ns}\n'.encode())
         return digest.hexdigest()[:16]
-
-
-def read_manifest(root: Path) -> dict[int, str]:
-    """Return ``{id: name}`` from ``root/manifest.json``; clear errors when it is wrong."""
-    path = Path(root) / 'manifest.json'
-    if not path.is_file():
-        raise FileNotFoundError(f'{path} does not exist: a FolderDataset needs images/, '
-                                'labels/ and manifest.json (see write_folder_dataset)')
-    try:
-        data = json.loads(path.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f'{path} is not valid JSON: {exc}') from exc
-    if not isinstance(data, dict) or data.get('format') != DATASET_FORMAT:
-        raise ValueError(f'{path}: expected "format": "{DATASET_FORMAT}"')
-    if data.get('ignore_index', IGNORE_INDEX) != IGNORE_INDEX:
-        raise ValueError(f'{path}: ignore_index must be {IGNORE_INDEX}')
-    try:
-        classes = {int(k): str(v) for k, v in data['classes'].items()}
-    except (KeyError, AttributeError, ValueError) as exc:
-        raise ValueError(f'{path}: "classes" must map id strings to names ({exc!r})') from exc
-    bad = [k for k in classes if not 0 < k < IGNORE_INDEX]
-    if bad:
-        raise ValueError(f'{path}: class ids must be in 1..254, got {bad}')
-    return classes
 
 
 class FolderDataset(_LabelFileDataset):

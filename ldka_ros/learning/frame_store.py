@@ -48,8 +48,7 @@ import uuid
 from ldka_ros.fsio import locked
 from ldka_ros.learning.classes import (atomic_write_json, ClassRegistry, fsync_dir,
                                        validate_class_name)
-from ldka_ros.learning.data import (encode_png, read_label, read_manifest, read_rgb,
-                                    SegDataset, Transform)
+from ldka_ros.learning.label_files import encode_png, read_label, read_manifest, read_rgb
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -518,7 +517,7 @@ class FrameStore:
         return read_rgb(self.image_path(frame_id)), label == record.class_id
 
     def dataset(self, class_ids: Mapping[str, int], frame_ids: Iterable[str] | None = None,
-                transform: Transform | None = None) -> 'FrameDataset':
+                transform=None):
         """
         Return the frames of the classes in ``class_ids`` as a segmentation dataset.
 
@@ -539,37 +538,7 @@ class FrameStore:
         if not records:
             raise ValueError(f'no stored frames for classes {sorted(ids)}'
                              + (' among the given frame ids' if frame_ids is not None else ''))
+        # Imported here: the dataset needs torch, storing and reading frames does not.
+        from ldka_ros.learning.frame_dataset import FrameDataset
+
         return FrameDataset(self, records, ids, transform)
-
-
-class FrameDataset(SegDataset):
-    """Stored frames as ``(image, label)`` samples, labels remapped to the given class ids."""
-
-    def __init__(self, store: FrameStore, records: list[FrameRecord],
-                 class_ids: Mapping[str, int], transform: Transform | None = None) -> None:
-        self.store = store
-        self.records = list(records)
-        self.class_ids = dict(class_ids)
-        self.transform = transform
-        self.classes = {v: k for k, v in self.class_ids.items()
-                        if k in {r.class_name for r in self.records}}
-        self.stems = [r.frame_id for r in self.records]
-        presence = np.zeros((len(self.records), self.num_classes), dtype=bool)
-        for i, record in enumerate(self.records):
-            presence[i, [0, self.class_ids[record.class_name]]] = True
-        self._presence = presence
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def load_label(self, index: int) -> np.ndarray:
-        """Return the label: the class's id on the mask, 0 elsewhere."""
-        record = self.records[self._index(index)]
-        stored = read_label(self.store.label_path(record.frame_id))
-        return np.where(stored == record.class_id, np.uint8(self.class_ids[record.class_name]),
-                        np.uint8(0)).astype(np.uint8)
-
-    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(rgb, label)``."""
-        record = self.records[self._index(index)]
-        return read_rgb(self.store.image_path(record.frame_id)), self.load_label(index)

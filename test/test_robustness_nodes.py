@@ -145,6 +145,10 @@ def test_damaged_registry_never_ends_a_node(tmp_path, camvid_root, ros_launcher,
         assert reply.legend.model_version == 'v0003' and list(reply.pending_classes) == ['car']
         reply = call(learner['list_versions'], ListVersions.Request())
         assert reply.active_version == 'v0003'
+        # ... and a hostile one (binary, path-like, huge) the same way.
+        (registry.root / 'ACTIVE').write_bytes(b'../../\xff\x00' * 5000)
+        reply = call(learner['list_classes'], ListClasses.Request())
+        assert reply.legend.model_version == 'v0003'
         ros_launcher.check_alive()
 
         # 3. The learner's rollback repairs ACTIVE (newest version that verifies).
@@ -164,6 +168,21 @@ def test_damaged_registry_never_ends_a_node(tmp_path, camvid_root, ros_launcher,
                                                latched_qos())
         ros_harness.wait_until(lambda: announced.messages, 10.0, 'the latched version')
         assert announced.messages[-1].id == 'v0002'
+
+        # A flipped byte in v0003's graph: moving to it is refused, v0002 keeps serving.
+        onnx = registry.versions_dir / 'v0003' / registry.get('v0003').artefacts['onnx'].path
+        raw = bytearray(onnx.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        onnx.write_bytes(bytes(raw))
+        reply = call(learner['rollback'], Rollback.Request(version_id='v0003'), timeout=60.0)
+        assert not reply.success and 'sha256' in reply.message, reply.message
+        assert registry.active_id() == 'v0002' and reply.active_version == 'v0002'
+        count = len(masks.messages)
+        ros_harness.wait_until(lambda: len(masks.messages) >= count + 3, 30.0,
+                               'masks after the refused move', ros_launcher)
+        assert legends.messages[-1].model_version == 'v0002'
+        raw[len(raw) // 2] ^= 0x01  # repaired (as a republish would)
+        onnx.write_bytes(bytes(raw))
 
         # 5. Restart the segmentation node with ACTIVE on a corrupt version: it serves the
         # newest readable version instead of exiting.

@@ -14,15 +14,14 @@ Imports no ROS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import hashlib
 import os
 import stat
 from typing import Callable
 
-from ldka_ros.registry.manifest import MANIFEST_NAME, parse_version_id, VersionManifest
+from ldka_ros.registry.manifest import (MANIFEST_NAME, parse_version_id, sha256_file,
+                                        VersionManifest)
 from ldka_ros.registry.registry import ModelRegistry, RegistryError, VersionNotFoundError
 
-_HASH_CHUNK = 1 << 20
 #: ``on_bytes(number of bytes just read)``.
 ByteProgress = Callable[[int], None]
 
@@ -60,17 +59,7 @@ def _nothing(_count: int) -> None:
 
 def hash_file(path: str | os.PathLike, on_bytes: ByteProgress = _nothing) -> tuple[str, int]:
     """Return ``(hex sha256, size)`` of a file, reporting each chunk read to ``on_bytes``."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, 'rb') as handle:
-        while True:
-            chunk = handle.read(_HASH_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-            on_bytes(len(chunk))
-    return digest.hexdigest(), size
+    return sha256_file(path, on_bytes)
 
 
 def bytes_to_check(registry: ModelRegistry, version_id: str | None = None) -> int:

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 import hashlib
 import os
 import re
+from typing import Callable
 
 MANIFEST_SCHEMA = 'ldka_ros.model_version/1'
 MANIFEST_NAME = 'manifest.json'
@@ -54,8 +55,13 @@ def artefact_key(kind: str, device: str | None = None) -> str:
     return f'{kind}@{device}'
 
 
-def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
-    """Return ``(hex sha256, size in bytes)`` of a file, read in 1 MiB chunks."""
+def sha256_file(path: str | os.PathLike,
+                on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """
+    Return ``(hex sha256, size in bytes)`` of a file, read in 1 MiB chunks.
+
+    ``on_bytes(n)`` is called after each chunk (progress bars over large artefacts).
+    """
     digest = hashlib.sha256()
     size = 0
     with open(path, 'rb') as handle:
@@ -65,6 +71,8 @@ def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
                 break
             digest.update(chunk)
             size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
     return digest.hexdigest(), size
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import shutil
 import socket
 import time
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 import uuid
 
 from ldka_ros.learning.classes import atomic_write_text, fsync_dir
@@ -82,6 +82,30 @@ class BrokenVersion:
     reason: str
 
 
+def copy_and_hash(source, dst: Path,
+                  on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """
+    Copy an open binary file ``source`` into a new file ``dst`` (fsynced); hash as it goes.
+
+    Returns the sha256 and size of the bytes written; ``on_bytes(n)`` after each chunk.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with open(dst, 'xb') as fout:
+        while True:
+            chunk = source.read(_COPY_CHUNK)
+            if not chunk:
+                break
+            fout.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest(), size
+
+
 def _copy_and_hash(src: Path, dst: Path) -> tuple[str, int]:
     """
     Copy ``src`` to a new file ``dst`` and return the sha256 and size of the bytes written.
@@ -89,19 +113,8 @@ def _copy_and_hash(src: Path, dst: Path) -> tuple[str, int]:
     Hashing the bytes as they are copied (not re-reading either file) means the digest
     describes exactly what landed in the registry even if the source changes meanwhile.
     """
-    digest = hashlib.sha256()
-    size = 0
-    with open(src, 'rb') as fin, open(dst, 'xb') as fout:
-        while True:
-            chunk = fin.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            fout.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return digest.hexdigest(), size
+    with open(src, 'rb') as fin:
+        return copy_and_hash(fin, dst)
 
 
 def _write_json_durably(path: Path, obj) -> None:

@@ -42,7 +42,8 @@ import uuid
 from ldka_ros.learning.classes import fsync_dir
 from ldka_ros.registry.audit import ByteProgress, hash_file
 from ldka_ros.registry.manifest import MANIFEST_NAME, VersionManifest
-from ldka_ros.registry.registry import DigestMismatchError, ModelRegistry, RegistryError
+from ldka_ros.registry.registry import (copy_and_hash, DigestMismatchError, ModelRegistry,
+                                        RegistryError)
 
 #: A manifest is a few kB; anything this large is not one (and is not read into memory).
 MAX_MANIFEST_BYTES = 4 << 20
@@ -53,7 +54,6 @@ PARENT_NAME = 'parent.json'
 TAR_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
 #: Manifest fields that describe the machine a version was made on, not the version.
 _MACHINE_FACTS = ('engine_cache_file', 'engine_device')
-_CHUNK = 1 << 20
 
 
 def _nothing(_count: int) -> None:
@@ -192,22 +192,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _copy_checked(src_handle, dst: Path, on_bytes: ByteProgress) -> tuple[str, int]:
     """Copy an open file into a new file ``dst`` while hashing; fsync it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    size = 0
-    with open(dst, 'xb') as out:
-        while True:
-            chunk = src_handle.read(_CHUNK)
-            if not chunk:
-                break
-            out.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            on_bytes(len(chunk))
-        out.flush()
-        os.fsync(out.fileno())
-    return digest.hexdigest(), size
+    return copy_and_hash(src_handle, dst, on_bytes)
 
 
 def _export_dir(registry: ModelRegistry, manifest: VersionManifest, data: bytes,

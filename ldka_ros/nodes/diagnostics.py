@@ -23,13 +23,8 @@ ERROR = DiagnosticStatus.ERROR
 STALE = DiagnosticStatus.STALE
 
 
-class RateLatencyStats:
-    """
-    Thread-safe sliding-window frame rate and latency percentiles.
-
-    ``record(latency_s)`` is called once per processed frame (from the worker thread);
-    ``snapshot()`` from the diagnostics timer.
-    """
+class _TimeWindow:
+    """Thread-safe ``(time, value)`` samples of the last ``window_s`` seconds."""
 
     def __init__(self, window_s: float = 10.0, max_samples: int = 2000,
                  clock=time.monotonic) -> None:
@@ -41,12 +36,32 @@ class RateLatencyStats:
         self._lock = threading.Lock()
         self.total = 0
 
-    def record(self, latency_s: float, now: float | None = None) -> None:
-        """Add one processed frame with its latency (seconds)."""
+    def _append(self, value: float, now: float | None) -> None:
         stamp = self._clock() if now is None else now
         with self._lock:
-            self._samples.append((stamp, float(latency_s)))
+            self._samples.append((stamp, float(value)))
             self.total += 1
+
+    def _recent(self, now: float | None) -> list[tuple[float, float]]:
+        """Drop samples older than the window and return the rest, oldest first."""
+        stamp = self._clock() if now is None else now
+        with self._lock:
+            while self._samples and self._samples[0][0] < stamp - self._window:
+                self._samples.popleft()
+            return list(self._samples)
+
+
+class RateLatencyStats(_TimeWindow):
+    """
+    Thread-safe sliding-window frame rate and latency percentiles.
+
+    ``record(latency_s)`` is called once per processed frame (from the worker thread);
+    ``snapshot()`` from the diagnostics timer.
+    """
+
+    def record(self, latency_s: float, now: float | None = None) -> None:
+        """Add one processed frame with its latency (seconds)."""
+        self._append(latency_s, now)
 
     def snapshot(self, now: float | None = None) -> dict[str, float]:
         """
@@ -55,11 +70,7 @@ class RateLatencyStats:
         The rate is frames in the window divided by the span they cover (NaN-free: 0 when
         fewer than two frames).
         """
-        stamp = self._clock() if now is None else now
-        with self._lock:
-            while self._samples and self._samples[0][0] < stamp - self._window:
-                self._samples.popleft()
-            samples = list(self._samples)
+        samples = self._recent(now)
         if not samples:
             return {'rate_hz': 0.0, 'latency_p50_ms': 0.0, 'latency_p99_ms': 0.0,
                     'frames': 0}
@@ -97,7 +108,7 @@ def status_values(status: DiagnosticStatus) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
 
 
-class StampGapEstimator:
+class StampGapEstimator(_TimeWindow):
     """
     Estimate camera frames that never reached the node, from the gaps in header stamps.
 
@@ -108,30 +119,14 @@ class StampGapEstimator:
     that do not stamp) and out-of-order stamps are ignored.
     """
 
-    def __init__(self, window_s: float = 10.0, max_samples: int = 2000,
-                 clock=time.monotonic) -> None:
-        if window_s <= 0:
-            raise ValueError(f'window_s must be > 0, got {window_s}')
-        self._window = float(window_s)
-        self._clock = clock
-        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
-        self._lock = threading.Lock()
-
     def add(self, stamp_s: float, now: float | None = None) -> None:
         """Record the header stamp (seconds) of one received frame."""
-        if stamp_s <= 0.0:
-            return
-        arrived = self._clock() if now is None else now
-        with self._lock:
-            self._samples.append((arrived, float(stamp_s)))
+        if stamp_s > 0.0:
+            self._append(stamp_s, now)
 
     def snapshot(self, now: float | None = None) -> dict[str, float]:
         """Return ``input_rate_hz``, ``frames_missed`` and ``loss_fraction`` in the window."""
-        stamp = self._clock() if now is None else now
-        with self._lock:
-            while self._samples and self._samples[0][0] < stamp - self._window:
-                self._samples.popleft()
-            stamps = np.array([s for _, s in self._samples])
+        stamps = np.array([s for _, s in self._recent(now)])
         empty = {'input_rate_hz': 0.0, 'frames_missed': 0, 'loss_fraction': 0.0}
         if len(stamps) < 5:
             return empty

@@ -302,3 +302,35 @@ def test_diverging_training_restarts_with_a_lower_learning_rate(tmp_path, setup_
     progress = [line['progress'] for line in lines if 'progress' in line]
     assert progress == sorted(progress)
     assert ModelRegistry(registry_path).active_id() == result['version_id'] == 'v0002'
+
+
+@pytest.mark.slow
+def test_quality_gate_refuses_a_starved_model_and_publishes_a_trained_one(tmp_path,
+                                                                          setup_job):
+    """
+    One gate (car IoU >= 0.04, old classes lose at most 90 %): 2 iterations fail, 20 pass.
+
+    Measured with this seed: 2 iterations give car IoU 0.0 on the held-out frame (full
+    set and fixture), 20 give 0.083 (full set) and 0.157 (fixture); retention 0.48-0.65,
+    so only the new-class floor decides.
+    """
+    from ldka_ros.learning.frame_store import FrameStore
+    from ldka_ros.registry import ModelRegistry
+
+    registry_path, store_path, ids = setup_job
+    gate = {'min_new_iou': 0.04, 'max_old_drop': 0.9}
+    code, lines, err = run_job(_spec(tmp_path, registry_path, store_path, max_iterations=2,
+                                     **gate))
+    result = lines[-1]['result']
+    assert code == 2 and not result['success'], err[-2000:]
+    assert 'quality gate refused the new model: car IoU' in result['message']
+    assert 'frames stay pending' in result['message']
+    registry = ModelRegistry(registry_path)
+    assert [m.id for m in registry.list_versions()] == ['v0001']
+    assert registry.active_id() == 'v0001'
+    assert all(r.pending for r in FrameStore(store_path).frames())
+    code, lines, err = run_job(_spec(tmp_path, registry_path, store_path, max_iterations=20,
+                                     **gate))
+    result = lines[-1]['result']
+    assert code == 0 and result['success'], err[-2000:]
+    assert result['class_iou'][0] >= 0.04 and registry.active_id() == 'v0002'

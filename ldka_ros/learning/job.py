@@ -141,6 +141,11 @@ class JobSpec:
     parent_pid: int = 0
     num_threads: int = 0
     mark_learned: bool = True
+    #: Quality gate (see ``quality_gate``): the lowest held-out IoU a new class may have,
+    #: and the largest drop of an old class (retention or a taught class's IoU) allowed
+    #: before the new model is refused; 0 and 1 switch each check off.
+    min_new_iou: float = 0.0
+    max_old_drop: float = 1.0
 
     @classmethod
     def from_dict(cls, data: dict) -> 'JobSpec':
@@ -181,6 +186,9 @@ class JobSpec:
             raise ValueError(f'grad_clip must be >= 0 (0 = off), got {self.grad_clip}')
         if not 0.0 <= float(self.holdout_fraction) < 1.0:
             raise ValueError(f'holdout_fraction must be in [0, 1), got {self.holdout_fraction}')
+        for name in ('min_new_iou', 'max_old_drop'):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f'{name} must be in [0, 1], got {getattr(self, name)}')
         for name in ('input_hw', 'crop'):
             value = getattr(self, name)
             if value and (len(value) != 2 or min(int(v) for v in value) < 32):
@@ -921,6 +929,43 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
     return metrics
 
 
+class QualityRefused(ValueError):
+    """The validated model is below the quality gate; nothing is published."""
+
+
+def quality_gate(spec: JobSpec, metrics: dict) -> None:
+    """
+    Refuse (QualityRefused) a model below ``min_new_iou`` or above ``max_old_drop``.
+
+    Why: a goal with too few iterations or a mislabelled frame produces a model that has
+    not learned the new class, or has forgotten an old one; swapping it into the robot
+    would make perception worse with nothing to say so. Checked on the held-out labelled
+    frames: each new class's IoU, the retention of the old model's predictions
+    (``1 - miou_old`` is the share it lost) and each taught class's IoU drop. A class
+    without a held-out frame cannot be checked and is not refused for it.
+    """
+    problems = []
+    if spec.min_new_iou > 0:
+        for name, iou in sorted(metrics['class_iou'].items()):
+            if math.isfinite(iou) and iou < spec.min_new_iou:
+                problems.append(f'{name} IoU {iou:.3f} < {spec.min_new_iou:.3f}')
+    if spec.max_old_drop < 1:
+        lost = 1.0 - metrics['miou_old']
+        if math.isfinite(lost) and lost > spec.max_old_drop:
+            problems.append(f'old classes keep only {metrics["miou_old"]:.3f} of the old '
+                            f"model's predictions (drop {lost:.3f} > {spec.max_old_drop:.3f})")
+        for name, pair in sorted(metrics['taught_class_iou'].items()):
+            drop = pair['old_model'] - pair['new_model']
+            if math.isfinite(drop) and drop > spec.max_old_drop:
+                problems.append(f'{name} IoU {pair["old_model"]:.3f} -> '
+                                f'{pair["new_model"]:.3f} (drop > {spec.max_old_drop:.3f})')
+    if problems:
+        raise QualityRefused('the quality gate refused the new model: ' + '; '.join(problems)
+                             + '; nothing was published, the serving model stays, the '
+                             'labelled frames stay pending (label more frames or learn '
+                             'longer)')
+
+
 def publish(spec: JobSpec, prep: Prepared, model, bank, onnx_path: Path, engine: tuple,
             metrics: dict, summary: dict, export_info: dict, work: Path,
             report: Reporter, control: StopControl):
@@ -983,6 +1028,7 @@ def run_job(spec: JobSpec, report: Reporter, control: StopControl) -> dict:
         onnx_path, export_info = export(prep, model, work, report, control, spec.method)
         engine = build_engine(spec, prep, onnx_path, work, report, control)
         metrics = validate(spec, prep, model, report, control)
+        quality_gate(spec, metrics)
         manifest = publish(spec, prep, model, bank, onnx_path, engine, metrics, summary,
                            export_info, work, report, control)
     finally:

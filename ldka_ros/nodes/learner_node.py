@@ -117,6 +117,12 @@ PARAMS = [
               "keep their parent's size.", minimum=32, maximum=4096),
     ParamSpec('first_model_input_width', 320, 'Graph input width of the first model (cold '
               'start).', minimum=32, maximum=4096),
+    ParamSpec('min_new_class_iou', 0.0, 'Quality gate: a learned model whose held-out IoU of '
+              'a new class is below this is not published (the old model keeps serving, '
+              'the frames stay pending); 0 = off.', minimum=0.0, maximum=1.0),
+    ParamSpec('max_old_class_drop', 1.0, 'Quality gate: largest drop of old classes (share '
+              "of the old model's predictions lost, or a taught class's IoU) a learned "
+              'model may have and still be published; 1 = off.', minimum=0.0, maximum=1.0),
     ParamSpec('holdout_fraction', 0.2, "Share of each class's labelled frames held out for "
               'validation (at least one when a class has two or more).', minimum=0.0,
               maximum=0.9),
@@ -630,6 +636,8 @@ class LearnerNode(Node):
             'engine': engine, 'seed': int(values['seed']),
             'batch_size': int(values['batch_size']), 'lr': float(values['learning_rate']),
             'holdout_fraction': float(values['holdout_fraction']),
+            'min_new_iou': float(values['min_new_class_iou']),
+            'max_old_drop': float(values['max_old_class_drop']),
             'work_dir': str(work / 'work'), 'parent_pid': os.getpid(),
             'num_threads': int(values['job_threads']),
             # Only a first model (empty registry) takes its size from here.

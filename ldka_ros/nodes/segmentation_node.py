@@ -565,7 +565,7 @@ class SegmentationNode(Node):
         except Exception:  # noqa: BLE001 - describe must never break diagnostics
             return {}
 
-    def _health(self, counts: dict, snap: dict, now: float) -> tuple[Any, str]:
+    def _health(self, counts: dict, snap: dict, gaps: dict, now: float) -> tuple[Any, str]:
         """
         Return the (level, message) of /diagnostics: the most serious problem first.
 
@@ -593,7 +593,6 @@ class SegmentationNode(Node):
             return diag.WARN, f'{dropped} frames failed in the last 10 s: {self._last_error}'
         if snap['frames'] == 0:
             return diag.WARN, 'no frame segmented in the last 10 s'
-        gaps = self.gaps.snapshot()
         if gaps['loss_fraction'] > self.values['input_loss_warn']:
             return diag.WARN, (f'about {100 * gaps["loss_fraction"]:.0f} % of camera frames '
                                f'are lost before they reach the node (gaps in stamps)')
@@ -607,7 +606,7 @@ class SegmentationNode(Node):
             counts = dict(self._counts)
         info = self._backend_info()
         state = self.swapper.describe() if self.swapper is not None else {}
-        level, message = self._health(counts, snap, time.monotonic())
+        level, message = self._health(counts, snap, gaps, time.monotonic())
         values = {
             'rate_hz': snap['rate_hz'], 'latency_p50_ms': snap['latency_p50_ms'],
             'latency_p99_ms': snap['latency_p99_ms'],

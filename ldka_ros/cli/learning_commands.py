@@ -212,7 +212,12 @@ def register(subparsers) -> None:
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr,joint',
                    help='comma list of finetune, mib, ldka, ldka+gfr, joint and the '
                    'ablation stages ldka:pml, ldka:skd, ldka:mad, ldka:gfr; the variant '
-                   'ldka:dss-shrink (curvature damping of shrinking margins only)')
+                   'ldka:dss-shrink (curvature damping of shrinking margins only); '
+                   'joint-offline = the upper bound (every class at once, whole budget)')
+    p.add_argument('--eval-split', choices=('selection', 'val'), default='selection',
+                   help='what to evaluate on: selection = the 0001TP drive held out of '
+                   'CamVid train (make decisions here), val = CamVid val (report only); '
+                   'training always uses train without the selection drive')
     p.add_argument('--ablation', action='store_true',
                    help='also run the ablation stages ldka:pml and ldka:skd')
     p.add_argument('--seeds', type=int, default=3)
@@ -432,7 +437,7 @@ def cmd_benchmark(args) -> int:
                        image_size=settings['image_size'],
                        max_train_images=settings['max_train_images'],
                        max_val_images=settings['max_val_images'], progress=bars,
-                       cache_dir=args.cache,
+                       cache_dir=args.cache, eval_split=args.eval_split,
                        echo=lambda text: (bars.close(), print(text, flush=True)))
     bars.close()
     doc['preset'] = 'quick' if args.quick else 'default'

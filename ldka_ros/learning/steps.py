@@ -137,6 +137,12 @@ class LDKAConfig:
     variant; see ``losses.curvature_damping``); ``pert``: perturbation stabilisation; ``mad``:
     misclassification-aware decoupling; ``gfr``: Gaussian feature replay. All
     switches off with ``pseudo=False`` and ``kd=True`` is exactly MiB's loss.
+
+    ``balance_step_labels``: take the class-balancing weights of the CE term from the
+    step's own labels (new classes and background) instead of the pseudo-labelled
+    target. With pseudo-labels a batch holds every old class too, so equal weight per
+    present class hands the new class 1/(|old| + 1) of the CE instead of MiB's 1/2;
+    with this switch the pseudo-labelled old pixels share background's part.
     """
 
     pml: bool = True
@@ -157,10 +163,11 @@ class LDKAConfig:
     pseudo: bool = True
     gfr_samples: int = 64
     dss_shrink_only: bool = False
+    balance_step_labels: bool = False
 
     #: Options added after results were first cached: keyed only when not at their
     #: default, so that cached benchmark steps of the unchanged method stay valid.
-    _LATER_OPTIONS = {'dss_shrink_only': False}
+    _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False}
 
     def key(self) -> dict:
         """Return the fields that identify a result (for caches and records)."""
@@ -444,6 +451,7 @@ class _StepLoss:
     def _ldka(self, logits, features, old_logits, target, progress) -> dict[str, torch.Tensor]:
         cfg = self.ldka
         terms: dict[str, torch.Tensor] = {}
+        step_target = target
         if cfg.pseudo:
             target = L.pseudo_label(target, old_logits, self.old, cfg.tau)
             valid = target != L.IGNORE
@@ -451,7 +459,8 @@ class _StepLoss:
         else:
             valid = target != L.IGNORE
             pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
-        pixel = pixel * self._weights(target)  # target is IGNORE exactly where ~valid
+        # invalid pixels are masked below whichever labels the weights were taken from
+        pixel = pixel * self._weights(step_target if cfg.balance_step_labels else target)
         if cfg.pml:
             terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel)
         else:

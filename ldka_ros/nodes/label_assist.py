@@ -164,8 +164,12 @@ class LabelAssist:
             return
         self._last_offer = now
         if self._ranker is None:
-            from ldka_ros.imaging.suggest import UnsureFrameRanker
-
+            try:
+                from ldka_ros.imaging.suggest import UnsureFrameRanker
+            except ImportError as exc:
+                self.node.get_logger().warning(f'no label suggestions: {exc}')
+                self._last_offer = float('inf')  # never again
+                return
             self._ranker = UnsureFrameRanker(
                 capacity=SUGGESTIONS,
                 margin_threshold=float(self.values['suggest_margin_threshold']))

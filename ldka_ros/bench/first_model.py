@@ -69,7 +69,7 @@ def run_once(camvid: Path, size: tuple[int, int], labelled: int, iterations: int
              seed: int, threads: int, val_frames) -> dict:
     """Label ``labelled`` frames into an empty store, run the job, score v0001."""
     from ldka_ros.learning.frame_store import FrameStore
-    from ldka_ros.learning.job import JobSpec, Reporter, run_job, StopControl
+    from ldka_ros.app.job import JobSpec, Reporter, run_job, StopControl
 
     with tempfile.TemporaryDirectory(prefix='ldka-first-model-') as tmp:
         root = Path(tmp)
@@ -99,7 +99,7 @@ def run_once(camvid: Path, size: tuple[int, int], labelled: int, iterations: int
 
 def main(args) -> int:
     """Run every size; print the table; write the record to ``--json``."""
-    from ldka_ros.benchrecord import start_record, write_record
+    from ldka_ros.bench.record import start_record, write_record
     from ldka_ros.cli.learning_commands import _data_root
 
     import torch

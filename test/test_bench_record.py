@@ -77,8 +77,8 @@ def test_step_recipe_summary_counts_diverged_runs():
     assert 'base model on the same frames: 75.0%' in table
 
 
-def test_graph_bench_table_reads_the_record_it_writes():
-    pytest.importorskip('rclpy', reason='graph_bench is part of the ROS nodes package')
+def test_ros_graph_bench_table_reads_the_record_it_writes():
+    pytest.importorskip('rclpy', reason='bench.ros_graph needs rclpy')
     from ldka_ros.bench.ros_graph import format_table
 
     bare = {'pipeline': latency_stats([0.010, 0.012]),

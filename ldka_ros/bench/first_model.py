@@ -4,7 +4,7 @@
 
 Why: a user with an empty registry labels a few frames and asks for a first model; the
 README must say how long that takes and what to expect. This runs the learner's own job
-(``learning.job.run_job``, the same code as the node's ``~/learn`` goal) on operator-style
+(``app.job.run_job``, the same code as the node's ``~/learn`` goal) on operator-style
 labels made from real CamVid frames (the car masks of ``--labelled`` train frames), at
 each ``--sizes`` input size, and scores the published first model on CamVid val frames
 it never saw (car IoU and its background IoU). Prints a table, writes ``--json``.

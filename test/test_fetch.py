@@ -47,7 +47,7 @@ def source_root(tmp_path_factory, camvid_root):
 
 @pytest.fixture
 def source(tmp_path, source_root):
-    """A private copy of the source registry (tests flip bytes in it)."""
+    """Return a private copy of the source registry (tests flip bytes in it)."""
     return ModelRegistry(shutil.copytree(source_root, tmp_path / 'source'))
 
 

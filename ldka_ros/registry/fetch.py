@@ -312,7 +312,8 @@ class VersionFetcher:
         if local is not None:
             return self.cache.get(local)
         self.progress = FetchProgress(manifest.id, 0, sum(int(e.size) for e in portable.values()))
-        files = {key: self.fetch_file(e.sha256, int(e.size)) for key, e in sorted(portable.items())}
+        files = {key: self.fetch_file(e.sha256, int(e.size))
+                 for key, e in sorted(portable.items())}
         stage = self.incoming / f'stage-{uuid.uuid4().hex}'
         try:
             stage.mkdir()

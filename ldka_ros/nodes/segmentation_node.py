@@ -18,6 +18,13 @@ Why it is built this way:
 - **Observable.** ``/diagnostics`` carries rate, latency p50/p99, backend, device, model
   version and skipped/dropped frames; ``~/legend`` (latched) names the classes and
   colours of the version that produced the masks.
+- **Managed.** A lifecycle node (``~/change_state``), like the drivers and Nav2 nodes
+  beside it: configure loads the registry and the model, activate starts serving,
+  deactivate pauses without unloading, cleanup releases. A failed configure leaves the
+  node unconfigured, alive and reporting why on /diagnostics. With ``autostart`` (the
+  default) it configures and activates itself, so ``ros2 run`` and scripts see a plain
+  node; the launch file and ``config/graph.yaml`` set it false and drive the
+  transitions.
 
 Topics: sub ``image`` (sensor_msgs/Image, remappable), sub ``model_version_topic``
 (``/learner/model_version``); pub ``~/mask`` (mono8 class ids, header copied from the
@@ -45,7 +52,7 @@ from ldka_ros.inference.pipeline import SegmentationPipeline
 from ldka_ros.nodes import diagnostics as diag
 from ldka_ros.nodes.image_conversion import (msg_to_rgb, numpy_to_image, subscribe_camera,
                                              TRANSPORTS)
-from ldka_ros.nodes.params import declare_parameters, ParamSpec
+from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
 from ldka_ros.nodes.vision_info import VisionInfoPublisher
@@ -57,7 +64,7 @@ import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 
@@ -136,10 +143,19 @@ PARAMS = [
               'to fetch_retry_max_s.', minimum=0.05, maximum=3600.0, read_only=True),
     ParamSpec('fetch_retry_max_s', 60.0, 'Longest wait between fetch tries.', minimum=0.05,
               maximum=86400.0, read_only=True),
+    ParamSpec('autostart', True, 'Configure and activate by itself at start (a plain node; '
+              'a failed configure then ends the process with the reason). False = a '
+              'managed node: it waits unconfigured for lifecycle transitions on '
+              '~/change_state (the launch file and config/graph.yaml set false and drive '
+              'them).', read_only=True),
     ParamSpec('input_loss_warn', 0.05, '/diagnostics warns when more than this share of '
               'camera frames is estimated lost before reaching the node (gaps in stamps).',
               minimum=0.0, maximum=1.0),
 ]
+
+
+def _spec(name: str) -> ParamSpec:
+    return next(spec for spec in PARAMS if spec.name == name)
 
 
 def version_message(manifest: Any, registry_root: str | os.PathLike) -> ModelVersion:
@@ -175,15 +191,23 @@ def _iso_to_time(text: str) -> Time:
     return Time(sec=int(seconds), nanosec=int(round((seconds % 1.0) * 1e9)) % 1_000_000_000)
 
 
-class SegmentationNode(Node):
-    """Segment the newest camera frame with the current model version; see module docs."""
+class SegmentationNode(LifecycleNode):
+    """
+    Segment the newest camera frame with the current model version; see module docs.
+
+    A lifecycle (managed) node: creating it declares the parameters and starts
+    /diagnostics only; ``configure`` reads the parameters, opens the registry, loads the
+    model and creates the topics and services; ``activate`` starts segmenting and
+    publishing; ``deactivate`` ignores frames but keeps the model loaded (and follows
+    announced versions); ``cleanup`` and ``shutdown`` release the backend, the worker
+    thread and the registry. A failed configure is logged and leaves the node
+    unconfigured and alive, ready to be configured again.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('segmentation', **kwargs)
-        self.values = declare_parameters(self, PARAMS)
-        # create=True: on a fresh robot the graph may start before anything was learned;
-        # the node then waits for the first announced version (cold start).
-        self.registry = ModelRegistry(self.values['registry_path'], create=True)
+        self.values = declare_parameters(self, PARAMS, in_use=self._configured)
+        self.registry: ModelRegistry | None = None
         self._manifests: dict[str, Any] = {}
         self._palettes: dict[str, dict[int, tuple[int, int, int]]] = {}
         self.stats = diag.RateLatencyStats(window_s=10.0)
@@ -192,7 +216,7 @@ class SegmentationNode(Node):
         self.drop_stats = diag.RateLatencyStats(window_s=10.0)
         self.gaps = diag.StampGapEstimator(window_s=10.0)
         self._counts = {'received': 0, 'processed': 0, 'skipped': 0, 'dropped': 0,
-                        'bad_frames': 0, 'no_model': 0}
+                        'bad_frames': 0, 'no_model': 0, 'inactive': 0}
         self._last_received: float | None = None
         self._last_error = ''
         self._last_bad = ''
@@ -207,42 +231,169 @@ class SegmentationNode(Node):
         self._cond = threading.Condition()
         self._pending: tuple[Image, float] | None = None
         self._last_start: float | None = None
-        self._running = True
-
-        self.mask_pub = self.create_publisher(Image, '~/mask', 2)
-        self.overlay_pub = self.create_publisher(Image, '~/overlay', 2)
-        self.margin_pub = self.create_publisher(Image, '~/margin', 2)
-        self.legend_pub = self.create_publisher(ClassLegend, '~/legend', latched_qos())
-        self.vision_info = VisionInfoPublisher(self)
+        self._running = False
+        self._active = False
+        self._configure_error = ''
+        self._worker: threading.Thread | None = None
+        self._entities: list[tuple[str, Any]] = []
+        # /diagnostics in every state, so an operator sees a node that is not serving.
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._load_first(self._candidates())
+        period = self.values['diagnostics_period_s']
+        if _spec('diagnostics_period_s').validate(period):
+            period = 1.0  # configure refuses the value with the reason
+        self.diag_timer = self.create_timer(
+            float(period), guard_callback(self, 'diagnostics', self._publish_diagnostics))
 
-        self.image_sub = subscribe_camera(
+    # -- lifecycle -----------------------------------------------------------------------
+    def lifecycle_state(self) -> str:
+        """Return the lifecycle state's label (unconfigured, inactive, active, ...)."""
+        return self._state_machine.current_state[1]
+
+    def _configured(self) -> bool:
+        return self.lifecycle_state() not in ('unconfigured', 'finalized')
+
+    def start(self) -> None:
+        """
+        With ``autostart`` (a plain node), configure and activate now; else wait.
+
+        RuntimeError with the reason when autostart's configure fails: a plain node that
+        cannot start ends with the reason, as before it was managed.
+        """
+        if not self.values['autostart']:
+            self.get_logger().info('unconfigured: waiting for ~/change_state (configure, '
+                                   'then activate)')
+            return
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError(f'configure failed: {self._configure_error}')
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError('activate failed (see the log)')
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read parameters, open the registry, load the model, create topics/services."""
+        try:
+            self._configure()
+        except Exception as exc:  # noqa: B902 - any failure: stay unconfigured, say why
+            self._configure_error = f'{type(exc).__name__}: {exc}'
+            self.get_logger().error(f'configure failed, staying unconfigured: '
+                                    f'{self._configure_error}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self._configure_error = ''
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start segmenting; the legend of the serving version goes out again."""
+        result = super().on_activate(state)
+        self._active = True
+        if self.swapper is not None:
+            self._publish_legend(self.swapper.current_version)
+        self.get_logger().info(f'active: segmenting frames from {self.image_sub.topic_name}')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop segmenting (frames are ignored, nothing is published); keep the model."""
+        self._active = False
+        with self._cond:
+            self._pending = None
+        self.get_logger().info('inactive: frames are ignored; the model stays loaded')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the backend, the worker thread, topics, services and the registry."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, from whichever state the node was in."""
+        self._active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """After a failed transition: release and go back to unconfigured."""
+        self._active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        self.values.update(read_parameters(self, PARAMS))
+        # create=True: on a fresh robot the graph may start before anything was learned;
+        # the node then waits for the first announced version (cold start).
+        self.registry = ModelRegistry(self.values['registry_path'], create=True)
+        self._set_diagnostics_period(self.values['diagnostics_period_s'])
+        self.mask_pub = self._own('pub', self.create_lifecycle_publisher(Image, '~/mask', 2))
+        self.overlay_pub = self._own('pub', self.create_lifecycle_publisher(
+            Image, '~/overlay', 2))
+        self.margin_pub = self._own('pub', self.create_lifecycle_publisher(
+            Image, '~/margin', 2))
+        self.legend_pub = self._own('pub', self.create_lifecycle_publisher(
+            ClassLegend, '~/legend', latched_qos()))
+        self.vision_info = VisionInfoPublisher(self, own=lambda pub: self._own('pub', pub))
+        self._load_first(self._candidates())
+        self._create_interfaces()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name='segmentation', daemon=True)
+        self._worker.start()
+        self.get_logger().info(f'configured: subscribed to {self.image_sub.topic_name}')
+
+    def _create_interfaces(self) -> None:
+        """Create the subscriptions, services and the owner client (at configure)."""
+        self.image_sub = self._own('sub', subscribe_camera(
             self, self.values['image_transport'], guard_callback(self, 'image', self._on_image),
-            image_qos(self.values['qos']))
-        self.version_sub = self.create_subscription(
+            image_qos(self.values['qos'])))
+        self.version_sub = self._own('sub', self.create_subscription(
             ModelVersion, self.values['model_version_topic'],
-            guard_callback(self, 'model_version', self._on_model_version), latched_qos())
+            guard_callback(self, 'model_version', self._on_model_version), latched_qos()))
         self.follower = self._make_follower()
         services = MutuallyExclusiveCallbackGroup()
         self._client_group = ReentrantCallbackGroup()
         self._owner_client = None
         if self.values['rollback_service']:
-            self._owner_client = self.create_client(
-                Rollback, self.values['rollback_service'], callback_group=self._client_group)
-        self.rollback_srv = self.create_service(
+            self._owner_client = self._own('client', self.create_client(
+                Rollback, self.values['rollback_service'], callback_group=self._client_group))
+        self.rollback_srv = self._own('srv', self.create_service(
             Rollback, '~/rollback', guard_service(self, 'rollback', self._on_rollback),
-            callback_group=services)
-        self.list_srv = self.create_service(
+            callback_group=services))
+        self.list_srv = self._own('srv', self.create_service(
             ListVersions, '~/list_versions',
             guard_service(self, 'list_versions', self._on_list_versions),
-            callback_group=services)
-        self.diag_timer = self.create_timer(
-            self.values['diagnostics_period_s'],
-            guard_callback(self, 'diagnostics', self._publish_diagnostics))
-        self._worker = threading.Thread(target=self._work, name='segmentation', daemon=True)
-        self._worker.start()
-        self.get_logger().info(f'subscribed to {self.image_sub.topic_name}')
+            callback_group=services))
+
+    def _own(self, kind: str, entity: Any) -> Any:
+        """Remember an entity made at configure, so that cleanup destroys it."""
+        self._entities.append((kind, entity))
+        return entity
+
+    def _set_diagnostics_period(self, period_s: float) -> None:
+        if abs(self.diag_timer.timer_period_ns - period_s * 1e9) > 1.0:
+            self.destroy_timer(self.diag_timer)
+            self.diag_timer = self.create_timer(
+                period_s, guard_callback(self, 'diagnostics', self._publish_diagnostics))
+
+    def release(self) -> None:
+        """At process exit, in any state: stop the worker, release the backend."""
+        self._active = False
+        self.close()
+
+    def _release(self) -> None:
+        """Stop the worker, release the backend, destroy what configure made (idempotent)."""
+        self._active = False
+        self.close()
+        destroy = {'pub': self.destroy_lifecycle_publisher, 'sub': self.destroy_subscription,
+                   'srv': self.destroy_service, 'client': self.destroy_client}
+        while self._entities:
+            kind, entity = self._entities.pop()
+            try:
+                destroy[kind](entity)
+            except Exception as exc:  # noqa: B902 - release the rest regardless
+                self.get_logger().warning(f'cleanup: could not destroy a {kind}: {exc}')
+        self.swapper = None
+        self.pipeline = None
+        self.registry = None
+        self._manifests.clear()
+        self._palettes.clear()
+        self._requested_version = None
+        self._no_model_reason = ''
 
     # -- models ------------------------------------------------------------------------
     def _candidates(self) -> list[str]:
@@ -303,6 +454,9 @@ class SegmentationNode(Node):
 
     def _install(self, swapper: HotSwapper) -> None:
         """Make ``swapper`` the one that serves (used once: later versions swap in it)."""
+        if self.registry is None:  # cleaned up while it loaded: nothing serves any more
+            swapper.close(timeout=10.0)
+            return
         swapper.add_listener(self._on_swap_event)
         # Plain assignments: the worker reads ``pipeline`` once per frame, so it sees
         # either no model or a complete one.
@@ -331,6 +485,8 @@ class SegmentationNode(Node):
         """Load the first model in the background when the node started without one."""
         try:
             self._load_first([version_id])
+        except Exception as exc:  # noqa: B902 - e.g. a cleanup while it loaded
+            self.get_logger().warning(f'first model {version_id} not loaded: {exc}')
         finally:
             self._adopting = None
 
@@ -467,6 +623,11 @@ class SegmentationNode(Node):
         The owner moves ACTIVE and announces the version; this node follows the
         announcement like any other.
         """
+        if not self._active:
+            return Rollback.Response(
+                success=False, active_version=self._current_version(),
+                message=f'rollback refused: the node is {self.lifecycle_state()} (activate '
+                        'it through ~/change_state first)')
         try:
             if self._owner_client is not None:
                 return self._ask_owner(request, response)
@@ -561,6 +722,10 @@ class SegmentationNode(Node):
 
     # -- frames ------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
+        if not self._active:  # inactive: frames are ignored, only counted
+            with self._cond:
+                self._counts['inactive'] += 1
+            return
         self.gaps.add(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
         with self._cond:
             self._last_received = time.monotonic()
@@ -649,6 +814,12 @@ class SegmentationNode(Node):
         unusable or failing frames next; silent input loss last, since the node itself
         still works.
         """
+        state = self.lifecycle_state()
+        if state == 'unconfigured' and self._configure_error:
+            return diag.ERROR, f'unconfigured: configure failed: {self._configure_error}'
+        if state != 'active':
+            loaded = f' ({self._current_version()} loaded)' if self.swapper else ''
+            return diag.WARN, f'{state}: not serving{loaded}'
         topic = self.image_sub.topic_name
         if self.swapper is None:
             return diag.ERROR, f'no model loaded: {self._no_model_reason}'
@@ -684,6 +855,7 @@ class SegmentationNode(Node):
         state = self.swapper.describe() if self.swapper is not None else {}
         level, message = self._health(counts, snap, gaps, time.monotonic())
         values = {
+            'lifecycle_state': self.lifecycle_state(),
             'rate_hz': snap['rate_hz'], 'latency_p50_ms': snap['latency_p50_ms'],
             'latency_p99_ms': snap['latency_p99_ms'],
             'inference_p50_ms': infer['latency_p50_ms'],
@@ -694,6 +866,7 @@ class SegmentationNode(Node):
             'frames_received': counts['received'], 'frames_processed': counts['processed'],
             'frames_skipped': counts['skipped'], 'frames_dropped': counts['dropped'],
             'frames_bad': counts['bad_frames'], 'frames_without_model': counts['no_model'],
+            'frames_ignored_inactive': counts['inactive'],
             'input_rate_hz': gaps['input_rate_hz'],
             'input_frames_missed_10s': gaps['frames_missed'],
             'input_loss_fraction': gaps['loss_fraction'],
@@ -716,10 +889,11 @@ class SegmentationNode(Node):
         if local_id:
             try:
                 serving = source_of(self._manifest(local_id))
-            except RegistryError:
+            except (RegistryError, AttributeError):  # AttributeError: released meanwhile
                 serving = local_id
-        if self.follower is not None:
-            values = self.follower.values(serving)
+        follower = self.follower
+        if follower is not None:
+            values = follower.values(serving)
         else:
             pin, fleet = self.values['pin_version'], self._announced
             lagging = bool(fleet) and serving != fleet
@@ -732,24 +906,33 @@ class SegmentationNode(Node):
     # -- shutdown ----------------------------------------------------------------------
     def close(self) -> None:
         """Stop the worker, release the backend (in-flight frame finishes first)."""
-        if self.follower is not None:
-            self.follower.close()
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            follower.close()
         with self._cond:
             self._running = False
             self._cond.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=10.0)
         if self.swapper is not None:
             self.swapper.close(timeout=10.0)
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the segmentation node until SIGINT/SIGTERM; exit 1 with the reason on bad setup."""
+    """
+    Run the segmentation node until SIGINT/SIGTERM.
+
+    Exit 1 with the reason when the node cannot be created (a parameter out of its
+    declared range) or, with ``autostart``, cannot be configured; a managed node
+    (``autostart`` false) stays up unconfigured instead.
+    """
     rclpy.init(args=args)
     node = None
     code = 0
     try:
         node = SegmentationNode()
+        node.start()
         executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         executor.spin()
@@ -760,7 +943,7 @@ def main(args: list[str] | None = None) -> int:
         code = 1
     finally:
         if node is not None:
-            node.close()
+            node.release()
             node.destroy_node()
         rclpy.try_shutdown()
     return code

@@ -11,7 +11,7 @@ not created and ``~/legend`` (ClassLegend) carries the same facts.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ldka_ros.nodes.qos import latched_qos
 
@@ -28,7 +28,14 @@ def vision_msgs_types() -> tuple[Any, Any, Any] | None:
 class VisionInfoPublisher:
     """Publish ``~/label_info`` and ``~/vision_info`` (latched) for each served version."""
 
-    def __init__(self, node: Any, method: str = 'ldka_ros segmentation') -> None:
+    def __init__(self, node: Any, method: str = 'ldka_ros segmentation',
+                 own: Callable[[Any], Any] = lambda pub: pub) -> None:
+        """
+        Create the publishers where vision_msgs exists.
+
+        A lifecycle node's publishers (``create_lifecycle_publisher``) are used when the
+        node has them, and ``own`` receives each one (its cleanup destroys them).
+        """
         self.types = vision_msgs_types()
         self.method = method
         self.database_version = 0
@@ -36,8 +43,9 @@ class VisionInfoPublisher:
         if self.types is None:
             return
         label_info, vision_info, _cls = self.types
-        self.label_pub = node.create_publisher(label_info, '~/label_info', latched_qos())
-        self.info_pub = node.create_publisher(vision_info, '~/vision_info', latched_qos())
+        create = getattr(node, 'create_lifecycle_publisher', node.create_publisher)
+        self.label_pub = own(create(label_info, '~/label_info', latched_qos()))
+        self.info_pub = own(create(vision_info, '~/vision_info', latched_qos()))
 
     @property
     def enabled(self) -> bool:

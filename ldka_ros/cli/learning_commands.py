@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 import sys
 
-from ldka_ros.benchrecord import start_record, write_record
+from ldka_ros.bench.record import start_record, write_record
 
 #: Square-root class balancing of the base step (small classes such as poles and signs
 #: otherwise get almost no gradient; the same choice as the demo's base model).
@@ -164,9 +164,9 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
 
 def register(subparsers) -> None:
     """Add the learning sub-commands to the ``ldka`` parser."""
-    from ldka_ros.learning import first_model_bench
+    from ldka_ros.bench import first_model
 
-    first_model_bench.register(subparsers)
+    first_model.register(subparsers)
     p = subparsers.add_parser('train-base', help='train a base model: the base step of a '
                               'protocol, or your own classes from a folder (--folder)')
     _common(p)
@@ -247,7 +247,7 @@ def _camvid(args, split: str, settings: dict):
 
 
 def _subset(dataset, limit):
-    from ldka_ros.learning.benchmark import _subset as subset
+    from ldka_ros.bench.learning import _subset as subset
 
     return subset(dataset, limit)
 
@@ -412,7 +412,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_benchmark(args) -> int:
     """Run the CISS benchmark and print the table."""
-    from ldka_ros.learning.benchmark import parse_methods, run_protocol
+    from ldka_ros.bench.learning import parse_methods, run_protocol
 
     settings = _settings(args)
     base_cfg, step_cfg = _configs(args, settings)
@@ -444,7 +444,7 @@ def cmd_benchmark(args) -> int:
 
 def cmd_learn_speed(args) -> int:
     """Measure s/iter of each method in interleaved blocks; print ratios to the first."""
-    from ldka_ros.learning.benchmark import measure_speed
+    from ldka_ros.bench.learning import measure_speed
 
     settings = _settings(args)
     _, step_cfg = _configs(args, settings)

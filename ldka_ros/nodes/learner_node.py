@@ -200,6 +200,7 @@ class LearnerNode(Node):
                 (RenameClass, 'rename_class', self._on_rename_class)):
             self.create_service(srv_type, f'~/{name}', guard_service(self, name, handler),
                                 callback_group=group)
+        self.artefacts = _artefact_service(self, group)
         self.action = ActionServer(
             self, LearnClasses, '~/learn', execute_callback=self._execute,
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
@@ -853,6 +854,13 @@ def _version_message(manifest, root):
     from ldka_ros.nodes.segmentation_node import version_message
 
     return version_message(manifest, root)
+
+
+def _artefact_service(node, group):
+    """Serve the registry's files in chunks on ``~/fetch_artefact`` (robots with a cache)."""
+    from ldka_ros.nodes.model_fetcher import ArtefactService
+
+    return ArtefactService(node, node.registry, callback_group=group)
 
 
 def _refused(node, service: str, response, exc: Exception):

@@ -311,7 +311,7 @@ def _cmd_label(client: LearnerClient, args: argparse.Namespace, request) -> int:
 
 def _save_mask(msg, path: Path) -> str:
     """Write the returned mono8 mask as a 0/255 PNG; return its path."""
-    from ldka_ros.learning.classes import atomic_write_bytes
+    from ldka_ros.fsio import atomic_write_bytes
     from ldka_ros.learning.data import encode_png
     from ldka_ros.nodes.image_conversion import image_to_numpy
     import numpy as np

@@ -11,7 +11,7 @@ Why it is built this way:
   versions, so a name keeps its id (and its colour) for ever, and a killed node loses
   nothing that was acknowledged.
 - **Training cannot take the node down.** ``~/learn`` (LearnClasses action) runs
-  ``python -m ldka_ros.learning.job`` as a child process, reads its JSON progress lines
+  ``python -m ldka_ros.app.job`` as a child process, reads its JSON progress lines
   as action feedback and its final line as the result. A crash of the job is a failed
   goal, not a dead node; cancelling sends SIGTERM and the job stops between iterations
   without publishing. If this node dies, the job notices (its parent changed) and stops
@@ -72,7 +72,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
 
 BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
-#: Job exit codes (see ldka_ros.learning.job).
+#: Job exit codes (see ldka_ros.app.job).
 EXIT_CANCELLED = 3
 #: Seconds a cancelled job gets to stop before it is killed.
 CANCEL_GRACE_S = 60.0
@@ -204,6 +204,7 @@ class LearnerNode(Node):
                 (RenameClass, 'rename_class', self._on_rename_class)):
             self.create_service(srv_type, f'~/{name}', guard_service(self, name, handler),
                                 callback_group=group)
+        self.artefacts = _artefact_service(self, group)
         self.action = ActionServer(
             self, LearnClasses, '~/learn', execute_callback=self._execute,
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
@@ -748,7 +749,7 @@ class LearnerNode(Node):
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         with open(log_path, 'wb') as log:
             proc = subprocess.Popen(
-                [python, '-m', 'ldka_ros.learning.job', '--spec', str(work / 'spec.json')],
+                [python, '-m', 'ldka_ros.app.job', '--spec', str(work / 'spec.json')],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
         self._proc = proc
         if nice:
@@ -884,6 +885,13 @@ def _version_message(manifest, root):
     from ldka_ros.nodes.segmentation_node import version_message
 
     return version_message(manifest, root)
+
+
+def _artefact_service(node, group):
+    """Serve the registry's files in chunks on ``~/fetch_artefact`` (robots with a cache)."""
+    from ldka_ros.nodes.model_fetcher import ArtefactService
+
+    return ArtefactService(node, node.registry, callback_group=group)
 
 
 def _refused(node, service: str, response, exc: Exception):

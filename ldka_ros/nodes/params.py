@@ -6,6 +6,11 @@ Why one helper: every node parameter should show a description (``ros2 param des
 reject bad values with a reason both at start-up (the node refuses to start with a clear
 error instead of misbehaving) and on ``set_parameters`` at run time (the set is refused
 with the reason, the old value stays).
+
+Lifecycle (managed) nodes declare their parameters when they are created but read and
+check them at ``configure``: a bad value then fails the transition with the reason
+instead of ending the process, and the parameters that are fixed while the node runs
+(``read_only`` specs) can still be corrected while it is unconfigured.
 """
 from __future__ import annotations
 
@@ -38,12 +43,21 @@ class ParamSpec:
     read_only: bool = False
     check: Callable[[Any], str | None] | None = None
 
-    def descriptor(self) -> ParameterDescriptor:
-        """Return the ROS parameter description shown by ``ros2 param describe``."""
+    def descriptor(self, managed: bool = False) -> ParameterDescriptor:
+        """
+        Return the ROS parameter description shown by ``ros2 param describe``.
+
+        ``managed``: a lifecycle node's ``read_only`` parameter is settable at the ROS
+        level (the node refuses it while configured), so that it can be fixed before
+        the next configure.
+        """
         constraints = []
         if self.choices:
             constraints.append('one of: ' + ', '.join(self.choices))
-        desc = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.read_only and managed:
+            constraints.append('set only while the node is unconfigured; read at configure')
+        desc = ParameterDescriptor(description=self.description,
+                                   read_only=self.read_only and not managed)
         # Floats accept integers (`-p overlay_alpha:=1`); validate() checks the type itself.
         desc.dynamic_typing = isinstance(self.default, float)
         if self.minimum is not None or self.maximum is not None:
@@ -87,23 +101,24 @@ class ParamSpec:
         return None
 
 
-def declare_parameters(node: Node, specs: Sequence[ParamSpec],
-                       on_change: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
-    """
-    Declare ``specs`` on ``node`` and return their validated start-up values.
+def _read_value(node: Node, spec: ParamSpec) -> Any:
+    value = node.get_parameter(spec.name).value
+    if isinstance(spec.default, float) and isinstance(value, int):
+        value = float(value)
+    return value
 
-    Raises ValueError listing every invalid start-up value. Afterwards a set_parameters
-    call with an invalid value is refused with the reason; accepted changes are passed
-    to ``on_change(name, value)`` (after validation, before they take effect).
+
+def read_parameters(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
     """
-    by_name = {spec.name: spec for spec in specs}
+    Return the current values of the declared ``specs``; ValueError lists every bad one.
+
+    A lifecycle node calls this at ``configure``, so the values it runs with are the
+    ones set up to that moment.
+    """
     values: dict[str, Any] = {}
     errors = []
     for spec in specs:
-        param = node.declare_parameter(spec.name, spec.default, spec.descriptor())
-        value = param.value
-        if isinstance(spec.default, float) and isinstance(value, int):
-            value = float(value)
+        value = _read_value(node, spec)
         problem = spec.validate(value)
         if problem:
             errors.append(problem)
@@ -111,6 +126,32 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec],
     if errors:
         raise ValueError('invalid parameters for node '
                          f'{node.get_fully_qualified_name()}: ' + '; '.join(errors))
+    return values
+
+
+def declare_parameters(node: Node, specs: Sequence[ParamSpec],
+                       on_change: Callable[[str, Any], None] | None = None,
+                       in_use: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """
+    Declare ``specs`` on ``node`` and return their validated start-up values.
+
+    Raises ValueError listing every invalid start-up value. Afterwards a set_parameters
+    call with an invalid value is refused with the reason; accepted changes are passed
+    to ``on_change(name, value)`` (after validation, before they take effect).
+
+    ``in_use`` makes the parameters managed (lifecycle nodes): start-up values are not
+    checked here (``read_parameters`` does it at configure, and the returned dict holds
+    them unchecked until then), and a ``read_only`` parameter may be set while
+    ``in_use()`` is False; while it is True the set is refused with the reason.
+    """
+    managed = in_use is not None
+    by_name = {spec.name: spec for spec in specs}
+    for spec in specs:
+        node.declare_parameter(spec.name, spec.default, spec.descriptor(managed))
+    if managed:
+        values = {spec.name: _read_value(node, spec) for spec in specs}
+    else:
+        values = read_parameters(node, specs)
 
     def _on_set(params: list[Parameter]) -> SetParametersResult:
         accepted = []
@@ -118,6 +159,10 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec],
             spec = by_name.get(param.name)
             if spec is None:
                 continue
+            if managed and spec.read_only and in_use():
+                return SetParametersResult(successful=False, reason=(
+                    f'parameter {spec.name!r} is read at configure: clean the node up '
+                    '(lifecycle cleanup) before changing it'))
             problem = spec.validate(param.value)
             if problem:
                 return SetParametersResult(successful=False, reason=problem)

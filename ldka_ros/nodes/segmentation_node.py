@@ -18,6 +18,13 @@ Why it is built this way:
 - **Observable.** ``/diagnostics`` carries rate, latency p50/p99, backend, device, model
   version and skipped/dropped frames; ``~/legend`` (latched) names the classes and
   colours of the version that produced the masks.
+- **Managed.** A lifecycle node (``~/change_state``), like the drivers and Nav2 nodes
+  beside it: configure loads the registry and the model, activate starts serving,
+  deactivate pauses without unloading, cleanup releases. A failed configure leaves the
+  node unconfigured, alive and reporting why on /diagnostics. With ``autostart`` (the
+  default) it configures and activates itself, so ``ros2 run`` and scripts see a plain
+  node; the launch file and ``config/graph.yaml`` set it false and drive the
+  transitions.
 
 Topics: sub ``image`` (sensor_msgs/Image, remappable), sub ``model_version_topic``
 (``/learner/model_version``); pub ``~/mask`` (mono8 class ids, header copied from the
@@ -45,17 +52,19 @@ from ldka_ros.inference.pipeline import SegmentationPipeline
 from ldka_ros.nodes import diagnostics as diag
 from ldka_ros.nodes.image_conversion import (msg_to_rgb, numpy_to_image, subscribe_camera,
                                              TRANSPORTS)
-from ldka_ros.nodes.params import declare_parameters, ParamSpec
+from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
+from ldka_ros.nodes.vision_info import VisionInfoPublisher
 from ldka_ros.registry import ModelRegistry, RegistryError
+from ldka_ros.registry.fetch import source_of
 from ldka_ros_interfaces.msg import ClassLegend, ModelArtefact, ModelVersion
 from ldka_ros_interfaces.srv import ListVersions, Rollback
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 
@@ -115,10 +124,38 @@ PARAMS = [
               'itself.', read_only=True),
     ParamSpec('stale_after_s', 2.0, '/diagnostics warns when no camera frame arrived for '
               'this long.', minimum=0.1, maximum=3600.0),
+    ParamSpec('model_source', 'shared', "Where model files come from: 'shared' = the learner's "
+              "registry at registry_path (one filesystem); 'ros' = registry_path is this "
+              "robot's own cache and announced versions are fetched over ROS from "
+              'artefact_service (checked, resumable) before the swap.',
+              choices=('shared', 'ros'), read_only=True),
+    ParamSpec('artefact_service', '/learner/fetch_artefact', 'FetchArtefact service of the '
+              "learner (model_source 'ros').", read_only=True),
+    ParamSpec('pin_version', '', "Serve this version and ignore announcements ('' = follow "
+              "the fleet). With model_source 'ros' it names the learner's id and is fetched "
+              'when the cache lacks it.', read_only=True),
+    ParamSpec('fetch_chunk_bytes', 1 << 20, 'Bytes per FetchArtefact request.', minimum=1024,
+              maximum=4 << 20, read_only=True),
+    ParamSpec('fetch_max_rate_bps', 0.0, 'Cap on the model download rate in bytes/s (0 = '
+              "none), so a download never starves the robot's other traffic.", minimum=0.0,
+              maximum=1e12, read_only=True),
+    ParamSpec('fetch_retry_s', 2.0, 'First wait after a failed or refused fetch; doubles up '
+              'to fetch_retry_max_s.', minimum=0.05, maximum=3600.0, read_only=True),
+    ParamSpec('fetch_retry_max_s', 60.0, 'Longest wait between fetch tries.', minimum=0.05,
+              maximum=86400.0, read_only=True),
+    ParamSpec('autostart', True, 'Configure and activate by itself at start (a plain node; '
+              'a failed configure then ends the process with the reason). False = a '
+              'managed node: it waits unconfigured for lifecycle transitions on '
+              '~/change_state (the launch file and config/graph.yaml set false and drive '
+              'them).', read_only=True),
     ParamSpec('input_loss_warn', 0.05, '/diagnostics warns when more than this share of '
               'camera frames is estimated lost before reaching the node (gaps in stamps).',
               minimum=0.0, maximum=1.0),
 ]
+
+
+def _spec(name: str) -> ParamSpec:
+    return next(spec for spec in PARAMS if spec.name == name)
 
 
 def version_message(manifest: Any, registry_root: str | os.PathLike) -> ModelVersion:
@@ -154,15 +191,23 @@ def _iso_to_time(text: str) -> Time:
     return Time(sec=int(seconds), nanosec=int(round((seconds % 1.0) * 1e9)) % 1_000_000_000)
 
 
-class SegmentationNode(Node):
-    """Segment the newest camera frame with the current model version; see module docs."""
+class SegmentationNode(LifecycleNode):
+    """
+    Segment the newest camera frame with the current model version; see module docs.
+
+    A lifecycle (managed) node: creating it declares the parameters and starts
+    /diagnostics only; ``configure`` reads the parameters, opens the registry, loads the
+    model and creates the topics and services; ``activate`` starts segmenting and
+    publishing; ``deactivate`` ignores frames but keeps the model loaded (and follows
+    announced versions); ``cleanup`` and ``shutdown`` release the backend, the worker
+    thread and the registry. A failed configure is logged and leaves the node
+    unconfigured and alive, ready to be configured again.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('segmentation', **kwargs)
-        self.values = declare_parameters(self, PARAMS)
-        # create=True: on a fresh robot the graph may start before anything was learned;
-        # the node then waits for the first announced version (cold start).
-        self.registry = ModelRegistry(self.values['registry_path'], create=True)
+        self.values = declare_parameters(self, PARAMS, in_use=self._configured)
+        self.registry: ModelRegistry | None = None
         self._manifests: dict[str, Any] = {}
         self._palettes: dict[str, dict[int, tuple[int, int, int]]] = {}
         self.stats = diag.RateLatencyStats(window_s=10.0)
@@ -171,7 +216,7 @@ class SegmentationNode(Node):
         self.drop_stats = diag.RateLatencyStats(window_s=10.0)
         self.gaps = diag.StampGapEstimator(window_s=10.0)
         self._counts = {'received': 0, 'processed': 0, 'skipped': 0, 'dropped': 0,
-                        'bad_frames': 0, 'no_model': 0}
+                        'bad_frames': 0, 'no_model': 0, 'inactive': 0}
         self._last_received: float | None = None
         self._last_error = ''
         self._last_bad = ''
@@ -181,43 +226,174 @@ class SegmentationNode(Node):
         self._adopting: str | None = None
         self._last_swap = 'none'
         self._requested_version: str | None = None
+        self.follower = None
+        self._announced = ''
         self._cond = threading.Condition()
         self._pending: tuple[Image, float] | None = None
         self._last_start: float | None = None
-        self._running = True
-
-        self.mask_pub = self.create_publisher(Image, '~/mask', 2)
-        self.overlay_pub = self.create_publisher(Image, '~/overlay', 2)
-        self.margin_pub = self.create_publisher(Image, '~/margin', 2)
-        self.legend_pub = self.create_publisher(ClassLegend, '~/legend', latched_qos())
+        self._running = False
+        self._active = False
+        self._configure_error = ''
+        self._worker: threading.Thread | None = None
+        self._entities: list[tuple[str, Any]] = []
+        # /diagnostics in every state, so an operator sees a node that is not serving.
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._load_first(self._candidates())
+        period = self.values['diagnostics_period_s']
+        if _spec('diagnostics_period_s').validate(period):
+            period = 1.0  # configure refuses the value with the reason
+        self.diag_timer = self.create_timer(
+            float(period), guard_callback(self, 'diagnostics', self._publish_diagnostics))
 
-        self.image_sub = subscribe_camera(
+    # -- lifecycle -----------------------------------------------------------------------
+    def lifecycle_state(self) -> str:
+        """Return the lifecycle state's label (unconfigured, inactive, active, ...)."""
+        return self._state_machine.current_state[1]
+
+    def _configured(self) -> bool:
+        return self.lifecycle_state() not in ('unconfigured', 'finalized')
+
+    def start(self) -> None:
+        """
+        With ``autostart`` (a plain node), configure and activate now; else wait.
+
+        RuntimeError with the reason when autostart's configure fails: a plain node that
+        cannot start ends with the reason, as before it was managed.
+        """
+        if not self.values['autostart']:
+            self.get_logger().info('unconfigured: waiting for ~/change_state (configure, '
+                                   'then activate)')
+            return
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError(f'configure failed: {self._configure_error}')
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError('activate failed (see the log)')
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read parameters, open the registry, load the model, create topics/services."""
+        try:
+            self._configure()
+        except Exception as exc:  # noqa: B902 - any failure: stay unconfigured, say why
+            self._configure_error = f'{type(exc).__name__}: {exc}'
+            self.get_logger().error(f'configure failed, staying unconfigured: '
+                                    f'{self._configure_error}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self._configure_error = ''
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start segmenting; the legend of the serving version goes out again."""
+        result = super().on_activate(state)
+        self._active = True
+        if self.swapper is not None:
+            self._publish_legend(self.swapper.current_version)
+        self.get_logger().info(f'active: segmenting frames from {self.image_sub.topic_name}')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop segmenting (frames are ignored, nothing is published); keep the model."""
+        self._active = False
+        with self._cond:
+            self._pending = None
+        self.get_logger().info('inactive: frames are ignored; the model stays loaded')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the backend, the worker thread, topics, services and the registry."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, from whichever state the node was in."""
+        self._active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """After a failed transition: release and go back to unconfigured."""
+        self._active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        self.values.update(read_parameters(self, PARAMS))
+        # create=True: on a fresh robot the graph may start before anything was learned;
+        # the node then waits for the first announced version (cold start).
+        self.registry = ModelRegistry(self.values['registry_path'], create=True)
+        self._set_diagnostics_period(self.values['diagnostics_period_s'])
+        self.mask_pub = self._own('pub', self.create_lifecycle_publisher(Image, '~/mask', 2))
+        self.overlay_pub = self._own('pub', self.create_lifecycle_publisher(
+            Image, '~/overlay', 2))
+        self.margin_pub = self._own('pub', self.create_lifecycle_publisher(
+            Image, '~/margin', 2))
+        self.legend_pub = self._own('pub', self.create_lifecycle_publisher(
+            ClassLegend, '~/legend', latched_qos()))
+        self.vision_info = VisionInfoPublisher(self, own=lambda pub: self._own('pub', pub))
+        self._load_first(self._candidates())
+        self._create_interfaces()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name='segmentation', daemon=True)
+        self._worker.start()
+        self.get_logger().info(f'configured: subscribed to {self.image_sub.topic_name}')
+
+    def _create_interfaces(self) -> None:
+        """Create the subscriptions, services and the owner client (at configure)."""
+        self.image_sub = self._own('sub', subscribe_camera(
             self, self.values['image_transport'], guard_callback(self, 'image', self._on_image),
-            image_qos(self.values['qos']))
-        self.version_sub = self.create_subscription(
+            image_qos(self.values['qos'])))
+        self.version_sub = self._own('sub', self.create_subscription(
             ModelVersion, self.values['model_version_topic'],
-            guard_callback(self, 'model_version', self._on_model_version), latched_qos())
+            guard_callback(self, 'model_version', self._on_model_version), latched_qos()))
+        self.follower = self._make_follower()
         services = MutuallyExclusiveCallbackGroup()
         self._client_group = ReentrantCallbackGroup()
         self._owner_client = None
         if self.values['rollback_service']:
-            self._owner_client = self.create_client(
-                Rollback, self.values['rollback_service'], callback_group=self._client_group)
-        self.rollback_srv = self.create_service(
+            self._owner_client = self._own('client', self.create_client(
+                Rollback, self.values['rollback_service'], callback_group=self._client_group))
+        self.rollback_srv = self._own('srv', self.create_service(
             Rollback, '~/rollback', guard_service(self, 'rollback', self._on_rollback),
-            callback_group=services)
-        self.list_srv = self.create_service(
+            callback_group=services))
+        self.list_srv = self._own('srv', self.create_service(
             ListVersions, '~/list_versions',
             guard_service(self, 'list_versions', self._on_list_versions),
-            callback_group=services)
-        self.diag_timer = self.create_timer(
-            self.values['diagnostics_period_s'],
-            guard_callback(self, 'diagnostics', self._publish_diagnostics))
-        self._worker = threading.Thread(target=self._work, name='segmentation', daemon=True)
-        self._worker.start()
-        self.get_logger().info(f'subscribed to {self.image_sub.topic_name}')
+            callback_group=services))
+
+    def _own(self, kind: str, entity: Any) -> Any:
+        """Remember an entity made at configure, so that cleanup destroys it."""
+        self._entities.append((kind, entity))
+        return entity
+
+    def _set_diagnostics_period(self, period_s: float) -> None:
+        if abs(self.diag_timer.timer_period_ns - period_s * 1e9) > 1.0:
+            self.destroy_timer(self.diag_timer)
+            self.diag_timer = self.create_timer(
+                period_s, guard_callback(self, 'diagnostics', self._publish_diagnostics))
+
+    def release(self) -> None:
+        """At process exit, in any state: stop the worker, release the backend."""
+        self._active = False
+        self.close()
+
+    def _release(self) -> None:
+        """Stop the worker, release the backend, destroy what configure made (idempotent)."""
+        self._active = False
+        self.close()
+        destroy = {'pub': self.destroy_lifecycle_publisher, 'sub': self.destroy_subscription,
+                   'srv': self.destroy_service, 'client': self.destroy_client}
+        while self._entities:
+            kind, entity = self._entities.pop()
+            try:
+                destroy[kind](entity)
+            except Exception as exc:  # noqa: B902 - release the rest regardless
+                self.get_logger().warning(f'cleanup: could not destroy a {kind}: {exc}')
+        self.swapper = None
+        self.pipeline = None
+        self.registry = None
+        self._manifests.clear()
+        self._palettes.clear()
+        self._requested_version = None
+        self._no_model_reason = ''
 
     # -- models ------------------------------------------------------------------------
     def _candidates(self) -> list[str]:
@@ -229,6 +405,8 @@ class SegmentationNode(Node):
         version newest first: a damaged file costs one candidate, never the node.
         """
         out: list[str] = []
+        if self.values['pin_version'] and self.values['model_source'] == 'shared':
+            out.append(self.values['pin_version'])
         if self.values['initial_version']:
             out.append(self.values['initial_version'])
         serving, note = self.registry.serving()
@@ -276,6 +454,9 @@ class SegmentationNode(Node):
 
     def _install(self, swapper: HotSwapper) -> None:
         """Make ``swapper`` the one that serves (used once: later versions swap in it)."""
+        if self.registry is None:  # cleaned up while it loaded: nothing serves any more
+            swapper.close(timeout=10.0)
+            return
         swapper.add_listener(self._on_swap_event)
         # Plain assignments: the worker reads ``pipeline`` once per frame, so it sees
         # either no model or a complete one.
@@ -283,11 +464,29 @@ class SegmentationNode(Node):
         self.swapper = swapper
         self._no_model_reason = ''
         self._publish_legend(swapper.current_version)
+        self._remember_served(swapper.current_version)
+
+    def _remember_served(self, version_id: str) -> None:
+        """
+        Point the cache's ACTIVE at what serves now (``model_source:=ros`` only).
+
+        Why: the robot owns its cache, and a robot restarted without a network must serve
+        the last version it switched to, not an older one.
+        """
+        if self.values['model_source'] != 'ros' or self.registry.active_id() == version_id:
+            return
+        try:
+            self.registry.activate(version_id, verify=False)  # verified when it was loaded
+        except RegistryError as exc:
+            self.get_logger().warning(f'serving {version_id}, but the cache ACTIVE was not '
+                                      f'moved: {exc}')
 
     def _adopt(self, version_id: str) -> None:
         """Load the first model in the background when the node started without one."""
         try:
             self._load_first([version_id])
+        except Exception as exc:  # noqa: B902 - e.g. a cleanup while it loaded
+            self.get_logger().warning(f'first model {version_id} not loaded: {exc}')
         finally:
             self._adopting = None
 
@@ -331,12 +530,14 @@ class SegmentationNode(Node):
         msg.names = [str(c['name']) for c in classes]
         msg.colors = [_rgba(c['color']) for c in classes]
         self.legend_pub.publish(msg)
+        self.vision_info.publish(msg.header.stamp, version_id, classes)
 
     def _on_swap_event(self, event: SwapEvent) -> None:
         """Publish the legend as soon as the new version serves; log failures."""
         if event.stage == 'switched':
             self._publish_legend(event.version_id)
             self.get_logger().info(f'now serving model version {event.version_id}')
+            self._remember_served(event.version_id)
         elif event.stage in ('completed', 'failed', 'superseded') and event.report:
             report = event.report
             self._last_swap = f'{event.version_id}: {report.reason}'
@@ -362,7 +563,38 @@ class SegmentationNode(Node):
             return None
         return self.swapper.swap_to(self._factory(manifest.id), manifest.id)
 
+    def _make_follower(self):
+        """Return the fleet follower for ``model_source:=ros`` (None for a shared registry)."""
+        if self.values['model_source'] != 'ros':
+            return None
+        from ldka_ros.nodes.model_fetcher import ModelFollower, RosChunkReader
+
+        reader = RosChunkReader(self, self.values['artefact_service'],
+                                callback_group=ReentrantCallbackGroup())
+        return ModelFollower(
+            self.registry, reader, self._swap_for_fleet, self._current_version,
+            pin=self.values['pin_version'], chunk_bytes=self.values['fetch_chunk_bytes'],
+            max_rate_bps=self.values['fetch_max_rate_bps'],
+            retry_s=self.values['fetch_retry_s'], retry_max_s=self.values['fetch_retry_max_s'],
+            log=lambda text: self.get_logger().info(text),
+            warn=lambda text: self.get_logger().warning(text))
+
+    def _swap_for_fleet(self, local_id: str) -> None:
+        """Swap to a version the follower has in the cache (once, however often asked)."""
+        if local_id not in (self._current_version(), self._requested_version):
+            self.request_swap(local_id)
+
     def _on_model_version(self, msg: ModelVersion) -> None:
+        self._announced = msg.id
+        if self.follower is not None:
+            digests = {a.kind: a.sha256 for a in msg.artefacts if not a.device}
+            self.follower.announce(msg.id, digests)
+            return
+        if self.values['pin_version']:
+            self.get_logger().info(f'model version {msg.id} announced; pinned to '
+                                   f'{self.values["pin_version"]}, not swapping',
+                                   throttle_duration_sec=30.0)
+            return
         if msg.registry_path and Path(msg.registry_path).resolve() != \
                 self.registry.root.resolve():
             self.get_logger().error(f'ignoring model version {msg.id}: it was published to '
@@ -391,6 +623,11 @@ class SegmentationNode(Node):
         The owner moves ACTIVE and announces the version; this node follows the
         announcement like any other.
         """
+        if not self._active:
+            return Rollback.Response(
+                success=False, active_version=self._current_version(),
+                message=f'rollback refused: the node is {self.lifecycle_state()} (activate '
+                        'it through ~/change_state first)')
         try:
             if self._owner_client is not None:
                 return self._ask_owner(request, response)
@@ -485,6 +722,10 @@ class SegmentationNode(Node):
 
     # -- frames ------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
+        if not self._active:  # inactive: frames are ignored, only counted
+            with self._cond:
+                self._counts['inactive'] += 1
+            return
         self.gaps.add(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
         with self._cond:
             self._last_received = time.monotonic()
@@ -573,6 +814,12 @@ class SegmentationNode(Node):
         unusable or failing frames next; silent input loss last, since the node itself
         still works.
         """
+        state = self.lifecycle_state()
+        if state == 'unconfigured' and self._configure_error:
+            return diag.ERROR, f'unconfigured: configure failed: {self._configure_error}'
+        if state != 'active':
+            loaded = f' ({self._current_version()} loaded)' if self.swapper else ''
+            return diag.WARN, f'{state}: not serving{loaded}'
         topic = self.image_sub.topic_name
         if self.swapper is None:
             return diag.ERROR, f'no model loaded: {self._no_model_reason}'
@@ -608,6 +855,7 @@ class SegmentationNode(Node):
         state = self.swapper.describe() if self.swapper is not None else {}
         level, message = self._health(counts, snap, gaps, time.monotonic())
         values = {
+            'lifecycle_state': self.lifecycle_state(),
             'rate_hz': snap['rate_hz'], 'latency_p50_ms': snap['latency_p50_ms'],
             'latency_p99_ms': snap['latency_p99_ms'],
             'inference_p50_ms': infer['latency_p50_ms'],
@@ -618,6 +866,7 @@ class SegmentationNode(Node):
             'frames_received': counts['received'], 'frames_processed': counts['processed'],
             'frames_skipped': counts['skipped'], 'frames_dropped': counts['dropped'],
             'frames_bad': counts['bad_frames'], 'frames_without_model': counts['no_model'],
+            'frames_ignored_inactive': counts['inactive'],
             'input_rate_hz': gaps['input_rate_hz'],
             'input_frames_missed_10s': gaps['frames_missed'],
             'input_loss_fraction': gaps['loss_fraction'],
@@ -626,29 +875,64 @@ class SegmentationNode(Node):
             'last_swap': self._last_swap, 'last_error': self._last_error,
             'last_bad_frame': self._last_bad,
         }
+        values.update(self._fleet_values(values['model_version']))
+        if level == diag.OK and values['lag_reason'].startswith(('refused', 'unreachable')):
+            level = diag.WARN
+            message = f'{message}; not following the fleet: {values["lag_reason"]}'
         status = diag.make_status(f'{self.get_fully_qualified_name()}: segmentation',
                                   str(info.get('device', '')), level, message, values)
         self.diag_pub.publish(diag.make_array(self.get_clock().now().to_msg(), [status]))
 
+    def _fleet_values(self, local_id: str) -> dict:
+        """Return the fleet part of /diagnostics: served and announced versions, lag, why."""
+        serving = ''
+        if local_id:
+            try:
+                serving = source_of(self._manifest(local_id))
+            except (RegistryError, AttributeError):  # AttributeError: released meanwhile
+                serving = local_id
+        follower = self.follower
+        if follower is not None:
+            values = follower.values(serving)
+        else:
+            pin, fleet = self.values['pin_version'], self._announced
+            lagging = bool(fleet) and serving != fleet
+            reason = '' if not lagging else f'pinned to {pin}' if pin else f'loading {fleet}'
+            values = {'fleet_version': fleet, 'serving_fleet_version': serving,
+                      'pin_version': pin, 'lagging': lagging, 'lag_reason': reason}
+        values['model_source'] = self.values['model_source']
+        return values
+
     # -- shutdown ----------------------------------------------------------------------
     def close(self) -> None:
         """Stop the worker, release the backend (in-flight frame finishes first)."""
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            follower.close()
         with self._cond:
             self._running = False
             self._cond.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=10.0)
         if self.swapper is not None:
             self.swapper.close(timeout=10.0)
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the segmentation node until SIGINT/SIGTERM; exit 1 with the reason on bad setup."""
+    """
+    Run the segmentation node until SIGINT/SIGTERM.
+
+    Exit 1 with the reason when the node cannot be created (a parameter out of its
+    declared range) or, with ``autostart``, cannot be configured; a managed node
+    (``autostart`` false) stays up unconfigured instead.
+    """
     rclpy.init(args=args)
     node = None
     code = 0
     try:
         node = SegmentationNode()
+        node.start()
         executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         executor.spin()
@@ -659,7 +943,7 @@ def main(args: list[str] | None = None) -> int:
         code = 1
     finally:
         if node is not None:
-            node.close()
+            node.release()
             node.destroy_node()
         rclpy.try_shutdown()
     return code

@@ -1,0 +1,187 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+The segmentation and learner nodes as managed (lifecycle) nodes, driven from outside.
+
+The nodes run as real processes with ``autostart:=false``, the way the launch file and
+the process starter start them, and every transition goes through their real
+``~/change_state`` services (lifecycle_msgs/srv/ChangeState) over loopback DDS. The
+camera streams a real CamVid frame; the model is the cached base model of the learning
+tests.
+"""
+from __future__ import annotations
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from ldka_ros.nodes.diagnostics import status_values
+from ldka_ros.nodes.qos import sensor_qos
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+import pytest
+import ros_harness
+from sensor_msgs.msg import Image
+from test_learning_job import base_registry
+
+pytestmark = pytest.mark.ros
+
+SEG = 'ldka_ros.nodes.segmentation_node'
+
+
+class Lifecycle:
+    """The ``~/change_state`` and ``~/get_state`` services of one node, from the test."""
+
+    def __init__(self, probe, fqn: str, launcher) -> None:
+        self.fqn = fqn
+        self.change = ros_harness.wait_for_service(probe.node, ChangeState,
+                                                   f'{fqn}/change_state', 60.0, launcher)
+        self.get = ros_harness.wait_for_service(probe.node, GetState, f'{fqn}/get_state',
+                                                60.0, launcher)
+
+    def state(self) -> str:
+        """Return the node's lifecycle state label."""
+        return ros_harness.call_service(self.get, GetState.Request()).current_state.label
+
+    def do(self, transition_id: int) -> bool:
+        """Ask for one transition; return whether the node made it."""
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return ros_harness.call_service(self.change, request, 120.0).success
+
+
+def _camera(launcher, camvid_root):
+    path = sorted((camvid_root / 'val' / 'images').glob('*'))[10]
+    return launcher.start_script('camera', ros_harness.TEST_DIR / 'ros_test_nodes.py',
+                                 'camera', params={'image_path': str(path), 'rate_hz': 10.0})
+
+
+def _segmentation(launcher, registry, **params):
+    ns = launcher.namespace
+    values = {'registry_path': str(registry), 'backend': 'onnxruntime', 'threads': 1,
+              'model_version_topic': f'{ns}/learner/model_version', 'rollback_service': '',
+              'diagnostics_period_s': 0.5, 'autostart': False}
+    values.update(params)
+    return launcher.start_module('segmentation', SEG, params=values)
+
+
+def _status(diags, launcher, predicate, timeout=30.0):
+    """Return (status, values) of the next segmentation status matching ``predicate``."""
+    deadline = time.monotonic() + timeout
+    seen = len(diags.messages)  # only statuses sent from now on
+    while time.monotonic() < deadline:
+        messages = diags.wait_for(seen + 1, max(0.1, deadline - time.monotonic()), launcher)
+        for msg in messages[seen:]:
+            for status in msg.status:
+                if status.name.endswith('segmentation') and predicate(status):
+                    return status, status_values(status)
+        seen = len(messages)
+    raise TimeoutError('no matching diagnostics\n' + launcher.logs())
+
+
+def _no_masks_for(masks, seconds: float) -> int:
+    """Let in-flight frames finish, then return how many masks came in ``seconds``."""
+    time.sleep(1.0)
+    before = len(masks.messages)
+    time.sleep(seconds)
+    return len(masks.messages) - before
+
+
+@pytest.mark.slow
+def test_segmentation_node_through_every_transition(tmp_path, camvid_root, ros_launcher,
+                                                    ros_node):
+    registry = base_registry(tmp_path / 'registry', camvid_root)
+    ns = ros_launcher.namespace
+    probe = ros_node.node
+    frames = ros_harness.TopicCollector(probe, Image, f'{ns}/image', sensor_qos(depth=50))
+    masks = ros_harness.TopicCollector(probe, Image, f'{ns}/segmentation/mask', 10)
+    diags = ros_harness.TopicCollector(probe, DiagnosticArray, '/diagnostics', 50)
+    _camera(ros_launcher, camvid_root)
+    seg = _segmentation(ros_launcher, registry)
+    node = Lifecycle(ros_node, f'{ns}/segmentation', ros_launcher)
+
+    # Started as the launch file starts it: unconfigured, nothing loaded, saying so.
+    assert node.state() == 'unconfigured'
+    frames.wait_for(5, 30.0, ros_launcher)
+    _status(diags, ros_launcher, lambda s: s.message.startswith('unconfigured: not serving'))
+    assert not masks.messages
+
+    assert node.do(Transition.TRANSITION_CONFIGURE)
+    assert node.state() == 'inactive'
+    _, values = _status(diags, ros_launcher,
+                        lambda s: s.message == 'inactive: not serving (v0001 loaded)')
+    assert values['lifecycle_state'] == 'inactive' and values['model_version'] == 'v0001'
+    assert _no_masks_for(masks, 1.5) == 0  # configured, the model loaded, still quiet
+
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    masks.wait_for(3, 60.0, ros_launcher)
+    _status(diags, ros_launcher, lambda s: s.message.startswith('segmenting at'))
+
+    # Deactivated: frames keep coming, no mask goes out, the process serves on.
+    assert node.do(Transition.TRANSITION_DEACTIVATE)
+    camera_before = len(frames.messages)
+    assert _no_masks_for(masks, 2.5) == 0
+    assert len(frames.messages) > camera_before + 10
+    assert seg.alive() and node.state() == 'inactive'
+    _, values = _status(diags, ros_launcher, lambda s: s.message.startswith('inactive'))
+    assert int(values['frames_ignored_inactive']) > 10
+
+    # Active again: masks again, from the model that stayed loaded.
+    count = len(masks.messages)
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    masks.wait_for(count + 3, 60.0, ros_launcher)
+
+    # Cleanup releases everything; configure again works and serves.
+    assert node.do(Transition.TRANSITION_DEACTIVATE)
+    assert node.do(Transition.TRANSITION_CLEANUP)
+    assert node.state() == 'unconfigured'
+    assert _no_masks_for(masks, 1.0) == 0
+    assert node.do(Transition.TRANSITION_CONFIGURE)
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    count = len(masks.messages)
+    masks.wait_for(count + 3, 60.0, ros_launcher)
+
+    # Shutdown from active: finalized, and the process still ends cleanly on SIGINT.
+    assert node.do(Transition.TRANSITION_ACTIVE_SHUTDOWN)
+    assert node.state() == 'finalized'
+    assert ros_launcher.stop_all()['segmentation'] == 0, ros_launcher.logs()
+
+
+@pytest.mark.slow
+def test_failed_configure_keeps_the_node_up_until_the_path_is_fixed(
+        tmp_path, camvid_root, ros_launcher, ros_node):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    registry = base_registry(tmp_path / 'registry', camvid_root)
+    not_a_registry = tmp_path / 'registry.txt'
+    not_a_registry.write_text('a file, not a registry directory\n')
+    ns = ros_launcher.namespace
+    probe = ros_node.node
+    masks = ros_harness.TopicCollector(probe, Image, f'{ns}/segmentation/mask', 10)
+    diags = ros_harness.TopicCollector(probe, DiagnosticArray, '/diagnostics', 50)
+    _camera(ros_launcher, camvid_root)
+    seg = _segmentation(ros_launcher, not_a_registry)
+    node = Lifecycle(ros_node, f'{ns}/segmentation', ros_launcher)
+
+    assert not node.do(Transition.TRANSITION_CONFIGURE)
+    assert node.state() == 'unconfigured' and seg.alive()
+    status, _ = _status(diags, ros_launcher,
+                        lambda s: 'configure failed' in s.message)
+    assert status.level == bytes([2]) and str(not_a_registry) in status.message
+    assert 'RegistryError' in status.message
+
+    setter = ros_harness.wait_for_service(probe, SetParameters,
+                                          f'{ns}/segmentation/set_parameters', 30.0)
+
+    def set_registry(path) -> object:
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
+        request = SetParameters.Request(parameters=[Parameter(name='registry_path',
+                                                              value=value)])
+        return ros_harness.call_service(setter, request).results[0]
+
+    assert set_registry(registry).successful  # allowed while unconfigured
+    assert node.do(Transition.TRANSITION_CONFIGURE)
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    masks.wait_for(3, 60.0, ros_launcher)
+    # Once configured, the path the node runs with cannot change under it.
+    refused = set_registry(not_a_registry)
+    assert not refused.successful and 'read at configure' in refused.reason
+    assert ros_launcher.stop_all()['segmentation'] == 0, ros_launcher.logs()

@@ -677,3 +677,35 @@ def measure_speed(data_root: str | os.PathLike, methods: Sequence[str] = ('finet
             'threads': torch.get_num_threads(), 'seconds_per_iter': times,
             'median_seconds_per_iter': medians,
             'ratio_to_first': {m: medians[m] / ref for m in methods}}
+
+
+@torch.no_grad()
+def new_class_weight_share(model, dataset, new_classes: Sequence[int], tau: float = 0.7,
+                           power: float = 1.0, batch_size: int = 8,
+                           max_batches: int = 8) -> dict:
+    """
+    Return the share of the class-balanced CE weight that falls on new-class pixels.
+
+    A diagnosis of why a method learns new classes slowly, measured without training:
+    for each batch of the step's frames (labels: new classes, background, ignore) the
+    class-balancing weights (``losses.class_balance_weights`` at ``power``) are taken
+    from the step's labels (what MiB balances) and from the old model's pseudo-labelled
+    target (what LDKA balances unless ``balance_step_labels``); the new classes' part
+    of the total weight is averaged over the batches. ``model`` is the old model.
+    """
+    from ldka_ros.learning import losses as L
+
+    old = model.active_classes()
+    shares: dict[str, list[float]] = {'step_labels': [], 'pseudo_labels': []}
+    new = torch.tensor(sorted(int(c) for c in new_classes))
+    for start in range(0, min(len(dataset), batch_size * max_batches), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        images = torch.stack([im for im, _ in items])
+        target = torch.stack([torch.as_tensor(lab).long() for _, lab in items])
+        pseudo = L.pseudo_label(target, model(images).logits.float(), old, tau)
+        for name, labels in (('step_labels', target), ('pseudo_labels', pseudo)):
+            valid = pseudo != L.IGNORE
+            weights = L.class_balance_weights(labels, power) * valid
+            on_new = torch.isin(labels, new) & valid
+            shares[name].append(float(weights[on_new].sum() / weights.sum().clamp(min=1e-9)))
+    return {k: float(np.mean(v)) for k, v in shares.items()}

@@ -33,9 +33,13 @@ LEARNER = 'ldka_ros.nodes.learner_node'
 @pytest.fixture(scope='module')
 def learner_source(tmp_path_factory, camvid_root):
     """Return a registry: base v0001 (active), children v0002 and v0003 (graphs only)."""
+    return make_source(tmp_path_factory.mktemp('fleet_source'), camvid_root)
+
+
+def make_source(work, camvid_root):
+    """Build the learner's registry of these tests in ``work``; return its root."""
     from test_learning_job import base_registry
 
-    work = tmp_path_factory.mktemp('fleet_source')
     root = base_registry(work / 'registry', camvid_root)
     registry = ModelRegistry(root)
     base = registry.get('v0001')

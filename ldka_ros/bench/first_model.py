@@ -100,12 +100,12 @@ def run_once(camvid: Path, size: tuple[int, int], labelled: int, iterations: int
 def main(args) -> int:
     """Run every size; print the table; write the record to ``--json``."""
     from ldka_ros.bench.record import start_record, write_record
-    from ldka_ros.cli.learning_commands import _data_root
+    from ldka_ros.learning.data import camvid_root
 
     import torch
 
     record = start_record(args.invocation)
-    camvid = _data_root(args)
+    camvid = camvid_root(args.data)
     val_frames = _car_frames(camvid, 'val', args.val_frames)
     rows = []
     for size in args.sizes:

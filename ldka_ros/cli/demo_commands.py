@@ -120,7 +120,7 @@ def cmd_demo_base_model(args) -> int:
           f'{100 * info["heldout"]["miou"]:.1f}%, training {t["train_s"]:.0f} s of '
           f'{t["total_s"]:.0f} s' + (' (cached)' if base.reused else ''))
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
+        from ldka_ros.fsio import atomic_write_json
 
         atomic_write_json(args.json, info)
     return 0
@@ -150,7 +150,7 @@ def cmd_demo(args) -> int:
                           progress=not args.no_progress)
     report = run_demo(options, _echo)
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
+        from ldka_ros.fsio import atomic_write_json
 
         atomic_write_json(args.json, report.to_dict())
     print(json.dumps({'report': str(Path(args.out) / 'report.json'),

@@ -40,7 +40,7 @@ def _names(text: str) -> list[str]:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    from ldka_ros.learning.classes import atomic_write_json
+    from ldka_ros.fsio import atomic_write_json
 
     atomic_write_json(path, obj)
     print(f'wrote {path}')

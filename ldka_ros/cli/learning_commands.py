@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 import sys
 
@@ -31,24 +30,10 @@ PRESETS = {
 }
 
 
-def default_data_root() -> Path | None:
-    """Return ``$LDKA_CAMVID`` or ``../shared/data/camvid`` beside the repository, if present."""
-    env = os.environ.get('LDKA_CAMVID')
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'camvid')
-    for path in candidates:
-        if (path / 'train').is_dir():
-            return path
-    return None
-
-
 def _data_root(args) -> Path:
-    root = Path(args.data) if args.data else default_data_root()
-    if root is None:
-        raise FileNotFoundError('no CamVid folder found: pass --data PATH or set LDKA_CAMVID')
-    if not root.is_dir():
-        raise FileNotFoundError(f'data folder {root} does not exist')
-    return root
+    from ldka_ros.learning.data import camvid_root  # torch: only when a command needs data
+
+    return camvid_root(args.data)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -404,7 +389,7 @@ def cmd_evaluate(args) -> int:
         shown = 'n/a' if iou != iou else f'{100 * iou:.1f}'
         print(f'  {cid:2d} {names.get(cid, "background"):12s} {shown}')
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
+        from ldka_ros.fsio import atomic_write_json
 
         atomic_write_json(args.json, doc)
     return 0

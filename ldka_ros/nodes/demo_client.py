@@ -368,7 +368,7 @@ def write_parameters(cfg: BaseModelConfig, settings: DemoSettings, paths: DemoPa
     """Write the demo's parameters file (``<out>/demo_params.yaml``) and return its path."""
     import yaml
 
-    from ldka_ros.learning.classes import atomic_write_text
+    from ldka_ros.fsio import atomic_write_text
 
     text = ('# Parameters of the ldka_ros demo graph (written by `ldka demo`).\n'
             + yaml.safe_dump(demo_parameters(cfg, settings, paths, backend, device),

@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import Callable
 
-from ldka_ros.learning.classes import atomic_write_json
+from ldka_ros.fsio import atomic_write_json
 
 LOG = logging.getLogger(__name__)
 

@@ -232,3 +232,25 @@ def test_killed_transfer_resumes_and_a_damaged_file_is_refused(
     assert int(values['frames_dropped']) == 0 and values['lagging'] == 'False'
     codes = ros_launcher.stop_all()
     assert all(code == 0 for code in codes.values()), ros_launcher.logs()
+
+
+def test_shared_registry_mode_keeps_working_and_honours_a_pin(
+        ros_launcher, ros_node, tmp_path, learner_source, camera_image):
+    fleet = Fleet(ros_launcher, ros_node.node, tmp_path, learner_source, camera_image)
+    fleet.start_learner()
+    shared = {'model_source': 'shared', 'registry_path': str(fleet.learner_root)}
+    fleet.start_robot('robot1', **shared)
+    fleet.start_robot('robot2', pin_version='v0001', **shared)
+    for robot in ('robot1', 'robot2'):
+        values = fleet.values(robot, serving('v0001'), 90.0)
+        assert values['model_source'] == 'shared'
+    reply = fleet.rollback('v0002')
+    assert reply.success, reply.message
+    values = fleet.values('robot1', serving('v0002'), 60.0, 'robot1 on v0002')
+    assert values['lagging'] == 'False' and int(values['frames_dropped']) == 0
+    pinned = fleet.values('robot2', lambda v: v['fleet_version'] == 'v0002', 30.0)
+    assert pinned['serving_fleet_version'] == 'v0001' and pinned['lagging'] == 'True'
+    assert pinned['lag_reason'] == 'pinned to v0001'
+    assert not (fleet.root / 'robot1').exists(), 'shared mode keeps no cache of its own'
+    codes = ros_launcher.stop_all()
+    assert all(code == 0 for code in codes.values()), ros_launcher.logs()

@@ -136,3 +136,17 @@ def test_selection_split_takes_whole_drives(camvid_train, raw_ids):
     assert set(np.unique(rest.load_label(i))) - {255} <= raw_ids[j] | {0}
     with pytest.raises(ValueError, match='empty part'):
         split_selection(camvid_train, ['no-such-drive'])
+
+
+def test_new_class_balance_share_counts_pseudo_labelled_classes(camvid_train):
+    from ldka_ros.bench.learning import new_class_balance_share
+
+    proto = get_protocol('camvid-6-1')
+    share = new_class_balance_share(camvid_train, proto, 3, draws=50)
+    assert share['new_classes'] == [9] and share['frames'] > 0
+    # step labels: the car and background only (half each when both are present)
+    assert 0.0 < share['step_labels'] <= 0.5
+    # pseudo-labels bring the base classes back: the car's share falls to about a tenth
+    assert share['pseudo_labels'] < share['step_labels'] / 3
+    again = new_class_balance_share(camvid_train, proto, 3, draws=50)
+    assert again == share

@@ -679,33 +679,37 @@ def measure_speed(data_root: str | os.PathLike, methods: Sequence[str] = ('finet
             'ratio_to_first': {m: medians[m] / ref for m in methods}}
 
 
-@torch.no_grad()
-def new_class_weight_share(model, dataset, new_classes: Sequence[int], tau: float = 0.7,
-                           power: float = 1.0, batch_size: int = 8,
-                           max_batches: int = 8) -> dict:
+def new_class_balance_share(dataset, protocol: Protocol, t: int, batch_size: int = 8,
+                            draws: int = 200, seed: int = 0) -> dict:
     """
-    Return the share of the class-balanced CE weight that falls on new-class pixels.
+    Return the new classes' share of a class-balanced CE in step ``t``, from labels alone.
 
-    A diagnosis of why a method learns new classes slowly, measured without training:
-    for each batch of the step's frames (labels: new classes, background, ignore) the
-    class-balancing weights (``losses.class_balance_weights`` at ``power``) are taken
-    from the step's labels (what MiB balances) and from the old model's pseudo-labelled
-    target (what LDKA balances unless ``balance_step_labels``); the new classes' part
-    of the total weight is averaged over the batches. ``model`` is the old model.
+    Why: with equal weight per present class (``class_balance = 1``, the step recipe)
+    the new classes' share of the CE is ``n_new / n_present`` for each batch. MiB (and
+    LDKA with ``balance_step_labels``) balance over the step's labels, where only the
+    new classes and background are present; LDKA's pseudo-labels bring back every old
+    class the old model recognises. The second share is computed with the old classes
+    present in the ground truth (an old model that pseudo-labels every old class it
+    sees), the limit the real pseudo-labels approach. Random batches of ``batch_size``
+    of the step's training frames, ``draws`` times; returns the means.
     """
-    from ldka_ros.learning import losses as L
+    from ldka_ros.learning.data import class_presence
 
-    old = model.active_classes()
-    shares: dict[str, list[float]] = {'step_labels': [], 'pseudo_labels': []}
-    new = torch.tensor(sorted(int(c) for c in new_classes))
-    for start in range(0, min(len(dataset), batch_size * max_batches), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        images = torch.stack([im for im, _ in items])
-        target = torch.stack([torch.as_tensor(lab).long() for _, lab in items])
-        pseudo = L.pseudo_label(target, model(images).logits.float(), old, tau)
-        for name, labels in (('step_labels', target), ('pseudo_labels', pseudo)):
-            valid = pseudo != L.IGNORE
-            weights = L.class_balance_weights(labels, power) * valid
-            on_new = torch.isin(labels, new) & valid
-            shares[name].append(float(weights[on_new].sum() / weights.sum().clamp(min=1e-9)))
-    return {k: float(np.mean(v)) for k, v in shares.items()}
+    presence = class_presence(dataset)
+    new = protocol.new_classes(t)
+    old = [c for c in protocol.old_classes(t) if c != 0]
+    frames = np.flatnonzero(presence[:, new].any(axis=1))
+    if frames.size == 0:
+        raise ValueError(f'step {t} of {protocol.name} has no training frame')
+    rng = np.random.default_rng(seed)
+    step_labels, pseudo = [], []
+    for _ in range(int(draws)):
+        batch = presence[rng.choice(frames, size=min(batch_size, frames.size),
+                                    replace=False)]
+        n_new = int(batch[:, new].any(axis=0).sum())
+        n_old = int(batch[:, old].any(axis=0).sum())
+        step_labels.append(n_new / (n_new + 1))
+        pseudo.append(n_new / (n_new + n_old + 1))
+    return {'protocol': protocol.name, 'step': t, 'new_classes': new,
+            'frames': int(frames.size), 'step_labels': float(np.mean(step_labels)),
+            'pseudo_labels': float(np.mean(pseudo))}

@@ -66,6 +66,7 @@ def test_benchmark_selection_split_and_upper_bound(tmp_path, capsys):
     assert 'on CamVid selection' in printed and 'all / upper bound' in printed
     sel = json.loads((out / 'results.json').read_text())
     assert sel['eval_split'] == 'selection' and sel['selection_sequences'] == ['0001TP']
+    assert sel['torch_threads'] >= 1  # float sums depend on it: a rerun must match it
     # the upper bound trains every class at once with the base + step budget
     assert sel['offline_iterations'] == sel['cfg_base']['iterations'] + \
         sel['cfg_step']['iterations']

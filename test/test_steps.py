@@ -269,12 +269,12 @@ def test_benchmark_method_names_map_to_step_configs():
     assert method_call('ldka+gfr', None)[1].gfr
     # the variant's option is keyed only when set, so cached steps of LDKA stay valid
     assert 'dss_shrink_only' not in LDKAConfig().key()
+    assert cfg.key()['dss_shrink_only'] is True
     call, cfg = method_call('ldka:bal-step', None)
     assert call == 'ldka' and cfg.balance_step_labels and cfg.dss and not cfg.gfr
     call, cfg = method_call('ldka:no-skd', None)
     assert not cfg.dss and not cfg.pert and cfg.pml and cfg.mad
     assert parse_methods('joint-offline,mib') == ['joint-offline', 'mib']
-    assert cfg.key()['dss_shrink_only'] is True
 
 
 def test_step_label_balancing_moves_the_new_class_more(base, step_data):

@@ -141,7 +141,7 @@ class LabelAssist:
             return self._stop('the camera frame size changed')
         mask = prop.step(rgb)
         if mask is None or not np.asarray(mask).any():
-            return self._stop('the tracking consistency check failed')
+            return self._stop(getattr(prop, 'stop_reason', '') or 'the consistency check failed')
         record = self.node.store.add(rgb, np.asarray(mask, bool), info['name'],
                                      info['class_id'], source=f'propagated:{info["source"]}')
         info['stored'] += 1

@@ -1,7 +1,9 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-The learner's labelling aids against a real learner process: point prompts, rqt clicks,
-``ldka ros label --point``, and label propagation along a moving camera stream.
+The learner's labelling aids against a real learner process.
+
+Point prompts, rqt clicks, ``ldka ros label --point``, and label propagation along a
+moving camera stream.
 
 The frames are real CamVid frames with a large car; the camera is a publisher in the
 test process.

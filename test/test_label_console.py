@@ -8,8 +8,8 @@ and a reason, and the console keeps serving after all of them.
 """
 from __future__ import annotations
 
-import cv2
 from console_graph import Http, start_console_graph
+import cv2
 import numpy as np
 import pytest
 import ros_harness

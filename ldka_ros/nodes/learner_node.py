@@ -32,7 +32,9 @@ Interfaces: sub ``image`` (sensor_msgs/Image); services ``~/label_object``,
 ``~/list_classes``, ``~/list_versions``, ``~/rollback``, ``~/remove_class``,
 ``~/rename_class`` (pending classes only), ``~/fetch_artefact`` (the registry's files in
 chunks, for robots that keep their own cache); action ``~/learn``; pub
-``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255).
+``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255). Labelling aids
+(``nodes/label_assist.py``): sub ``<image>_mouse_left`` (rqt_image_view clicks) and the
+margin map (``margin_topic``), pub ``~/label_suggestions`` (latched).
 """
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ from typing import Any
 import warnings
 
 from ldka_ros.learning.methods import ROBOT_METHODS
-from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
+from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service

@@ -185,3 +185,64 @@ def test_failed_configure_keeps_the_node_up_until_the_path_is_fixed(
     refused = set_registry(not_a_registry)
     assert not refused.successful and 'read at configure' in refused.reason
     assert ros_launcher.stop_all()['segmentation'] == 0, ros_launcher.logs()
+
+
+@pytest.mark.slow
+def test_learner_refuses_requests_until_active_and_keeps_its_frames_across_cleanup(
+        tmp_path, camvid_root, ros_launcher, ros_node):
+    from action_msgs.msg import GoalStatus
+    from ldka_ros_interfaces.action import LearnClasses
+    from ldka_ros_interfaces.msg import ModelVersion
+    from ldka_ros_interfaces.srv import ListClasses
+    from test_learner_node import (_action_client, _GoalRunner, _label_request, _services,
+                                   _start_learner)
+    from test_learning_job import camvid_car_frames
+
+    from ldka_ros.nodes.qos import latched_qos
+
+    not_a_registry = tmp_path / 'registry'
+    not_a_registry.write_text('a file, not a registry directory\n')
+    ns = ros_launcher.namespace
+    versions = ros_harness.TopicCollector(ros_node.node, ModelVersion,
+                                          f'{ns}/learner/model_version', latched_qos())
+    learner = _start_learner(ros_launcher, tmp_path, autostart=False)
+    node = Lifecycle(ros_node, f'{ns}/learner', ros_launcher)
+    assert node.state() == 'unconfigured'
+    assert not node.do(Transition.TRANSITION_CONFIGURE)  # the registry path is a file
+    assert node.state() == 'unconfigured' and learner.alive()
+    assert 'configure failed, staying unconfigured' in learner.log_text()
+    not_a_registry.unlink()
+    base_registry(not_a_registry, camvid_root)  # fixed on disk: configure again works
+    assert node.do(Transition.TRANSITION_CONFIGURE)
+
+    srv = _services(ros_node, ns, ros_launcher)
+    rgb, mask = camvid_car_frames(camvid_root, 1)[0]
+    refused = ros_harness.call_service(srv['label_object'], _label_request('car', rgb, mask))
+    assert not refused.accepted and 'the learner is inactive' in refused.message
+    listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request())
+    assert listing.slots_total > 0  # queries answer while inactive
+    assert not versions.messages  # nothing announced before activate
+
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    assert versions.wait_for(1, 30.0, ros_launcher)[-1].id == 'v0001'
+    stored = ros_harness.call_service(srv['label_object'], _label_request('car', rgb, mask))
+    assert stored.accepted, stored.message
+    # The job's input is a typed JobSpec, checked in the node: a goal the job would refuse
+    # is refused with the job's own reason before any job process or folder exists.
+    goal = _GoalRunner(_action_client(ros_node, ns, ros_launcher),
+                       LearnClasses.Goal(classes=['car'], max_seconds=-1.0))
+    assert goal.done.wait(60.0), ros_launcher.logs()
+    assert goal.status == GoalStatus.STATUS_ABORTED
+    assert goal.result.message.startswith('refused: max_seconds must be >= 0'), \
+        goal.result.message
+    assert not list((tmp_path / 'jobs').glob('*'))
+
+    assert node.do(Transition.TRANSITION_DEACTIVATE)
+    again = ros_harness.call_service(srv['label_object'], _label_request('car', rgb, mask))
+    assert not again.accepted and 'inactive' in again.message
+    assert node.do(Transition.TRANSITION_CLEANUP)
+    assert node.do(Transition.TRANSITION_CONFIGURE)
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request(), 30.0)
+    assert list(listing.pending_classes) == ['car'] and list(listing.pending_frames) == [1]
+    assert ros_launcher.stop_all()['learner'] == 0, ros_launcher.logs()

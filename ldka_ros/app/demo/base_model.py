@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import Callable
 
-from ldka_ros.learning.classes import atomic_write_json
+from ldka_ros.fsio import atomic_write_json
 
 LOG = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     work.mkdir(exist_ok=True)
     bank = result.feature_bank.state_dict() if result.feature_bank is not None else None
     ckpt = save_checkpoint(work / 'checkpoint.pt', trained, classes, meta={
-        'step': 0, 'method': 'base', 'source': 'ldka_ros.demo.base_model',
+        'step': 0, 'method': 'base', 'source': 'ldka_ros.app.demo.base_model',
         'input_hw': list(cfg.input_hw), 'seconds': result.seconds})
     artefacts = {'checkpoint': ckpt}
     if bank is not None:
@@ -342,7 +342,7 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     manifest = registry.publish(artefacts, [c.to_dict() for c in classes], parent=None,
                                 step=0, metrics=metrics, activate=True,
                                 extra={'input_hw': list(cfg.input_hw), 'method': 'base',
-                                       'source': 'ldka_ros.demo.base_model',
+                                       'source': 'ldka_ros.app.demo.base_model',
                                        'train_frames': cfg.train_frames})
     shutil.rmtree(work)
     shutil.rmtree(val_dir)

@@ -57,9 +57,9 @@ import warnings
 
 from ldka_ros.app.job import JobSpec, spec_to_json
 from ldka_ros.learning.methods import ROBOT_METHODS
-from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
+from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service, refuse

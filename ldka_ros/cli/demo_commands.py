@@ -62,10 +62,12 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``demo``, ``demo-base-model`` and ``bench-step-recipe`` to the ``ldka`` parser."""
-    from ldka_ros.demo import recipe_bench
+    """Add ``demo``, ``demo-base-model`` and the demo-scene benchmarks to the ``ldka`` parser."""
+    from ldka_ros.demo import prompt_bench, recipe_bench, teach_bench
 
     recipe_bench.register(subparsers)
+    prompt_bench.register(subparsers)
+    teach_bench.register(subparsers)
     p = subparsers.add_parser(
         'demo-base-model', help='build (or find) the cached base model of the demo',
         description='Render tabletop frames (the duck labelled background), train the base '

@@ -11,6 +11,12 @@ only if it is a real directory (not a symlink), owned by the current user and mo
 0700; otherwise it is refused with the reason logged and a fresh ``mkdtemp`` folder
 (unique, 0700) is used for this process instead.
 
+Why atomic writes: manifests, class lists, checkpoints and reports are read by other
+processes while they are rewritten (the learner node while its job publishes, an
+operator's command while a node runs). A reader must see the old file or the whole new
+one, never half, also after a power cut: the bytes go to a temporary file in the same
+directory, are fsynced, renamed over the target, and the directory is fsynced.
+
 Why a lock file: the frame store's manifest is rewritten by the learner's service
 threads and by the learning job in another process; ``fcntl.flock`` on a separate lock
 file serialises read-modify-write cycles across both, and the lock is released by the
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import fcntl
+import json
 import logging
 import os
 from pathlib import Path
@@ -106,3 +113,55 @@ def locked(lock_path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """
+    Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The bytes go to a temporary file in the same directory (same file system, so the
+    rename is atomic), are flushed and fsynced, then renamed over ``path``; the
+    directory is fsynced too so the rename survives a power cut. On any error the
+    temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + '\n')
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Fsync a directory so that renames inside it are durable (no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

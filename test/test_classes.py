@@ -3,9 +3,10 @@
 import json
 import os
 
+from ldka_ros.fsio import atomic_write_json
 from ldka_ros.learning import classes as classes_mod
-from ldka_ros.learning.classes import (atomic_write_json, CAMVID_CLASS_NAMES, camvid_registry,
-                                       ClassInfo, ClassRegistry, slot_color)
+from ldka_ros.learning.classes import (CAMVID_CLASS_NAMES, camvid_registry, ClassInfo,
+                                       ClassRegistry, slot_color)
 import numpy as np
 import pytest
 

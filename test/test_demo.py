@@ -33,7 +33,7 @@ NEW_CLASS_MIN_IOU = 0.10
 
 
 def _config(**changes):
-    from ldka_ros.demo.base_model import BaseModelConfig
+    from ldka_ros.app.demo.base_model import BaseModelConfig
 
     return BaseModelConfig(**changes)
 
@@ -64,8 +64,17 @@ def test_class_ids_put_the_taught_object_after_the_base_classes():
     assert other.class_ids()['duck'] < len(cfg.objects)
 
 
+def test_config_key_reads_every_shaping_source():
+    """A source the key cannot find hashes as '<missing>': its edits would not rebuild."""
+    from ldka_ros.app.demo import base_model
+
+    missing = [rel for rel in base_model.SHAPING_SOURCES
+               if not (base_model.PACKAGE_ROOT / rel).is_file()]
+    assert not missing, f'shaping sources not found under {base_model.PACKAGE_ROOT}: {missing}'
+
+
 def test_config_key_follows_the_settings_and_round_trips():
-    from ldka_ros.demo.base_model import BaseModelConfig
+    from ldka_ros.app.demo.base_model import BaseModelConfig
 
     cfg = _config()
     assert cfg.key() == _config().key()
@@ -84,7 +93,7 @@ def test_config_key_follows_the_settings_and_round_trips():
 
 
 def test_iou_meter_scores_old_and_new_classes_on_rendered_frames():
-    from ldka_ros.demo.scenario import IoUMeter
+    from ldka_ros.app.demo.scenario import IoUMeter
 
     cfg, frames = _frames()
     ids = cfg.class_ids()
@@ -123,7 +132,7 @@ def test_iou_meter_scores_old_and_new_classes_on_rendered_frames():
 
 
 def test_iou_meter_counts_unknown_prediction_ids_as_wrong():
-    from ldka_ros.demo.scenario import IoUMeter
+    from ldka_ros.app.demo.scenario import IoUMeter
 
     cfg, frames = _frames(2)
     ids = cfg.class_ids()
@@ -139,7 +148,7 @@ def test_iou_meter_counts_unknown_prediction_ids_as_wrong():
 
 
 def test_label_candidates_follow_what_a_person_would_click():
-    from ldka_ros.demo.scenario import check_label_candidate
+    from ldka_ros.app.demo.scenario import check_label_candidate
     from ldka_ros.sim.tabletop import box_of
 
     cfg, frames = _frames(10)
@@ -168,8 +177,8 @@ def test_label_candidates_follow_what_a_person_would_click():
 
 
 def test_report_is_written_atomically_and_reads_back(tmp_path):
-    from ldka_ros.demo.report import (DemoReport, format_progress, format_report,
-                                      panel, save_png, StageTimer, write_report)
+    from ldka_ros.app.demo.report import (DemoReport, format_progress, format_report,
+                                          panel, save_png, StageTimer, write_report)
 
     timer = StageTimer()
     with timer.run('score_before'):
@@ -205,7 +214,7 @@ def test_report_is_written_atomically_and_reads_back(tmp_path):
 
 def test_cached_base_model_is_reused_and_copied(tmp_path):
     """A tiny base model: built once, found again by key, registry copied intact."""
-    from ldka_ros.demo.base_model import copy_registry, ensure_base_model
+    from ldka_ros.app.demo.base_model import copy_registry, ensure_base_model
     from ldka_ros.registry import ModelRegistry
 
     cfg = _config(render_hw=(96, 128), input_hw=(64, 96), crop=(64, 96), train_frames=8,
@@ -239,7 +248,7 @@ def test_demo_teaches_the_duck_end_to_end(tmp_path, ros_domain, monkeypatch):
     """Run the reduced demo through the real graph; the duck is learned, old classes kept."""
     import psutil
 
-    from ldka_ros.demo.scenario import DemoSettings
+    from ldka_ros.app.demo.scenario import DemoSettings
     from ldka_ros.nodes.demo_client import DemoOptions, run_demo
 
     monkeypatch.setenv('ROS_DOMAIN_ID', str(ros_domain))

@@ -297,7 +297,7 @@ def test_killed_learner_publishes_nothing_and_loses_no_frame(
         lambda: any(f.phase == 'training' and f.loss_names for f in runner.feedback), 180,
         'training iterations', ros_launcher)
     jobs = [p for p in psutil.Process(learner.pid).children(recursive=True)
-            if 'ldka_ros.learning.job' in ' '.join(p.cmdline())]
+            if 'ldka_ros.app.job' in ' '.join(p.cmdline())]
     assert len(jobs) == 1
     os.kill(learner.pid, signal.SIGKILL)  # the node only: its job must notice by itself
     gone, alive = psutil.wait_procs(jobs, timeout=90)

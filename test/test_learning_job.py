@@ -150,7 +150,7 @@ def write_spec(path: Path, **fields) -> Path:
 
 def run_job(spec: Path, timeout: float = 240.0) -> tuple[int, list[dict], str]:
     """Run the job module; return (exit code, parsed stdout lines, stderr)."""
-    proc = subprocess.run([sys.executable, '-m', 'ldka_ros.learning.job', '--spec', str(spec)],
+    proc = subprocess.run([sys.executable, '-m', 'ldka_ros.app.job', '--spec', str(spec)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)})
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -234,7 +234,7 @@ def test_sigterm_cancels_between_iterations_and_publishes_nothing(tmp_path, setu
 
     registry_path, store_path, _ = setup_job
     spec = _spec(tmp_path, registry_path, store_path, max_iterations=500)
-    proc = subprocess.Popen([sys.executable, '-m', 'ldka_ros.learning.job', '--spec',
+    proc = subprocess.Popen([sys.executable, '-m', 'ldka_ros.app.job', '--spec',
                              str(spec)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)})

@@ -126,7 +126,7 @@ def test_checked_box_keeps_camvid_masks_that_grabcut_loses(camvid_root):
     On real street frames GrabCut collapses or leaks on some jittered boxes; the box check
     must replace those masks by the box, so 'checked' beats both plain GrabCut and the box.
     """
-    from ldka_ros.demo.prompt_bench import camvid_objects, operator_box
+    from ldka_ros.bench.prompts import camvid_objects, operator_box
 
     rng = np.random.default_rng(0)
     scores = {'grabcut': [], 'checked': [], 'box': []}

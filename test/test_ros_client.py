@@ -248,7 +248,7 @@ def test_learn_shows_progress_and_ctrl_c_cancels_the_goal(learner_files, ros_lau
     registry = ModelRegistry(tmp_path / 'registry')
     assert registry.version_ids() == ['v0001'] and registry.active_id() == 'v0001'
     jobs = [p for p in psutil.Process(learner.pid).children(recursive=True)
-            if 'ldka_ros.learning.job' in ' '.join(p.cmdline())]
+            if 'ldka_ros.app.job' in ' '.join(p.cmdline())]
     assert not jobs, 'the learning job outlived its cancelled goal'
     assert FrameStore(tmp_path / 'frames').pending_classes() == {'car': 4}
 

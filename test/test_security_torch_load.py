@@ -13,8 +13,9 @@ from pathlib import Path
 import pickle
 from types import SimpleNamespace
 
+from ldka_ros.app import job
 from ldka_ros.errors import UserError
-from ldka_ros.learning import checkpoint, job, pretrained, steps
+from ldka_ros.learning import checkpoint, pretrained, steps
 import pytest
 import torch
 

@@ -256,7 +256,7 @@ def test_bad_inputs_are_clear_errors(base, step_data):
 
 
 def test_benchmark_method_names_map_to_step_configs():
-    from ldka_ros.learning.benchmark import method_call, parse_methods
+    from ldka_ros.bench.learning import method_call, parse_methods
 
     assert parse_methods('mib, ldka:skd,ldka:dss-shrink,mib') == [
         'mib', 'ldka:skd', 'ldka:dss-shrink']

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from ldka_ros.learning.job import EXIT_ORPHANED
+from ldka_ros.app.job import EXIT_ORPHANED
 from ldka_ros.nodes.process_starter import NodeSpec, start_graph
 import pytest
 
@@ -230,7 +230,7 @@ with open(os.path.join(folder, 'spec.json'), 'w') as f:
     json.dump(spec, f)
 with open(os.path.join(folder, 'job.err'), 'wb') as err, \\
         open(os.path.join(folder, 'progress.jsonl'), 'wb') as out:
-    job = subprocess.Popen([sys.executable, '-m', 'ldka_ros.learning.job', '--spec',
+    job = subprocess.Popen([sys.executable, '-m', 'ldka_ros.app.job', '--spec',
                             os.path.join(folder, 'spec.json')], stdout=out,
                            stderr=err, stdin=subprocess.DEVNULL)
 open(os.path.join(folder, 'job.pid'), 'w').write(str(job.pid))
@@ -334,7 +334,7 @@ def test_job_whose_progress_pipe_closes_stops_cleanly_and_publishes_nothing(
     err_path = tmp_path / 'job.err'
     with open(err_path, 'wb') as err:
         proc = subprocess.Popen(
-            [sys.executable, '-m', 'ldka_ros.learning.job', '--spec', str(spec)],
+            [sys.executable, '-m', 'ldka_ros.app.job', '--spec', str(spec)],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
             env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)})
     try:
@@ -436,7 +436,7 @@ def test_learner_killed_mid_training_is_respawned_while_segmentation_keeps_going
             120.0, 'the learning job to train')
         learner_pid = _pid_of(out.text(), 'learner')
         jobs = [p for p in psutil.Process(learner_pid).children()
-                if 'ldka_ros.learning.job' in ' '.join(p.cmdline())]
+                if 'ldka_ros.app.job' in ' '.join(p.cmdline())]
         assert len(jobs) == 1, out.text()
         killed_at = time.monotonic()
         os.kill(learner_pid, signal.SIGKILL)

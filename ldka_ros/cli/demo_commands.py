@@ -26,7 +26,7 @@ def _hw(text: str) -> tuple[int, int]:
 
 
 def _base_config(args):
-    from ldka_ros.demo.base_model import BaseModelConfig
+    from ldka_ros.app.demo.base_model import BaseModelConfig
 
     changes = {}
     if args.quick:
@@ -63,11 +63,11 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add ``demo``, ``demo-base-model`` and the demo-scene benchmarks to the ``ldka`` parser."""
-    from ldka_ros.demo import prompt_bench, recipe_bench, teach_bench
+    from ldka_ros.bench import prompts, step_recipe, teaching
 
-    recipe_bench.register(subparsers)
-    prompt_bench.register(subparsers)
-    teach_bench.register(subparsers)
+    step_recipe.register(subparsers)
+    prompts.register(subparsers)
+    teaching.register(subparsers)
     p = subparsers.add_parser(
         'demo-base-model', help='build (or find) the cached base model of the demo',
         description='Render tabletop frames (the duck labelled background), train the base '
@@ -106,7 +106,7 @@ def _echo(text: str) -> None:
 
 def cmd_demo_base_model(args) -> int:
     """Build or reuse the base model; print where it is and how long it took."""
-    from ldka_ros.demo.base_model import copy_registry, ensure_base_model
+    from ldka_ros.app.demo.base_model import copy_registry, ensure_base_model
 
     cfg = _base_config(args)
     base = ensure_base_model(cfg, args.cache, args.rebuild, _echo,
@@ -122,7 +122,7 @@ def cmd_demo_base_model(args) -> int:
           f'{100 * info["heldout"]["miou"]:.1f}%, training {t["train_s"]:.0f} s of '
           f'{t["total_s"]:.0f} s' + (' (cached)' if base.reused else ''))
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
+        from ldka_ros.fsio import atomic_write_json
 
         atomic_write_json(args.json, info)
     return 0
@@ -130,7 +130,7 @@ def cmd_demo_base_model(args) -> int:
 
 def cmd_demo(args) -> int:
     """Run the whole demo; exit 0 when the new class was learned and served."""
-    from ldka_ros.demo.scenario import DemoSettings
+    from ldka_ros.app.demo.scenario import DemoSettings
 
     changes = {'new_object': args.new_object}
     for key, attr in (('eval_frames', 'eval_frames'), ('label_frames', 'label_frames'),
@@ -152,7 +152,7 @@ def cmd_demo(args) -> int:
                           progress=not args.no_progress)
     report = run_demo(options, _echo)
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
+        from ldka_ros.fsio import atomic_write_json
 
         atomic_write_json(args.json, report.to_dict())
     print(json.dumps({'report': str(Path(args.out) / 'report.json'),

@@ -40,7 +40,7 @@ def _names(text: str) -> list[str]:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    from ldka_ros.learning.classes import atomic_write_json
+    from ldka_ros.fsio import atomic_write_json
 
     atomic_write_json(path, obj)
     print(f'wrote {path}')
@@ -144,7 +144,7 @@ def _bench_command(args) -> str:
 
 
 def cmd_bench(args) -> int:
-    from ldka_ros.inference.bench import format_table, run_benchmark
+    from ldka_ros.bench.inference import format_table, run_benchmark
 
     model, info = _bench_model(args)
     record = run_benchmark(model, _names(args.backends), args.sizes, iters=args.iters,

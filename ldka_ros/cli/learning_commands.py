@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 import sys
 
-from ldka_ros.benchrecord import start_record, write_record
+from ldka_ros.bench.record import start_record, write_record
 
 #: Square-root class balancing of the base step (small classes such as poles and signs
 #: otherwise get almost no gradient; the same choice as the demo's base model).
@@ -31,24 +30,10 @@ PRESETS = {
 }
 
 
-def default_data_root() -> Path | None:
-    """Return ``$LDKA_CAMVID`` or ``../shared/data/camvid`` beside the repository, if present."""
-    env = os.environ.get('LDKA_CAMVID')
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'camvid')
-    for path in candidates:
-        if (path / 'train').is_dir():
-            return path
-    return None
-
-
 def _data_root(args) -> Path:
-    root = Path(args.data) if args.data else default_data_root()
-    if root is None:
-        raise FileNotFoundError('no CamVid folder found: pass --data PATH or set LDKA_CAMVID')
-    if not root.is_dir():
-        raise FileNotFoundError(f'data folder {root} does not exist')
-    return root
+    from ldka_ros.learning.data import camvid_root  # torch: only when a command needs data
+
+    return camvid_root(args.data)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -164,9 +149,9 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
 
 def register(subparsers) -> None:
     """Add the learning sub-commands to the ``ldka`` parser."""
-    from ldka_ros.learning import first_model_bench
+    from ldka_ros.bench import first_model
 
-    first_model_bench.register(subparsers)
+    first_model.register(subparsers)
     p = subparsers.add_parser('train-base', help='train a base model: the base step of a '
                               'protocol, or your own classes from a folder (--folder)')
     _common(p)
@@ -247,7 +232,7 @@ def _camvid(args, split: str, settings: dict):
 
 
 def _subset(dataset, limit):
-    from ldka_ros.learning.benchmark import _subset as subset
+    from ldka_ros.bench.learning import _subset as subset
 
     return subset(dataset, limit)
 
@@ -404,7 +389,7 @@ def cmd_evaluate(args) -> int:
         shown = 'n/a' if iou != iou else f'{100 * iou:.1f}'
         print(f'  {cid:2d} {names.get(cid, "background"):12s} {shown}')
     if args.json:
-        from ldka_ros.learning.classes import atomic_write_json
+        from ldka_ros.fsio import atomic_write_json
 
         atomic_write_json(args.json, doc)
     return 0
@@ -412,7 +397,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_benchmark(args) -> int:
     """Run the CISS benchmark and print the table."""
-    from ldka_ros.learning.benchmark import parse_methods, run_protocol
+    from ldka_ros.bench.learning import parse_methods, run_protocol
 
     settings = _settings(args)
     base_cfg, step_cfg = _configs(args, settings)
@@ -444,7 +429,7 @@ def cmd_benchmark(args) -> int:
 
 def cmd_learn_speed(args) -> int:
     """Measure s/iter of each method in interleaved blocks; print ratios to the first."""
-    from ldka_ros.learning.benchmark import measure_speed
+    from ldka_ros.bench.learning import measure_speed
 
     settings = _settings(args)
     _, step_cfg = _configs(args, settings)

@@ -19,7 +19,7 @@ import logging
 import sys
 import traceback
 
-from ldka_ros.benchrecord import command_line
+from ldka_ros.bench.record import command_line
 from ldka_ros.errors import UserError
 
 #: Modules that provide ``register(subparsers)``; each sub-command sets ``func``.

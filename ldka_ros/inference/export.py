@@ -30,6 +30,7 @@ import time
 from typing import Any, Iterable, Sequence
 import warnings
 
+from ldka_ros.fsio import atomic_write_bytes
 import numpy as np
 import torch
 from torch import nn
@@ -135,7 +136,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike,
     import onnx
 
     from ldka_ros import __version__
-    from ldka_ros.learning.classes import atomic_write_bytes
 
     h, w = _check_hw(input_hw)
     if not 13 <= int(opset) <= 21:

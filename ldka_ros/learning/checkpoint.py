@@ -18,7 +18,8 @@ from pathlib import Path
 import tempfile
 
 from ldka_ros.errors import UserError
-from ldka_ros.learning.classes import ClassRegistry, fsync_dir
+from ldka_ros.fsio import fsync_dir
+from ldka_ros.learning.classes import ClassRegistry
 from ldka_ros.learning.model import build_model, ModelConfig, SegModel
 import torch
 

@@ -9,8 +9,8 @@ class keeps its colour for ever, so an overlay looks the same before and after a
 class is learned. Background is always id 0 and black.
 
 This module is the dependency-free base of the data side (stdlib + numpy only), so the
-ROS nodes can read a registry without importing torch. It also holds the small atomic
-file helpers that the other data modules share.
+ROS nodes can read a registry without importing torch. Files are written through
+``ldka_ros.fsio`` (atomic writes).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import json
 import os
 from pathlib import Path
 import re
-import tempfile
 from typing import Iterator
 
+from ldka_ros.fsio import atomic_write_json
 import numpy as np
 
 REGISTRY_FORMAT = 'ldka_ros.classes/1'
@@ -32,58 +32,6 @@ NAME_PATTERN = re.compile(r'^[A-Za-z][A-Za-z0-9_-]{0,63}$')
 CAMVID_CLASS_NAMES = ('sky', 'building', 'pole', 'road', 'pavement', 'tree',
                       'sign_symbol', 'fence', 'car', 'pedestrian', 'bicyclist')
 _GOLDEN = 0.6180339887498949
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """
-    Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
-
-    The bytes go to a temporary file in the same directory (same file system, so the
-    rename is atomic), are flushed and fsynced, then renamed over ``path``; the
-    directory is fsynced too so the rename survives a power cut. On any error the
-    temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 text atomically (see :func:`atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode('utf-8'))
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    """Write ``obj`` as indented JSON atomically (see :func:`atomic_write_bytes`)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + '\n')
-
-
-def fsync_dir(directory: str | os.PathLike) -> None:
-    """Fsync a directory so that renames inside it are durable (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def slot_color(class_id: int) -> tuple[int, int, int]:

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 import warnings
 
 import cv2
-from ldka_ros.learning.classes import (atomic_write_bytes, atomic_write_json,
-                                       CAMVID_CLASS_NAMES, ClassRegistry)
+from ldka_ros.fsio import atomic_write_bytes, atomic_write_json
+from ldka_ros.learning.classes import CAMVID_CLASS_NAMES, ClassRegistry
 # Re-exported: the torch-free file helpers are part of this module's interface.
 from ldka_ros.learning.label_files import (  # noqa: F401
     check_sample, DATASET_FORMAT, encode_jpg, encode_png, IGNORE_INDEX, IMAGE_EXTS, image_size,
@@ -443,3 +443,24 @@ class Resize:
             return rgb, label
         return (cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR),
                 cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST))
+
+
+def default_data_root() -> Path | None:
+    """Return ``$LDKA_CAMVID`` or ``../shared/data/camvid`` beside the repository, if present."""
+    env = os.environ.get('LDKA_CAMVID')
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'camvid')
+    for path in candidates:
+        if (path / 'train').is_dir():
+            return path
+    return None
+
+
+def camvid_root(data: str | os.PathLike | None) -> Path:
+    """Return the CamVid folder the user named (``--data``), else the default one."""
+    root = Path(data) if data else default_data_root()
+    if root is None:
+        raise FileNotFoundError('no CamVid folder found: pass --data PATH or set LDKA_CAMVID')
+    if not root.is_dir():
+        raise FileNotFoundError(f'data folder {root} does not exist')
+    return root

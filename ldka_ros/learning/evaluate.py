@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from ldka_ros.learning.classes import atomic_write_bytes
+from ldka_ros.fsio import atomic_write_bytes
 import numpy as np
 import torch
 

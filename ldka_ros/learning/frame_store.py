@@ -45,9 +45,8 @@ import time
 from typing import Iterable, Iterator, Mapping
 import uuid
 
-from ldka_ros.fsio import locked
-from ldka_ros.learning.classes import (atomic_write_json, ClassRegistry, fsync_dir,
-                                       validate_class_name)
+from ldka_ros.fsio import atomic_write_json, fsync_dir, locked
+from ldka_ros.learning.classes import ClassRegistry, validate_class_name
 from ldka_ros.learning.label_files import encode_png, read_label, read_manifest, read_rgb
 import numpy as np
 

@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 from ldka_ros.errors import UserError
+from ldka_ros.fsio import atomic_write_bytes
 from ldka_ros.learning import losses as L
 from ldka_ros.learning.methods import METHODS
 import numpy as np
@@ -477,8 +478,6 @@ class _StepLoss:
 
 # -- checkpoints ------------------------------------------------------------------------
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from ldka_ros.learning.classes import atomic_write_bytes
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -4,7 +4,7 @@ The demo's ROS side: start the graph, watch it as a client, teach it the duck, r
 
 ``run_demo`` does the whole loop that ``ldka demo`` promises:
 
-1. the cached base model (``ldka_ros.demo.base_model``) is copied into a fresh registry;
+1. the cached base model (``ldka_ros.app.demo.base_model``) is copied into a fresh registry;
 2. the graph (sim camera, segmentation node, learner node) starts through
    ``ros2 launch`` where ROS's launch tools exist, else through the process starter,
    in its own ROS domain (random ``ROS_DOMAIN_ID``, localhost discovery) unless the
@@ -15,7 +15,7 @@ The demo's ROS side: start the graph, watch it as a client, teach it the duck, r
    for a person's click), runs ``~/learn`` and prints its feedback as a progress bar,
    waits until the segmentation node serves the new version (its legend changes) while
    the camera keeps streaming, and scores again;
-4. the report (``ldka_ros.demo.report``) is printed and written with overlay pictures.
+4. the report (``ldka_ros.app.demo.report``) is printed and written with overlay pictures.
 
 Every process is stopped on success, error, Ctrl-C or SIGTERM. Frames scored "after"
 are only those stamped after the segmentation node announced the new legend, so no
@@ -39,12 +39,12 @@ import time
 from typing import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
-from ldka_ros.benchrecord import machine_info
-from ldka_ros.demo.base_model import BaseModelConfig, copy_registry, ensure_base_model
-from ldka_ros.demo.report import (DemoReport, format_progress, format_report, panel,
-                                  save_png, StageTimer, with_legend, write_report)
-from ldka_ros.demo.scenario import (check_label_candidate, DemoSettings, IoUMeter,
-                                    mask_iou)
+from ldka_ros.app.demo.base_model import BaseModelConfig, copy_registry, ensure_base_model
+from ldka_ros.app.demo.report import (DemoReport, format_progress, format_report, panel,
+                                      save_png, StageTimer, with_legend, write_report)
+from ldka_ros.app.demo.scenario import (check_label_candidate, DemoSettings, IoUMeter,
+                                        mask_iou)
+from ldka_ros.bench.record import machine_info
 from ldka_ros.errors import UserError
 from ldka_ros.nodes.image_conversion import image_to_numpy, to_rgb
 from ldka_ros.nodes.process_starter import NodeSpec, start_graph
@@ -368,7 +368,7 @@ def write_parameters(cfg: BaseModelConfig, settings: DemoSettings, paths: DemoPa
     """Write the demo's parameters file (``<out>/demo_params.yaml``) and return its path."""
     import yaml
 
-    from ldka_ros.learning.classes import atomic_write_text
+    from ldka_ros.fsio import atomic_write_text
 
     text = ('# Parameters of the ldka_ros demo graph (written by `ldka demo`).\n'
             + yaml.safe_dump(demo_parameters(cfg, settings, paths, backend, device),

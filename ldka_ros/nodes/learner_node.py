@@ -11,7 +11,7 @@ Why it is built this way:
   versions, so a name keeps its id (and its colour) for ever, and a killed node loses
   nothing that was acknowledged.
 - **Training cannot take the node down.** ``~/learn`` (LearnClasses action) runs
-  ``python -m ldka_ros.learning.job`` as a child process, reads its JSON progress lines
+  ``python -m ldka_ros.app.job`` as a child process, reads its JSON progress lines
   as action feedback and its final line as the result. A crash of the job is a failed
   goal, not a dead node; cancelling sends SIGTERM and the job stops between iterations
   without publishing. If this node dies, the job notices (its parent changed) and stops
@@ -50,6 +50,7 @@ from typing import Any
 import warnings
 
 from ldka_ros.learning.methods import ROBOT_METHODS
+from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
@@ -71,11 +72,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
 
 BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
-#: Job exit codes (see ldka_ros.learning.job).
+#: Job exit codes (see ldka_ros.app.job).
 EXIT_CANCELLED = 3
 #: Seconds a cancelled job gets to stop before it is killed.
 CANCEL_GRACE_S = 60.0
 MAX_CLASS_NAME = 64
+#: Most clicked points one point prompt may carry.
+MAX_PROMPT_POINTS = 64
 #: Class slots of a first model (cold start); later ones keep their parent's.
 DEFAULT_NUM_SLOTS = 32
 
@@ -168,7 +171,7 @@ class LearnerNode(Node):
         from ldka_ros.learning.frame_store import FrameStore
         from ldka_ros.registry import ModelRegistry
 
-        self.values = declare_parameters(self, PARAMS)
+        self.values = declare_parameters(self, PARAMS + ASSIST_PARAMS)
         self.registry = ModelRegistry(Path(self.values['registry_path']).expanduser(),
                                       create=True)
         store = self.values['frame_store_path'] or str(
@@ -191,6 +194,7 @@ class LearnerNode(Node):
         self.version_pub = self.create_publisher(ModelVersion, '~/model_version',
                                                  latched_qos())
         self.mask_pub = self.create_publisher(Image, '~/last_label_mask', reliable_qos(1))
+        self.assist = LabelAssist(self, group)
         for srv_type, name, handler in (
                 (LabelObject, 'label_object', self._on_label),
                 (ListClasses, 'list_classes', self._on_list_classes),
@@ -200,6 +204,7 @@ class LearnerNode(Node):
                 (RenameClass, 'rename_class', self._on_rename_class)):
             self.create_service(srv_type, f'~/{name}', guard_service(self, name, handler),
                                 callback_group=group)
+        self.artefacts = _artefact_service(self, group)
         self.action = ActionServer(
             self, LearnClasses, '~/learn', execute_callback=self._execute,
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
@@ -216,6 +221,7 @@ class LearnerNode(Node):
     def _on_image(self, msg: Image) -> None:
         with self._latest_lock:
             self._latest = msg
+        self.assist.on_frame(msg)
 
     # -- model versions ----------------------------------------------------------------
     def _serving(self):
@@ -372,6 +378,8 @@ class LearnerNode(Node):
         mask_msg = numpy_to_image(np.where(mask, np.uint8(255), np.uint8(0)), 'mono8',
                                   image_msg.header)
         self.mask_pub.publish(mask_msg)
+        note = '; '.join(filter(None, [note, self.assist.on_labelled(
+            name, class_id, rgb, mask, image_msg.header, record.frame_id)]))
         response.accepted = True
         response.class_id = int(class_id)
         response.frames_for_class = frames
@@ -399,6 +407,7 @@ class LearnerNode(Node):
 
         height, width = rgb.shape[:2]
         mask_msg, box, polygon = request.mask, request.box, request.polygon
+        fg, bg = request.foreground_points, request.background_points
         given = []
         if mask_msg.width > 0 or mask_msg.height > 0 or len(mask_msg.data) > 0:
             given.append('mask')
@@ -406,12 +415,16 @@ class LearnerNode(Node):
             given.append('box')
         if len(polygon.points) > 0:
             given.append('polygon')
+        if len(fg) > 0 or len(bg) > 0:
+            given.append('points')
         if not given:
             raise Refused('no prompt: give exactly one of mask (mono8), box (width and '
-                          'height > 0) or polygon (>= 3 points)')
+                          'height > 0), polygon (>= 3 points) or foreground_points')
         if len(given) > 1:
             raise Refused(f'several prompts ({", ".join(given)}): give exactly one of mask, '
-                          'box or polygon')
+                          'box, polygon or points')
+        if given == ['points']:
+            return self._points_mask(rgb, fg, bg)
         if given == ['mask']:
             if mask_msg.encoding not in ('mono8', '8UC1'):
                 raise Refused(f'mask encoding {mask_msg.encoding!r} is not supported: send '
@@ -437,6 +450,25 @@ class LearnerNode(Node):
         if len(points) < 3:
             raise Refused(f'polygon has {len(points)} points; it needs at least 3')
         return self._with_fallback_note(lambda: polygon_to_mask((height, width), points, rgb))
+
+    def _points_mask(self, rgb: np.ndarray, fg, bg) -> tuple[np.ndarray, str]:
+        """Return the mask of clicked points (object points, optional background points)."""
+        from ldka_ros.imaging.prompts import mask_from_points
+
+        height, width = rgb.shape[:2]
+        if len(fg) == 0:
+            raise Refused('background_points need at least one foreground point on the object')
+        if len(fg) + len(bg) > MAX_PROMPT_POINTS:
+            raise Refused(f'{len(fg) + len(bg)} points; at most {MAX_PROMPT_POINTS}')
+        for what, points in (('foreground', fg), ('background', bg)):
+            for p in points:
+                if not (np.isfinite(p.x) and np.isfinite(p.y) and 0 <= p.x < width
+                        and 0 <= p.y < height):
+                    raise Refused(f'{what} point ({p.x:g}, {p.y:g}) lies outside the '
+                                  f'{width}x{height} image')
+        fg_xy = [(p.x, p.y) for p in fg]
+        bg_xy = [(p.x, p.y) for p in bg]
+        return self._with_fallback_note(lambda: mask_from_points(rgb, fg_xy, bg_xy))
 
     @staticmethod
     def _with_fallback_note(make) -> tuple[np.ndarray, str]:
@@ -717,7 +749,7 @@ class LearnerNode(Node):
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         with open(log_path, 'wb') as log:
             proc = subprocess.Popen(
-                [python, '-m', 'ldka_ros.learning.job', '--spec', str(work / 'spec.json')],
+                [python, '-m', 'ldka_ros.app.job', '--spec', str(work / 'spec.json')],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
         self._proc = proc
         if nice:
@@ -853,6 +885,13 @@ def _version_message(manifest, root):
     from ldka_ros.nodes.segmentation_node import version_message
 
     return version_message(manifest, root)
+
+
+def _artefact_service(node, group):
+    """Serve the registry's files in chunks on ``~/fetch_artefact`` (robots with a cache)."""
+    from ldka_ros.nodes.model_fetcher import ArtefactService
+
+    return ArtefactService(node, node.registry, callback_group=group)
 
 
 def _refused(node, service: str, response, exc: Exception):

@@ -55,7 +55,9 @@ from ldka_ros.nodes.image_conversion import (msg_to_rgb, numpy_to_image, subscri
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
+from ldka_ros.nodes.vision_info import VisionInfoPublisher
 from ldka_ros.registry import ModelRegistry, RegistryError
+from ldka_ros.registry.fetch import source_of
 from ldka_ros_interfaces.msg import ClassLegend, ModelArtefact, ModelVersion
 from ldka_ros_interfaces.srv import ListVersions, Rollback
 import numpy as np
@@ -122,6 +124,25 @@ PARAMS = [
               'itself.', read_only=True),
     ParamSpec('stale_after_s', 2.0, '/diagnostics warns when no camera frame arrived for '
               'this long.', minimum=0.1, maximum=3600.0),
+    ParamSpec('model_source', 'shared', "Where model files come from: 'shared' = the learner's "
+              "registry at registry_path (one filesystem); 'ros' = registry_path is this "
+              "robot's own cache and announced versions are fetched over ROS from "
+              'artefact_service (checked, resumable) before the swap.',
+              choices=('shared', 'ros'), read_only=True),
+    ParamSpec('artefact_service', '/learner/fetch_artefact', 'FetchArtefact service of the '
+              "learner (model_source 'ros').", read_only=True),
+    ParamSpec('pin_version', '', "Serve this version and ignore announcements ('' = follow "
+              "the fleet). With model_source 'ros' it names the learner's id and is fetched "
+              'when the cache lacks it.', read_only=True),
+    ParamSpec('fetch_chunk_bytes', 1 << 20, 'Bytes per FetchArtefact request.', minimum=1024,
+              maximum=4 << 20, read_only=True),
+    ParamSpec('fetch_max_rate_bps', 0.0, 'Cap on the model download rate in bytes/s (0 = '
+              "none), so a download never starves the robot's other traffic.", minimum=0.0,
+              maximum=1e12, read_only=True),
+    ParamSpec('fetch_retry_s', 2.0, 'First wait after a failed or refused fetch; doubles up '
+              'to fetch_retry_max_s.', minimum=0.05, maximum=3600.0, read_only=True),
+    ParamSpec('fetch_retry_max_s', 60.0, 'Longest wait between fetch tries.', minimum=0.05,
+              maximum=86400.0, read_only=True),
     ParamSpec('autostart', True, 'Configure and activate by itself at start (a plain node; '
               'a failed configure then ends the process with the reason). False = a '
               'managed node: it waits unconfigured for lifecycle transitions on '
@@ -205,6 +226,8 @@ class SegmentationNode(LifecycleNode):
         self._adopting: str | None = None
         self._last_swap = 'none'
         self._requested_version: str | None = None
+        self.follower = None
+        self._announced = ''
         self._cond = threading.Condition()
         self._pending: tuple[Image, float] | None = None
         self._last_start: float | None = None
@@ -305,6 +328,7 @@ class SegmentationNode(LifecycleNode):
             Image, '~/margin', 2))
         self.legend_pub = self._own('pub', self.create_lifecycle_publisher(
             ClassLegend, '~/legend', latched_qos()))
+        self.vision_info = VisionInfoPublisher(self, own=lambda pub: self._own('pub', pub))
         self._load_first(self._candidates())
         self._create_interfaces()
         self._running = True
@@ -320,6 +344,7 @@ class SegmentationNode(LifecycleNode):
         self.version_sub = self._own('sub', self.create_subscription(
             ModelVersion, self.values['model_version_topic'],
             guard_callback(self, 'model_version', self._on_model_version), latched_qos()))
+        self.follower = self._make_follower()
         services = MutuallyExclusiveCallbackGroup()
         self._client_group = ReentrantCallbackGroup()
         self._owner_client = None
@@ -380,6 +405,8 @@ class SegmentationNode(LifecycleNode):
         version newest first: a damaged file costs one candidate, never the node.
         """
         out: list[str] = []
+        if self.values['pin_version'] and self.values['model_source'] == 'shared':
+            out.append(self.values['pin_version'])
         if self.values['initial_version']:
             out.append(self.values['initial_version'])
         serving, note = self.registry.serving()
@@ -437,6 +464,22 @@ class SegmentationNode(LifecycleNode):
         self.swapper = swapper
         self._no_model_reason = ''
         self._publish_legend(swapper.current_version)
+        self._remember_served(swapper.current_version)
+
+    def _remember_served(self, version_id: str) -> None:
+        """
+        Point the cache's ACTIVE at what serves now (``model_source:=ros`` only).
+
+        Why: the robot owns its cache, and a robot restarted without a network must serve
+        the last version it switched to, not an older one.
+        """
+        if self.values['model_source'] != 'ros' or self.registry.active_id() == version_id:
+            return
+        try:
+            self.registry.activate(version_id, verify=False)  # verified when it was loaded
+        except RegistryError as exc:
+            self.get_logger().warning(f'serving {version_id}, but the cache ACTIVE was not '
+                                      f'moved: {exc}')
 
     def _adopt(self, version_id: str) -> None:
         """Load the first model in the background when the node started without one."""
@@ -487,12 +530,14 @@ class SegmentationNode(LifecycleNode):
         msg.names = [str(c['name']) for c in classes]
         msg.colors = [_rgba(c['color']) for c in classes]
         self.legend_pub.publish(msg)
+        self.vision_info.publish(msg.header.stamp, version_id, classes)
 
     def _on_swap_event(self, event: SwapEvent) -> None:
         """Publish the legend as soon as the new version serves; log failures."""
         if event.stage == 'switched':
             self._publish_legend(event.version_id)
             self.get_logger().info(f'now serving model version {event.version_id}')
+            self._remember_served(event.version_id)
         elif event.stage in ('completed', 'failed', 'superseded') and event.report:
             report = event.report
             self._last_swap = f'{event.version_id}: {report.reason}'
@@ -518,7 +563,38 @@ class SegmentationNode(LifecycleNode):
             return None
         return self.swapper.swap_to(self._factory(manifest.id), manifest.id)
 
+    def _make_follower(self):
+        """Return the fleet follower for ``model_source:=ros`` (None for a shared registry)."""
+        if self.values['model_source'] != 'ros':
+            return None
+        from ldka_ros.nodes.model_fetcher import ModelFollower, RosChunkReader
+
+        reader = RosChunkReader(self, self.values['artefact_service'],
+                                callback_group=ReentrantCallbackGroup())
+        return ModelFollower(
+            self.registry, reader, self._swap_for_fleet, self._current_version,
+            pin=self.values['pin_version'], chunk_bytes=self.values['fetch_chunk_bytes'],
+            max_rate_bps=self.values['fetch_max_rate_bps'],
+            retry_s=self.values['fetch_retry_s'], retry_max_s=self.values['fetch_retry_max_s'],
+            log=lambda text: self.get_logger().info(text),
+            warn=lambda text: self.get_logger().warning(text))
+
+    def _swap_for_fleet(self, local_id: str) -> None:
+        """Swap to a version the follower has in the cache (once, however often asked)."""
+        if local_id not in (self._current_version(), self._requested_version):
+            self.request_swap(local_id)
+
     def _on_model_version(self, msg: ModelVersion) -> None:
+        self._announced = msg.id
+        if self.follower is not None:
+            digests = {a.kind: a.sha256 for a in msg.artefacts if not a.device}
+            self.follower.announce(msg.id, digests)
+            return
+        if self.values['pin_version']:
+            self.get_logger().info(f'model version {msg.id} announced; pinned to '
+                                   f'{self.values["pin_version"]}, not swapping',
+                                   throttle_duration_sec=30.0)
+            return
         if msg.registry_path and Path(msg.registry_path).resolve() != \
                 self.registry.root.resolve():
             self.get_logger().error(f'ignoring model version {msg.id}: it was published to '
@@ -799,13 +875,40 @@ class SegmentationNode(LifecycleNode):
             'last_swap': self._last_swap, 'last_error': self._last_error,
             'last_bad_frame': self._last_bad,
         }
+        values.update(self._fleet_values(values['model_version']))
+        if level == diag.OK and values['lag_reason'].startswith(('refused', 'unreachable')):
+            level = diag.WARN
+            message = f'{message}; not following the fleet: {values["lag_reason"]}'
         status = diag.make_status(f'{self.get_fully_qualified_name()}: segmentation',
                                   str(info.get('device', '')), level, message, values)
         self.diag_pub.publish(diag.make_array(self.get_clock().now().to_msg(), [status]))
 
+    def _fleet_values(self, local_id: str) -> dict:
+        """Return the fleet part of /diagnostics: served and announced versions, lag, why."""
+        serving = ''
+        if local_id:
+            try:
+                serving = source_of(self._manifest(local_id))
+            except (RegistryError, AttributeError):  # AttributeError: released meanwhile
+                serving = local_id
+        follower = self.follower
+        if follower is not None:
+            values = follower.values(serving)
+        else:
+            pin, fleet = self.values['pin_version'], self._announced
+            lagging = bool(fleet) and serving != fleet
+            reason = '' if not lagging else f'pinned to {pin}' if pin else f'loading {fleet}'
+            values = {'fleet_version': fleet, 'serving_fleet_version': serving,
+                      'pin_version': pin, 'lagging': lagging, 'lag_reason': reason}
+        values['model_source'] = self.values['model_source']
+        return values
+
     # -- shutdown ----------------------------------------------------------------------
     def close(self) -> None:
         """Stop the worker, release the backend (in-flight frame finishes first)."""
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            follower.close()
         with self._cond:
             self._running = False
             self._cond.notify_all()

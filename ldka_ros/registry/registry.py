@@ -42,7 +42,7 @@ import time
 from typing import Callable, Iterator, Mapping
 import uuid
 
-from ldka_ros.learning.classes import atomic_write_text, fsync_dir
+from ldka_ros.fsio import atomic_write_text, fsync_dir
 from ldka_ros.registry.manifest import (
     artefact_key, ArtefactEntry, format_version_id, MANIFEST_NAME, parse_version_id,
     sha256_file, validate_classes, VersionManifest,

@@ -39,7 +39,7 @@ import tempfile
 from typing import Callable
 import uuid
 
-from ldka_ros.learning.classes import fsync_dir
+from ldka_ros.fsio import fsync_dir
 from ldka_ros.registry.audit import ByteProgress, hash_file
 from ldka_ros.registry.manifest import MANIFEST_NAME, VersionManifest
 from ldka_ros.registry.registry import (copy_and_hash, DigestMismatchError, ModelRegistry,

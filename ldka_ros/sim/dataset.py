@@ -22,7 +22,7 @@ import tempfile
 from typing import Iterable, Iterator, Mapping, Sequence
 
 # flake8's google order (ament config) sorts ldka_ros among the third-party modules.
-from ldka_ros.learning.classes import atomic_write_json
+from ldka_ros.fsio import atomic_write_json
 from ldka_ros.learning.data import LabelledSample, write_folder_dataset
 from ldka_ros.sim.tabletop import DEFAULT_OBJECTS, TabletopScene
 import numpy as np

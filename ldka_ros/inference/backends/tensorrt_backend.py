@@ -41,11 +41,10 @@ import threading
 import time
 from typing import Callable
 
-from ldka_ros.fsio import private_dir
+from ldka_ros.fsio import atomic_write_bytes, atomic_write_json, private_dir
 from ldka_ros.inference.backends.base import Backend, BackendUnavailable, InferenceResult
 from ldka_ros.inference.export import (file_sha256, INPUT_NAME, onnx_structure_digest,
                                        OUTPUT_NAMES)
-from ldka_ros.learning.classes import atomic_write_bytes, atomic_write_json
 import numpy as np
 
 LOG = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ def _render(cfg, out: Path, frames: int, seed: int) -> Path:
 
 def run(args) -> dict:
     """Run every (method, recipe, seed) and return the results."""
-    from ldka_ros.demo.base_model import BaseModelConfig, ensure_base_model
+    from ldka_ros.app.demo.base_model import BaseModelConfig, ensure_base_model
     from ldka_ros.learning.checkpoint import load_checkpoint
     from ldka_ros.learning.data import FolderDataset, LabelMapped, Resize
     from ldka_ros.learning.evaluate import evaluate
@@ -153,7 +153,7 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_step_recipe(args) -> int:
-    from ldka_ros.benchrecord import start_record, write_record
+    from ldka_ros.bench.record import start_record, write_record
     from ldka_ros.learning.steps import METHODS
 
     bad = [m for m in args.methods if m not in METHODS or m in ('joint', 'ldka+gfr')]

@@ -15,7 +15,7 @@ from pathlib import Path
 import time
 from typing import Iterable, Mapping, Sequence
 
-from ldka_ros.learning.classes import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ldka_ros.fsio import atomic_write_bytes, atomic_write_json, atomic_write_text
 import numpy as np
 
 REPORT_FORMAT = 'ldka_ros.demo_report/1'

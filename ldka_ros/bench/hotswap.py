@@ -1,6 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-Benchmark: does a model swap cost frames? ``python -m ldka_ros.inference.swap_bench``.
+Benchmark: does a model swap cost frames? ``python -m ldka_ros.bench.hotswap``.
 
 A camera thread emits real CamVid frames at a fixed rate into a depth-1 mailbox (the
 newest frame replaces an unprocessed one, as a ROS subscription with queue depth 1
@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 
-from ldka_ros.benchrecord import command_line, start_record, write_record
+from ldka_ros.bench.record import command_line, start_record, write_record
 from ldka_ros.inference.hotswap import backend_factory_from_registry, HotSwapper
 from ldka_ros.registry import ModelRegistry
 import numpy as np
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                         '../shared/data/camvid)')
     parser.add_argument('--workdir', help='where exports and the registry go (default: temp)')
     args = parser.parse_args(argv)
-    header = start_record(command_line('python -m ldka_ros.inference.swap_bench', argv))
+    header = start_record(command_line('python -m ldka_ros.bench.hotswap', argv))
     result = run_benchmark(args)
     print_table(result)
     if args.json:

@@ -58,8 +58,8 @@ class Teacher:
     """The base model, the held-out frames and one learning step, shared by both parts."""
 
     def __init__(self, args, tmp: Path) -> None:
-        from ldka_ros.demo.base_model import BaseModelConfig, ensure_base_model
-        from ldka_ros.demo.recipe_bench import _render
+        from ldka_ros.app.demo.base_model import BaseModelConfig, ensure_base_model
+        from ldka_ros.bench.step_recipe import _render
         from ldka_ros.learning.checkpoint import load_checkpoint
 
         data, _, _ = _learning()
@@ -325,11 +325,14 @@ def format_table(results: dict) -> str:
 
 def run(args) -> dict:
     """Run the chosen parts on one set of held-out frames; return rows and summary."""
-    _, evaluate, _ = _learning()
+    data, evaluate, _ = _learning()
     with tempfile.TemporaryDirectory(prefix='ldka-teach-') as tmp:
         teacher = Teacher(args, Path(tmp))
-        res = evaluate.evaluate(teacher.model, teacher.val, teacher.old_ids, teacher.old_ids,
-                                [])
+        unseen = np.arange(256, dtype=np.uint8)
+        unseen[teacher.new_id] = 255  # the base model has no duck slot: not scored
+        val_old = data.LabelMapped(teacher.val, np.arange(len(teacher.val)), unseen,
+                                   classes={})
+        res = evaluate.evaluate(teacher.model, val_old, teacher.old_ids, teacher.old_ids, [])
         base = {'new_iou': 0.0, 'old_miou': float(res.miou_old)}
         rows = []
         if 'propagation' in args.parts:
@@ -375,7 +378,7 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_teaching(args) -> int:
-    from ldka_ros.benchrecord import start_record, write_record
+    from ldka_ros.bench.record import start_record, write_record
 
     unknown = [p for p in args.parts if p not in ('propagation', 'suggestions')]
     if unknown or not args.parts:

@@ -86,7 +86,7 @@ def write_record(path: str | os.PathLike, header: dict, figures: dict) -> dict:
     The figures' own keys win over the header's, so a benchmark may record a more exact
     command or date than the generic one. Returns the written document.
     """
-    from ldka_ros.learning.classes import atomic_write_json
+    from ldka_ros.fsio import atomic_write_json
 
     doc = {**header, **figures, 'load_average_end': load_average()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)

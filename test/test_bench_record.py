@@ -4,8 +4,8 @@ import json
 import math
 import os
 
-from ldka_ros.benchrecord import (command_line, latency_stats, machine_info, start_record,
-                                  write_record)
+from ldka_ros.bench.record import (command_line, latency_stats, machine_info, start_record,
+                                   write_record)
 import pytest
 
 
@@ -57,7 +57,7 @@ def test_machine_info_names_the_libraries():
 
 
 def test_step_recipe_summary_counts_diverged_runs():
-    from ldka_ros.demo.recipe_bench import _summary, format_table
+    from ldka_ros.bench.step_recipe import _summary, format_table
 
     rows = [{'seed': s, 'method': 'ldka', 'recipe': 'plain', 'seconds': 10.0 + s,
              'error': '', 'new_iou': iou, 'old_miou': 0.7} for s, iou in ((0, 0.2), (1, 0.4))]
@@ -77,9 +77,9 @@ def test_step_recipe_summary_counts_diverged_runs():
     assert 'base model on the same frames: 75.0%' in table
 
 
-def test_graph_bench_table_reads_the_record_it_writes():
-    pytest.importorskip('rclpy', reason='graph_bench is part of the ROS nodes package')
-    from ldka_ros.nodes.graph_bench import format_table
+def test_ros_graph_bench_table_reads_the_record_it_writes():
+    pytest.importorskip('rclpy', reason='bench.ros_graph needs rclpy')
+    from ldka_ros.bench.ros_graph import format_table
 
     bare = {'pipeline': latency_stats([0.010, 0.012]),
             'backend_infer': latency_stats([0.008, 0.009])}

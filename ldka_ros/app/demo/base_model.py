@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import Callable
 
-from ldka_ros.learning.classes import atomic_write_json
+from ldka_ros.fsio import atomic_write_json
 
 LOG = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ INFO_NAME = 'base_model.json'
 #: whose scene or architecture changed would be wrong, not just different). Changes to
 #: how the entry is built bump ENTRY_FORMAT instead.
 SHAPING_SOURCES = ('sim/tabletop.py', 'sim/dataset.py', 'learning/model.py')
+#: The ``ldka_ros`` package folder that ``SHAPING_SOURCES`` are relative to.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 Echo = Callable[[str], None]
 
 
@@ -159,9 +161,8 @@ class BaseModelConfig:
         """Return the cache key: a hash of this config and the sources that shape it."""
         digest = hashlib.sha256(ENTRY_FORMAT.encode())
         digest.update(json.dumps(self.to_dict(), sort_keys=True).encode())
-        package = Path(__file__).resolve().parents[1]
         for rel in SHAPING_SOURCES:
-            path = package / rel
+            path = PACKAGE_ROOT / rel
             digest.update(rel.encode())
             digest.update(path.read_bytes() if path.is_file() else b'<missing>')
         return digest.hexdigest()[:16]
@@ -321,7 +322,7 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     work.mkdir(exist_ok=True)
     bank = result.feature_bank.state_dict() if result.feature_bank is not None else None
     ckpt = save_checkpoint(work / 'checkpoint.pt', trained, classes, meta={
-        'step': 0, 'method': 'base', 'source': 'ldka_ros.demo.base_model',
+        'step': 0, 'method': 'base', 'source': 'ldka_ros.app.demo.base_model',
         'input_hw': list(cfg.input_hw), 'seconds': result.seconds})
     artefacts = {'checkpoint': ckpt}
     if bank is not None:
@@ -342,7 +343,7 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     manifest = registry.publish(artefacts, [c.to_dict() for c in classes], parent=None,
                                 step=0, metrics=metrics, activate=True,
                                 extra={'input_hw': list(cfg.input_hw), 'method': 'base',
-                                       'source': 'ldka_ros.demo.base_model',
+                                       'source': 'ldka_ros.app.demo.base_model',
                                        'train_frames': cfg.train_frames})
     shutil.rmtree(work)
     shutil.rmtree(val_dir)

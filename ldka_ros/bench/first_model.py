@@ -4,7 +4,7 @@
 
 Why: a user with an empty registry labels a few frames and asks for a first model; the
 README must say how long that takes and what to expect. This runs the learner's own job
-(``learning.job.run_job``, the same code as the node's ``~/learn`` goal) on operator-style
+(``app.job.run_job``, the same code as the node's ``~/learn`` goal) on operator-style
 labels made from real CamVid frames (the car masks of ``--labelled`` train frames), at
 each ``--sizes`` input size, and scores the published first model on CamVid val frames
 it never saw (car IoU and its background IoU). Prints a table, writes ``--json``.
@@ -69,7 +69,7 @@ def run_once(camvid: Path, size: tuple[int, int], labelled: int, iterations: int
              seed: int, threads: int, val_frames) -> dict:
     """Label ``labelled`` frames into an empty store, run the job, score v0001."""
     from ldka_ros.learning.frame_store import FrameStore
-    from ldka_ros.learning.job import JobSpec, Reporter, run_job, StopControl
+    from ldka_ros.app.job import JobSpec, Reporter, run_job, StopControl
 
     with tempfile.TemporaryDirectory(prefix='ldka-first-model-') as tmp:
         root = Path(tmp)
@@ -99,13 +99,13 @@ def run_once(camvid: Path, size: tuple[int, int], labelled: int, iterations: int
 
 def main(args) -> int:
     """Run every size; print the table; write the record to ``--json``."""
-    from ldka_ros.benchrecord import start_record, write_record
-    from ldka_ros.cli.learning_commands import _data_root
+    from ldka_ros.bench.record import start_record, write_record
+    from ldka_ros.learning.data import camvid_root
 
     import torch
 
     record = start_record(args.invocation)
-    camvid = _data_root(args)
+    camvid = camvid_root(args.data)
     val_frames = _car_frames(camvid, 'val', args.val_frames)
     rows = []
     for size in args.sizes:

@@ -2,7 +2,7 @@
 """
 One whole learning job: operator frames -> LDKA step -> ONNX -> validation -> registry.
 
-Run as ``python -m ldka_ros.learning.job --spec job.json``. The learner node starts it in
+Run as ``python -m ldka_ros.app.job --spec job.json``. The learner node starts it in
 a **child process**, so a training crash (out of memory, a CUDA fault, a NaN loss) can
 never take the node, its services or the robot's segmentation down with it; this module
 imports no ROS.
@@ -1095,9 +1095,9 @@ def load_spec(path: str | os.PathLike) -> JobSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m ldka_ros.learning.job``; return the exit code."""
+    """Entry point of ``python -m ldka_ros.app.job``; return the exit code."""
     parser = argparse.ArgumentParser(
-        prog='python -m ldka_ros.learning.job',
+        prog='python -m ldka_ros.app.job',
         description='Run one class-incremental learning job (see the module docstring).')
     parser.add_argument('--spec', required=True, help='job spec JSON file')
     parser.add_argument('--seed', type=int, default=None, help='override the spec seed')

@@ -374,7 +374,7 @@ def _check_sizes(args) -> None:
 
 
 def cmd_bench_prompts(args) -> int:
-    from ldka_ros.benchrecord import start_record, write_record
+    from ldka_ros.bench.record import start_record, write_record
 
     _check_sizes(args)
     if args.objects < 1 or not 0 <= args.jitter < 0.5:
@@ -389,7 +389,7 @@ def cmd_bench_prompts(args) -> int:
 
 
 def cmd_bench_propagation(args) -> int:
-    from ldka_ros.benchrecord import start_record, write_record
+    from ldka_ros.bench.record import start_record, write_record
 
     _check_sizes(args)
     if args.layouts < 1 or args.frames < 1 or args.dt <= 0:

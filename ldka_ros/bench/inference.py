@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from ldka_ros.benchrecord import latency_stats, load_average, start_record
+from ldka_ros.bench.record import latency_stats, load_average, start_record
 from ldka_ros.inference.backends.base import Backend, BackendUnavailable
 import numpy as np
 

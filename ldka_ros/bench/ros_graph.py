@@ -16,7 +16,7 @@ script
 3. streams frames at ``--rate`` Hz for ``--soak-seconds`` and samples the node's resident
    memory (``/proc/<pid>/status``), counting masks and the longest gap between them.
 
-Run: ``python -m ldka_ros.nodes.graph_bench --json out.json`` (defaults: the demo's cached
+Run: ``python -m ldka_ros.bench.ros_graph --json out.json`` (defaults: the demo's cached
 base model and its rendered frames, ONNX Runtime, 30 Hz, 300 s soak).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from ldka_ros.benchrecord import command_line, latency_stats, start_record, write_record
+from ldka_ros.bench.record import command_line, latency_stats, start_record, write_record
 import numpy as np
 
 
@@ -59,7 +59,7 @@ def _load_frames(folder: Path, limit: int) -> list[np.ndarray]:
 
 def _default_inputs() -> tuple[Path, Path]:
     """Return (registry, frames folder) of the demo's cached base model (built if needed)."""
-    from ldka_ros.demo.base_model import ensure_base_model
+    from ldka_ros.app.demo.base_model import ensure_base_model
 
     base = ensure_base_model()
     return base.registry_path, base.path / 'dataset' / 'images'
@@ -293,7 +293,7 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m ldka_ros.nodes.graph_bench',
+    p = argparse.ArgumentParser(prog='python -m ldka_ros.bench.ros_graph',
                                 description=__doc__.split('\n\n')[0])
     p.add_argument('--registry', type=Path, help="model registry (default: the demo's "
                    'cached base model, built if needed)')
@@ -340,7 +340,7 @@ def _run(args, registry: Path, frames_dir: Path) -> int:
     frames = _load_frames(frames_dir, args.max_frames)
     print(f'{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} from {frames_dir}; '
           f'registry {registry}', flush=True)
-    header = start_record(command_line('python -m ldka_ros.nodes.graph_bench', args.argv))
+    header = start_record(command_line('python -m ldka_ros.bench.ros_graph', args.argv))
     bare = bare_pipeline(registry, frames, args.threads)
     print(f"bare pipeline p50 {bare['pipeline']['p50_ms']:.1f} ms", flush=True)
     ros = ros_path(args, registry, frames)

@@ -25,7 +25,7 @@ from pathlib import Path
 import time
 from typing import Callable, Sequence
 
-from ldka_ros.learning.classes import atomic_write_bytes, atomic_write_json
+from ldka_ros.fsio import atomic_write_bytes, atomic_write_json
 from ldka_ros.learning.steps import (LDKAConfig, learn_step, METHODS, ProgressEvent,
                                      resolve_device, train_base, TrainConfig)
 import numpy as np

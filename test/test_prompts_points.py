@@ -123,8 +123,10 @@ def test_uniform_image_gives_the_bounded_region_with_a_warning(method):
 
 def test_checked_box_keeps_camvid_masks_that_grabcut_loses(camvid_root):
     """
-    On real street frames GrabCut collapses or leaks on some jittered boxes; the box check
-    must replace those masks by the box, so 'checked' beats both plain GrabCut and the box.
+    Check that 'checked' beats plain GrabCut and the box on real street frames.
+
+    GrabCut collapses or leaks on some jittered boxes there; the box check must replace
+    those masks by the box.
     """
     from ldka_ros.bench.prompts import camvid_objects, operator_box
 

@@ -175,8 +175,8 @@ def _score(objects, rng: np.random.Generator, jitter: float) -> list[dict]:
 
 
 def _summary(rows: list[dict]) -> list[dict]:
-    keys = [f'box/{m}' for m in BOX_BENCH_METHODS] + [f'points/{m}' for m in
-                                                       POINT_BENCH_METHODS]
+    keys = [f'box/{m}' for m in BOX_BENCH_METHODS] + \
+        [f'points/{m}' for m in POINT_BENCH_METHODS]
     summary = []
     for key in keys:
         ious = np.array([r[key]['iou'] for r in rows])

@@ -319,7 +319,8 @@ def format_table(results: dict) -> str:
             out.append(f"| {s['arm']} | {s['round']} | {s['labels']} | "
                        f"{num(s['frames_with_duck'])} | {pct(s['new_iou'])} | "
                        f"{pct(s['new_iou_gain_per_label'])} | {pct(s['old_miou'])} |")
-    out.append(f"\nbase model old mIoU on the same frames: {100 * results['base']['old_miou']:.1f}%")
+    base = 100 * results['base']['old_miou']
+    out.append(f'\nbase model old mIoU on the same frames: {base:.1f}%')
     return '\n'.join(out)
 
 

@@ -450,7 +450,10 @@ def _keep(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    """Add ``registry`` and its sub-commands to the ``ldka`` parser."""
+    """Add ``registry`` and its sub-commands (and ``bench-fleet``) to the ``ldka`` parser."""
+    from ldka_ros.bench import fleet
+
+    fleet.register(sub)
     group = sub.add_parser('registry', help='manage model versions (publish, verify, move)',
                            description='Manage the model registry the nodes read: create, '
                                        'list, show, publish, activate, verify, prune, export, '

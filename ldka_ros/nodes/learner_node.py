@@ -30,7 +30,8 @@ Why it is built this way:
 
 Interfaces: sub ``image`` (sensor_msgs/Image); services ``~/label_object``,
 ``~/list_classes``, ``~/list_versions``, ``~/rollback``, ``~/remove_class``,
-``~/rename_class`` (pending classes only); action ``~/learn``; pub
+``~/rename_class`` (pending classes only), ``~/fetch_artefact`` (the registry's files in
+chunks, for robots that keep their own cache); action ``~/learn``; pub
 ``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255).
 """
 from __future__ import annotations

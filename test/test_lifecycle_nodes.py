@@ -251,3 +251,62 @@ def test_learner_refuses_requests_until_active_and_keeps_its_frames_across_clean
     listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request(), 30.0)
     assert list(listing.pending_classes) == ['car'] and list(listing.pending_frames) == [1]
     assert ros_launcher.stop_all()['learner'] == 0, ros_launcher.logs()
+
+
+def test_managed_parameters_are_read_at_configure_and_fixed_while_in_use(rclpy_context):
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
+
+    specs = [ParamSpec('path', '', 'a path', read_only=True,
+                       check=lambda v: 'path is empty' if not v else None),
+             ParamSpec('rate', 1.0, 'a rate', minimum=0.0, maximum=10.0)]
+    in_use = [False]
+    node = Node('managed_params_probe', context=rclpy_context)
+    try:
+        # A bad start value does not raise at declaration: configure reports it.
+        values = declare_parameters(node, specs, in_use=lambda: in_use[0])
+        with pytest.raises(ValueError, match='path is empty'):
+            read_parameters(node, specs)
+        assert not node.describe_parameter('path').read_only
+        assert 'set only while the node is unconfigured' in \
+            node.describe_parameter('path').additional_constraints
+        assert node.set_parameters([Parameter('path', value='/data')])[0].successful
+        assert read_parameters(node, specs) == {'path': '/data', 'rate': 1.0}
+        assert not node.set_parameters([Parameter('path', value='')])[0].successful
+        in_use[0] = True  # configured: the path stays, run-time values still change
+        refused = node.set_parameters([Parameter('path', value='/other')])[0]
+        assert not refused.successful and "'path' is read at configure" in refused.reason
+        assert node.set_parameters([Parameter('rate', value=2.5)])[0].successful
+        assert values == {'path': '/data', 'rate': 2.5}
+    finally:
+        node.destroy_node()
+
+
+def test_lifecycle_client_command(tmp_path, ros_launcher):
+    import subprocess
+    import sys
+
+    from ldka_ros.nodes.lifecycle_client import EXIT_REFUSED, EXIT_UNREACHABLE
+
+    ns = ros_launcher.namespace
+    seg = _segmentation(ros_launcher, tmp_path / 'registry')
+
+    def client(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, '-m', 'ldka_ros.nodes.lifecycle_client', *args],
+                              env=ros_launcher.env(), capture_output=True, text=True,
+                              timeout=120)
+
+    gone = client(f'{ns}/nobody', 'configure', '--wait', '2')
+    assert gone.returncode == EXIT_UNREACHABLE, gone.stdout + gone.stderr
+    assert 'no lifecycle services after 2 s' in gone.stdout
+    # Shutdown straight from unconfigured; nothing is possible after it, the process lives.
+    done = client(f'{ns}/segmentation', 'shutdown')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith('shutdown done, now finalized')
+    refused = client(f'{ns}/segmentation', 'configure', '--wait', '5')
+    assert refused.returncode == EXIT_REFUSED and 'configure refused (now finalized' in \
+        refused.stdout, refused.stdout + refused.stderr
+    assert seg.alive()
+    assert ros_launcher.stop_all()['segmentation'] == 0, ros_launcher.logs()

@@ -288,3 +288,26 @@ def test_starter_brings_a_managed_node_to_active_after_start_and_restart(
         masks.wait_for(count + 2, 60.0)
         codes = graph.stop(sigint_timeout=15.0)
     assert codes == {'replay': 0, 'segmentation': 0}, output.getvalue()
+
+
+def test_starter_reports_a_managed_node_that_refuses_to_configure(
+        ros_domain, ros_namespace, ros_log_dir, tmp_path):
+    not_a_registry = tmp_path / 'registry'
+    not_a_registry.write_text('a file, not a registry directory\n')
+    spec = NodeSpec(module='ldka_ros.nodes.segmentation_node', name='segmentation',
+                    namespace=ros_namespace, lifecycle=True,
+                    parameters={'registry_path': str(not_a_registry), 'rollback_service': ''})
+    output = io.StringIO()
+    with start_graph([spec], env=ros_harness.ros_child_env(ros_domain, ros_log_dir),
+                     output=output) as graph:
+        ros_harness.wait_until(lambda: 'was not brought up' in output.getvalue(), 90.0,
+                               'the starter to report the refused configure')
+        text = output.getvalue()
+        assert (f"'segmentation' was not brought up, it stays in the state it reached: "
+                f'{ros_namespace}/segmentation: configure refused (now unconfigured') in text
+        assert 'configure failed, staying unconfigured: RegistryError' in text
+        assert graph.running() == ['segmentation'] and graph.poll() == []  # still up
+        codes = graph.stop(sigint_timeout=15.0)
+    assert codes == {'segmentation': 0}, output.getvalue()
+    with pytest.raises(ValueError, match='give its name'):
+        NodeSpec(executable='segmentation_node', lifecycle=True)

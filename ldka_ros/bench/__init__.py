@@ -5,7 +5,9 @@ Every benchmark of the project, each run as an ``ldka bench-*`` command.
 machine, load) and the one latency-percentile definition. ``learning`` (class-incremental
 protocols x methods x seeds), ``first_model`` (a cold start through the learner's own
 job), ``inference`` (backends side by side), ``hotswap`` (frame gaps while a version is
-swapped), ``step_recipe`` (the demo's step optimisation) and ``ros_graph`` (latency over
+swapped), ``step_recipe`` (the demo's step optimisation), ``prompts`` (prompt-to-mask
+methods and label propagation against the simulator's exact masks), ``teaching`` (what
+propagation and suggested frames are worth to a learning step) and ``ros_graph`` (latency over
 the ROS graph; the only module here that imports rclpy) measure; the core never imports
 this package.
 """

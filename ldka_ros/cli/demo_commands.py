@@ -62,10 +62,12 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``demo``, ``demo-base-model`` and ``bench-step-recipe`` to the ``ldka`` parser."""
-    from ldka_ros.bench import step_recipe
+    """Add ``demo``, ``demo-base-model`` and the demo-scene benchmarks to the ``ldka`` parser."""
+    from ldka_ros.bench import prompts, step_recipe, teaching
 
     step_recipe.register(subparsers)
+    prompts.register(subparsers)
+    teaching.register(subparsers)
     p = subparsers.add_parser(
         'demo-base-model', help='build (or find) the cached base model of the demo',
         description='Render tabletop frames (the duck labelled background), train the base '

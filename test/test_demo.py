@@ -240,7 +240,7 @@ def test_demo_teaches_the_duck_end_to_end(tmp_path, ros_domain, monkeypatch):
     import psutil
 
     from ldka_ros.app.demo.scenario import DemoSettings
-    from ldka_ros.nodes.demo_client import DemoOptions, run_demo
+    from ldka_ros.app.demo.run import DemoOptions, run_demo
 
     monkeypatch.setenv('ROS_DOMAIN_ID', str(ros_domain))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')

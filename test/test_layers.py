@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+import subprocess
+import sys
 
 PACKAGE = Path(__file__).resolve().parents[1] / 'ldka_ros'
 CORE = ('learning', 'inference', 'registry', 'imaging', 'sim', 'fsio.py', 'errors.py')
 #: Top-level modules of ROS 2 (client library, launch and message packages).
-ROS_MODULES = ('rclpy', 'launch', 'launch_ros', 'ament_index_python', 'ldka_ros_interfaces',
+ROS_MODULES = ('rclpy', 'launch', 'launch_ros', 'ldka_ros_interfaces',
                'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'rcl_interfaces',
                'builtin_interfaces', 'lifecycle_msgs', 'vision_msgs', 'geometry_msgs')
 ABOVE_CORE = ('ldka_ros.app', 'ldka_ros.bench', 'ldka_ros.nodes', 'ldka_ros.cli')
@@ -79,3 +81,19 @@ def test_the_checker_sees_a_lazy_import_the_wrong_way(tmp_path):
                      '    import rclpy.node\n    return job, rclpy\n')
     assert violations([probe], ABOVE_CORE + ROS_MODULES) == [
         'probe.py:5 imports ldka_ros.app', 'probe.py:6 imports rclpy.node']
+
+
+def test_the_ros_nodes_and_the_frame_store_load_without_torch():
+    # torch takes seconds to import and hundreds of MB: a camera node, the segmentation
+    # node (ONNX Runtime) and storing a labelled frame must not pay for it.
+    modules = sorted(f'ldka_ros.nodes.{p.stem}' for p in modules_under('nodes')
+                     if p.stem != '__init__')
+    modules += ['ldka_ros.learning.frame_store', 'ldka_ros.learning.metrics']
+    code = ('import importlib, sys\n'
+            f'for name in {modules!r}:\n'
+            '    importlib.import_module(name)\n'
+            "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == 'False', modules

@@ -77,6 +77,7 @@ import traceback
 from typing import Any, Callable, TextIO
 
 from ldka_ros.learning.methods import ROBOT_METHODS
+from ldka_ros.learning.metrics import overlap
 import numpy as np
 
 PHASES = ('preparing', 'training', 'exporting', 'building_engine', 'validating', 'publishing')
@@ -838,11 +839,6 @@ def _resize_label(mask: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def _binary_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
-    """Return ``(intersection, union)`` pixel counts."""
-    return int(np.count_nonzero(pred & truth)), int(np.count_nonzero(pred | truth))
-
-
 def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
              control: StopControl) -> dict:
     """
@@ -852,7 +848,7 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
     ``miou_new``, ``miou_old`` (new model vs the old model's predictions, outside the new
     masks), per previously taught class the IoU of both models on its stored frames.
     """
-    from ldka_ros.learning.evaluate import ConfusionMatrix
+    from ldka_ros.learning.metrics import ConfusionMatrix
     from ldka_ros.learning.steps import resolve_device
 
     report.start('validating', f'{len(prep.heldout_ids)} held-out frames')
@@ -882,7 +878,7 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
         truth = _resize_label(mask, hw).astype(bool)
         pred_new = _predict(model, rgb, hw, device)
         pred_old = _predict(old_model, rgb, hw, device)
-        i, u = _binary_iou(pred_new == record.class_id, truth)
+        i, u = overlap(pred_new == record.class_id, truth)
         inter[record.class_name] += i
         union[record.class_name] += u
         counted[record.class_name] += 1
@@ -906,7 +902,7 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
             rgb, mask = prep.store.load(fid)
             truth = _resize_label(mask, hw).astype(bool)
             for key, net in (('old_model', old_model), ('new_model', model)):
-                i, u = _binary_iou(_predict(net, rgb, hw, device) == cid, truth)
+                i, u = overlap(_predict(net, rgb, hw, device) == cid, truth)
                 sums[key][0] += i
                 sums[key][1] += u
             seen += 1

@@ -1,6 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-Benchmark: does a model swap cost frames? ``python -m ldka_ros.bench.hotswap``.
+Benchmark: does a model swap cost frames? ``ldka bench-hotswap``.
 
 A camera thread emits real CamVid frames at a fixed rate into a depth-1 mailbox (the
 newest frame replaces an unprocessed one, as a ROS subscription with queue depth 1
@@ -379,8 +379,8 @@ def print_table(result: dict) -> None:
           f'{result["rss_peak_swap_mib"]:.0f} MiB, after {result["rss_after_mib"]:.0f} MiB')
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip(),
+def main(argv: list[str] | None = None, prog: str = 'ldka bench-hotswap') -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--json', help='write the results to this JSON file')
     parser.add_argument('--rate', type=float, default=30.0, help='camera rate in Hz')
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                         '../shared/data/camvid)')
     parser.add_argument('--workdir', help='where exports and the registry go (default: temp)')
     args = parser.parse_args(argv)
-    header = start_record(command_line('python -m ldka_ros.bench.hotswap', argv))
+    header = start_record(command_line(prog, argv))
     result = run_benchmark(args)
     print_table(result)
     if args.json:

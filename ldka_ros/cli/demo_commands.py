@@ -2,7 +2,7 @@
 ``ldka demo`` and ``ldka demo-base-model``: the whole teach-a-new-object loop in one command.
 
 ``demo-base-model`` only builds (or finds) the cached base model; ``demo`` also starts the
-graph and runs the scenario (see ``ldka_ros.nodes.demo_client``). ``--quick`` is the
+graph and runs the scenario (see ``ldka_ros.app.demo.run``). ``--quick`` is the
 reduced form the test uses: fewer frames, fewer iterations, smaller images.
 """
 from __future__ import annotations
@@ -139,7 +139,7 @@ def cmd_demo(args) -> int:
             changes[key] = value
     settings = DemoSettings.quick(**changes) if args.quick else DemoSettings(**changes)
     try:
-        from ldka_ros.nodes.demo_client import DemoOptions, run_demo
+        from ldka_ros.app.demo.run import DemoOptions, run_demo
     except ImportError as exc:
         raise UserError(f'the demo needs ROS 2 (rclpy) and the ldka_ros_interfaces '
                         f'package: {exc}; run `make setup` and `source scripts/env.sh`'

@@ -192,7 +192,8 @@ def register(subparsers) -> None:
     p.add_argument('--json', help='write the metrics as JSON here')
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser('benchmark', help='protocol x methods x seeds, CSV/JSON/PNG')
+    p = subparsers.add_parser('bench-learning', aliases=['benchmark'],
+                              help='protocol x methods x seeds, CSV/JSON/PNG')
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr,joint',
                    help='comma list of finetune, mib, ldka, ldka+gfr, joint and the '
@@ -216,7 +217,8 @@ def register(subparsers) -> None:
     p.add_argument('--pretrained', default='local')
     p.set_defaults(func=cmd_benchmark)
 
-    p = subparsers.add_parser('learn-speed', help='seconds/iteration of methods, interleaved')
+    p = subparsers.add_parser('bench-learn-speed', aliases=['learn-speed'],
+                              help='seconds/iteration of methods, interleaved')
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr')
     p.add_argument('--rounds', type=int, default=4)

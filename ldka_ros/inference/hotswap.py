@@ -39,6 +39,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 from ldka_ros.inference.backends.base import Backend, InferenceResult
+from ldka_ros.learning.metrics import ConfusionMatrix
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -572,16 +573,6 @@ def _smoke_test(backend: Backend, frame: np.ndarray | None) -> None:
         raise SwapRefused('confidence or margin contains NaN/inf')
 
 
-def _iou_per_class(conf: np.ndarray, classes: Sequence[int]) -> dict[int, float]:
-    out = {}
-    for c in classes:
-        tp = conf[c, c]
-        union = conf[c, :].sum() + conf[:, c].sum() - tp
-        if union > 0:
-            out[int(c)] = float(tp / union)
-    return out
-
-
 def compare_old_class_miou(old: Backend, new: Backend, frames: Sequence,
                            old_classes: Sequence[int] | None = None,
                            before_each: Callable[[], None] | None = None) -> dict:
@@ -611,15 +602,12 @@ def compare_old_class_miou(old: Backend, new: Backend, frames: Sequence,
         predicted = set(np.unique(np.concatenate([p.ravel() for p in old_preds])).tolist())
         old_classes = sorted((in_labels & predicted) - {255})
     old_classes = sorted(int(c) for c in old_classes)
-    conf_old = np.zeros((256, 256), np.int64)
-    conf_new = np.zeros((256, 256), np.int64)
+    conf_old, conf_new = ConfusionMatrix(256), ConfusionMatrix(256)
     for label, p_old, p_new in zip(labels, old_preds, new_preds):
-        valid = label != 255
-        gt = label[valid].astype(np.int64) * 256
-        conf_old += np.bincount(gt + p_old[valid], minlength=65536).reshape(256, 256)
-        conf_new += np.bincount(gt + p_new[valid], minlength=65536).reshape(256, 256)
-    iou_old = _iou_per_class(conf_old, old_classes)
-    iou_new = _iou_per_class(conf_new, old_classes)
+        conf_old.update(p_old, label)
+        conf_new.update(p_new, label)
+    iou_old = conf_old.class_iou(old_classes)
+    iou_new = conf_new.class_iou(old_classes)
     counted = sorted(set(iou_old) | set(iou_new))
 
     def mean(iou: dict[int, float]) -> float:

@@ -9,6 +9,8 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
+    # The console's page is plain HTML/JS/CSS shipped inside the package (no build step).
+    package_data={'ldka_ros.console': ['static/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
@@ -28,6 +30,7 @@ setup(
             'learner_node = ldka_ros.nodes.learner_node:main',
             'sim_camera_node = ldka_ros.nodes.sim_camera_node:main',
             'replay_camera_node = ldka_ros.nodes.replay_camera_node:main',
+            'label_console_node = ldka_ros.nodes.label_console_node:main',
         ],
     },
 )

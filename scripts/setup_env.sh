@@ -37,6 +37,30 @@ else
   say "requirements up to date ($req_hash)"
 fi
 
+# Headless Chromium + chromedriver from Debian for the console's browser test. Optional:
+# the test skips (saying why) without them, so a machine without apt or root still sets up.
+install_browser() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    say "chromium and chromedriver present"; return 0
+  fi
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      say "chromium/chromedriver missing and not root (no sudo): the browser test will skip"
+      return 0
+    fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "chromium/chromedriver missing and no apt-get: the browser test will skip"; return 0
+  fi
+  say "installing chromium and chromium-driver with apt-get (for the console browser test)"
+  if ! { $sudo apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo \
+      apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; }; then
+    say "apt-get could not install chromium: the browser test will skip"
+  fi
+}
+if [[ "${LDKA_SKIP_BROWSER:-0}" != 1 ]]; then install_browser || true; fi
+
 # colcon build: the interface package (ament_cmake) and ldka_ros (ament_python).
 # colcon does not look inside a package's folder, so both paths are named.
 export PATH="$VENV/bin:$PATH"

@@ -76,6 +76,13 @@ def _polygon(text: str) -> list[tuple[float, float]]:
     return list(zip(values[0::2], values[1::2]))
 
 
+def _point(text: str) -> tuple[float, float]:
+    values = _numbers(text, float)
+    if len(values) != 2 or not all(map(math.isfinite, values)) or min(values) < 0:
+        raise argparse.ArgumentTypeError(f'expected x,y in pixels (>= 0), got {text!r}')
+    return values[0], values[1]
+
+
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(',') if n.strip()]
     if not names:
@@ -250,13 +257,16 @@ def _no_request(_args: argparse.Namespace) -> None:
 def _prepare_label(args: argparse.Namespace):
     """Build the LabelObject request from the options (files read here)."""
     import cv2
-    from geometry_msgs.msg import Point32, Polygon
+    from geometry_msgs.msg import Point, Point32, Polygon
     from ldka_ros.learning.data import read_rgb
     from ldka_ros.nodes.image_conversion import numpy_to_image
     from ldka_ros_interfaces.srv import LabelObject
     import numpy as np
     from sensor_msgs.msg import RegionOfInterest
 
+    if args.bg_point and not args.point:
+        raise ValueError('--bg-point refines a --point prompt: give at least one --point on '
+                         'the object')
     request = LabelObject.Request(class_name=args.class_name,
                                   return_mask=args.save_mask is not None)
     if args.image is not None:
@@ -267,6 +277,9 @@ def _prepare_label(args: argparse.Namespace):
     elif args.polygon is not None:
         request.polygon = Polygon(points=[Point32(x=float(x), y=float(y))
                                           for x, y in args.polygon])
+    elif args.point:
+        request.foreground_points = [Point(x=x, y=y) for x, y in args.point]
+        request.background_points = [Point(x=x, y=y) for x, y in args.bg_point or []]
     else:
         if not Path(args.mask).is_file():
             raise FileNotFoundError(f'mask {args.mask} does not exist')
@@ -575,7 +588,7 @@ def register(sub) -> None:
         return parser
 
     label = add('label', _cmd_label, 'label one object on the latest camera frame (or on '
-                '--image) with a box, a polygon or a mask', _prepare_label)
+                '--image) with a box, a polygon, points or a mask', _prepare_label)
     label.add_argument('--class', dest='class_name', required=True, metavar='NAME',
                        help='class name: a letter, then letters, digits, _ or - (max 64)')
     prompt = label.add_mutually_exclusive_group(required=True)
@@ -585,6 +598,10 @@ def register(sub) -> None:
                         help='outline of the object (>= 3 points, pixels)')
     prompt.add_argument('--mask', type=Path, metavar='PNG', help='mask image of the frame '
                         'size; non-zero = object')
+    prompt.add_argument('--point', type=_point, action='append', metavar='X,Y',
+                        help='a point on the object (pixels); repeat for more')
+    label.add_argument('--bg-point', type=_point, action='append', metavar='X,Y',
+                       help='a point off the object (with --point); repeat for more')
     label.add_argument('--image', type=Path, metavar='PNG', help='label this image instead '
                        "of the learner's latest camera frame")
     label.add_argument('--save-mask', type=Path, metavar='PNG',

@@ -50,6 +50,7 @@ from typing import Any
 import warnings
 
 from ldka_ros.learning.methods import ROBOT_METHODS
+from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
@@ -76,6 +77,8 @@ EXIT_CANCELLED = 3
 #: Seconds a cancelled job gets to stop before it is killed.
 CANCEL_GRACE_S = 60.0
 MAX_CLASS_NAME = 64
+#: Most clicked points one point prompt may carry.
+MAX_PROMPT_POINTS = 64
 #: Class slots of a first model (cold start); later ones keep their parent's.
 DEFAULT_NUM_SLOTS = 32
 
@@ -168,7 +171,7 @@ class LearnerNode(Node):
         from ldka_ros.learning.frame_store import FrameStore
         from ldka_ros.registry import ModelRegistry
 
-        self.values = declare_parameters(self, PARAMS)
+        self.values = declare_parameters(self, PARAMS + ASSIST_PARAMS)
         self.registry = ModelRegistry(Path(self.values['registry_path']).expanduser(),
                                       create=True)
         store = self.values['frame_store_path'] or str(
@@ -191,6 +194,7 @@ class LearnerNode(Node):
         self.version_pub = self.create_publisher(ModelVersion, '~/model_version',
                                                  latched_qos())
         self.mask_pub = self.create_publisher(Image, '~/last_label_mask', reliable_qos(1))
+        self.assist = LabelAssist(self, group)
         for srv_type, name, handler in (
                 (LabelObject, 'label_object', self._on_label),
                 (ListClasses, 'list_classes', self._on_list_classes),
@@ -217,6 +221,7 @@ class LearnerNode(Node):
     def _on_image(self, msg: Image) -> None:
         with self._latest_lock:
             self._latest = msg
+        self.assist.on_frame(msg)
 
     # -- model versions ----------------------------------------------------------------
     def _serving(self):
@@ -373,6 +378,8 @@ class LearnerNode(Node):
         mask_msg = numpy_to_image(np.where(mask, np.uint8(255), np.uint8(0)), 'mono8',
                                   image_msg.header)
         self.mask_pub.publish(mask_msg)
+        note = '; '.join(filter(None, [note, self.assist.on_labelled(
+            name, class_id, rgb, mask, image_msg.header, record.frame_id)]))
         response.accepted = True
         response.class_id = int(class_id)
         response.frames_for_class = frames
@@ -400,6 +407,7 @@ class LearnerNode(Node):
 
         height, width = rgb.shape[:2]
         mask_msg, box, polygon = request.mask, request.box, request.polygon
+        fg, bg = request.foreground_points, request.background_points
         given = []
         if mask_msg.width > 0 or mask_msg.height > 0 or len(mask_msg.data) > 0:
             given.append('mask')
@@ -407,12 +415,16 @@ class LearnerNode(Node):
             given.append('box')
         if len(polygon.points) > 0:
             given.append('polygon')
+        if len(fg) > 0 or len(bg) > 0:
+            given.append('points')
         if not given:
             raise Refused('no prompt: give exactly one of mask (mono8), box (width and '
-                          'height > 0) or polygon (>= 3 points)')
+                          'height > 0), polygon (>= 3 points) or foreground_points')
         if len(given) > 1:
             raise Refused(f'several prompts ({", ".join(given)}): give exactly one of mask, '
-                          'box or polygon')
+                          'box, polygon or points')
+        if given == ['points']:
+            return self._points_mask(rgb, fg, bg)
         if given == ['mask']:
             if mask_msg.encoding not in ('mono8', '8UC1'):
                 raise Refused(f'mask encoding {mask_msg.encoding!r} is not supported: send '
@@ -438,6 +450,25 @@ class LearnerNode(Node):
         if len(points) < 3:
             raise Refused(f'polygon has {len(points)} points; it needs at least 3')
         return self._with_fallback_note(lambda: polygon_to_mask((height, width), points, rgb))
+
+    def _points_mask(self, rgb: np.ndarray, fg, bg) -> tuple[np.ndarray, str]:
+        """Return the mask of clicked points (object points, optional background points)."""
+        from ldka_ros.imaging.prompts import mask_from_points
+
+        height, width = rgb.shape[:2]
+        if len(fg) == 0:
+            raise Refused('background_points need at least one foreground point on the object')
+        if len(fg) + len(bg) > MAX_PROMPT_POINTS:
+            raise Refused(f'{len(fg) + len(bg)} points; at most {MAX_PROMPT_POINTS}')
+        for what, points in (('foreground', fg), ('background', bg)):
+            for p in points:
+                if not (np.isfinite(p.x) and np.isfinite(p.y) and 0 <= p.x < width
+                        and 0 <= p.y < height):
+                    raise Refused(f'{what} point ({p.x:g}, {p.y:g}) lies outside the '
+                                  f'{width}x{height} image')
+        fg_xy = [(p.x, p.y) for p in fg]
+        bg_xy = [(p.x, p.y) for p in bg]
+        return self._with_fallback_note(lambda: mask_from_points(rgb, fg_xy, bg_xy))
 
     @staticmethod
     def _with_fallback_note(make) -> tuple[np.ndarray, str]:

@@ -1,0 +1,135 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+The label console over real HTTP against a real graph (camera, segmentation, learner).
+
+What must hold: the label the learner stores is exactly the mask the console proposed on
+exactly the frame it showed; every bad request gets a JSON answer with the right status
+and a reason, and the console keeps serving after all of them.
+"""
+from __future__ import annotations
+
+import cv2
+from console_graph import Http, start_console_graph
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ros]
+
+TOKEN = 'console-test-token'
+
+
+def _png_mask(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None and image.shape[2] == 4, 'proposal is not an RGBA PNG'
+    return image[:, :, 3] > 0
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum()) / float((a | b).sum())
+
+
+def test_console_stores_the_proposed_mask_of_the_shown_frame(
+        tmp_path, camvid_root, ros_launcher, ros_node, ros_namespace):
+    graph = start_console_graph(tmp_path, camvid_root, ros_launcher, ros_node, ros_namespace,
+                                token=TOKEN)
+    try:
+        http = graph.http
+        snap = http.ok('/api/snapshot')
+        assert (snap['height'], snap['width']) == graph.frames[0][0].shape[:2]
+        status, jpeg = http.request(f'/api/frame/{snap["stamp"]}.jpg?layers=image,overlay,'
+                                    'margin')
+        assert status == 200 and jpeg[:2] == b'\xff\xd8', status
+        shown = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert shown.shape[:2] == graph.frames[0][0].shape[:2]
+
+        proposal = http.ok('/api/propose', {'stamp': snap['stamp'], 'box': graph.car_box})
+        status, png = http.request(proposal['png'])
+        assert status == 200
+        proposed = _png_mask(png)
+        car = graph.car
+        assert proposal['pixels'] == int(proposed.sum()) > 0
+        assert _iou(proposed, car) > 0.4, 'the box proposal misses the car'
+
+        stored = http.ok('/api/accept', {'proposal_id': proposal['proposal_id'],
+                                         'class_name': 'car'})
+        assert stored['accepted'] and stored['frames_for_class'] == 1, stored
+        frame_id = stored['frame_id']
+        label = cv2.imread(str(tmp_path / 'frames' / 'labels' / f'{frame_id}.png'),
+                           cv2.IMREAD_UNCHANGED)
+        image = cv2.imread(str(tmp_path / 'frames' / 'images' / f'{frame_id}.png'))
+        np.testing.assert_array_equal(label > 0, proposed)  # exactly what was shown
+        np.testing.assert_array_equal(image[:, :, ::-1], graph.frames[0][0])
+
+        classes = http.ok('/api/classes')
+        assert {'name': 'car', 'frames': 1} in classes['pending']
+        labels = http.ok('/api/labels')['labels']
+        assert [x['frame_id'] for x in labels] == [frame_id]
+        status, thumb = http.request(labels[0]['thumb'])
+        assert status == 200 and thumb[:2] == b'\xff\xd8'
+        versions = http.ok('/api/versions')
+        assert versions['active_version'] == 'v0001'
+        assert [v['id'] for v in versions['versions']] == ['v0001']
+
+        removed = http.ok('/api/remove_class', {'name': 'car'})
+        assert removed['frames_removed'] == 1, removed
+        assert http.ok('/api/classes')['pending'] == []
+        assert http.ok('/api/labels')['labels'] == []
+    finally:
+        graph.stop()
+    ros_launcher.check_alive()
+
+
+def _error(http: Http, path: str, body=None, raw=None, headers=None) -> tuple[int, str]:
+    status, data = http.request(path, body, raw=raw, headers=headers)
+    assert isinstance(data, dict) and data.get('error'), f'{path}: not a JSON error: {data!r}'
+    return status, data['error']
+
+
+def test_console_refuses_bad_requests_with_reasons_and_keeps_serving(
+        tmp_path, camvid_root, ros_launcher, ros_node, ros_namespace):
+    graph = start_console_graph(tmp_path, camvid_root, ros_launcher, ros_node, ros_namespace,
+                                token=TOKEN)
+    try:
+        http = graph.http
+        stamp = http.ok('/api/snapshot')['stamp']
+        anonymous = Http(graph.url)
+        assert _error(anonymous, '/api/snapshot')[0] == 401
+        assert _error(anonymous, '/api/snapshot', headers={'X-Console-Token': 'wrong'})[0] \
+            == 401
+        assert anonymous.request(f'/api/snapshot?token={TOKEN}')[0] == 200
+        assert anonymous.request('/api/snapshot', headers={
+            'Authorization': f'Bearer {TOKEN}'})[0] == 200
+
+        cases = [
+            ('/api/propose', None, b'{"stamp": ', 400, 'not JSON'),
+            ('/api/propose', [1, 2], None, 400, 'JSON object'),
+            ('/api/propose', None, b' ' * (2 << 20), 413, 'too large'),
+            ('/api/propose', {'stamp': stamp, 'box': [1, 2, 3]}, None, 422, 'box'),
+            ('/api/propose', {'stamp': stamp, 'box': [0, 0, 1e309, 5]}, None, 422, 'box'),
+            ('/api/propose', {'stamp': stamp, 'fg_points': [[5000, 3]]}, None, 422,
+             'outside'),
+            ('/api/propose', {'stamp': stamp, 'bg_points': [[5, 3]]}, None, 422, 'fg_points'),
+            ('/api/propose', {'stamp': stamp, 'fg_points': [[1, 1]] * 65}, None, 422,
+             'at most'),
+            ('/api/propose', {'stamp': 'yesterday', 'box': [1, 1, 9, 9]}, None, 422, 'stamp'),
+            ('/api/propose', {'stamp': '12345', 'box': [1, 1, 9, 9]}, None, 404,
+             'no longer remembered'),
+            ('/api/accept', {'proposal_id': 'nope', 'class_name': 'car'}, None, 404,
+             'no proposal'),
+            ('/api/accept', {'proposal_id': 'nope', 'class_name': 'bad name!'}, None, 422,
+             'invalid class name'),
+            ('/api/learn', {'iterations': -3}, None, 422, 'iterations'),
+            ('/api/learn', {}, None, 422, 'nothing to learn'),
+            ('/api/cancel', {}, None, 422, 'no learning goal'),
+            ('/api/rollback', {'version_id': 'v0099'}, None, 422, 'v0099'),
+            ('/api/remove_class', {'name': 'never_labelled'}, None, 422, 'never_labelled'),
+            (f'/api/frame/{stamp}.jpg?layers=x-ray', None, None, 422, 'layer'),
+            ('/api/does/not/exist', None, None, 404, 'no such API route'),
+        ]
+        for path, body, raw, want, words in cases:
+            status, message = _error(http, path, body, raw)
+            assert status == want and words in message, (path, body, status, message)
+        assert http.request('/api/snapshot')[0] == 200  # still serving
+    finally:
+        graph.stop()
+    ros_launcher.check_alive()

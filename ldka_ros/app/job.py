@@ -76,6 +76,7 @@ import time
 import traceback
 from typing import Any, Callable, TextIO
 
+from ldka_ros.imaging.resize import resize_ids, resize_image
 from ldka_ros.learning.methods import ROBOT_METHODS
 from ldka_ros.learning.metrics import overlap
 import numpy as np
@@ -821,22 +822,11 @@ def _predict(model, rgb: np.ndarray, input_hw: tuple[int, int], device) -> np.nd
     """Return the model's class ids for one frame, at ``input_hw``."""
     import torch
 
-    from ldka_ros.inference.export import resize_for_model
-
-    image = resize_for_model(rgb, input_hw)
+    image = resize_image(rgb, input_hw)
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
     with torch.inference_mode():
         logits = model(x.to(device)).logits
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-
-
-def _resize_label(mask: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    h, w = input_hw
-    if mask.shape == (h, w):
-        return mask
-    return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
@@ -875,7 +865,7 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
         control.check()
         record = prep.store.get(fid)
         rgb, mask = prep.store.load(fid)
-        truth = _resize_label(mask, hw).astype(bool)
+        truth = resize_ids(mask, hw).astype(bool)
         pred_new = _predict(model, rgb, hw, device)
         pred_old = _predict(old_model, rgb, hw, device)
         i, u = overlap(pred_new == record.class_id, truth)
@@ -900,7 +890,7 @@ def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
         for fid in ids:
             control.check()
             rgb, mask = prep.store.load(fid)
-            truth = _resize_label(mask, hw).astype(bool)
+            truth = resize_ids(mask, hw).astype(bool)
             for key, net in (('old_model', old_model), ('new_model', model)):
                 i, u = overlap(_predict(net, rgb, hw, device) == cid, truth)
                 sums[key][0] += i

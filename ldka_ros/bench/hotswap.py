@@ -80,7 +80,8 @@ def build_versions(workdir: Path, hw: tuple[int, int], backbone: str):
     import torch
 
     from ldka_ros.inference.export import export_onnx
-    from ldka_ros.learning.classes import CAMVID_CLASS_NAMES, slot_color
+    from ldka_ros.imaging.colors import slot_color
+    from ldka_ros.learning.classes import CAMVID_CLASS_NAMES
     from ldka_ros.learning.model import ModelConfig, SegModel
     from ldka_ros.learning.pretrained import find_local_weights
 

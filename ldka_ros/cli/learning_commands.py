@@ -303,7 +303,8 @@ def cmd_learn_step(args) -> int:
     """Learn one step (protocol step or operator folder) on top of a checkpoint."""
     from ldka_ros.learning.checkpoint import load_checkpoint, save_checkpoint
     from ldka_ros.learning.losses import GaussianFeatureBank
-    from ldka_ros.learning.steps import learn_step, METHODS
+    from ldka_ros.learning.methods import METHODS
+    from ldka_ros.learning.steps import learn_step
 
     if args.method not in METHODS:
         raise ValueError(f'unknown method {args.method!r}; known methods: {", ".join(METHODS)}')

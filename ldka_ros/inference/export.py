@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import warnings
 
 from ldka_ros.fsio import atomic_write_bytes
+from ldka_ros.imaging.resize import resize_image
 import numpy as np
 import torch
 from torch import nn
@@ -251,16 +252,6 @@ def onnx_structure_digest(model: Any) -> str:
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
-def resize_for_model(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    """Return ``image`` (uint8 RGB) resized to ``input_hw`` with bilinear interpolation."""
-    import cv2
-
-    h, w = input_hw
-    if image.shape[:2] == (h, w):
-        return image
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def check_parity(model: nn.Module, onnx_path: str | os.PathLike,
                  images: Iterable[np.ndarray] | np.ndarray,
                  providers: Sequence[str] | str = 'cpu',
@@ -289,7 +280,7 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike,
             if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
                 raise ValueError(f'parity images must be uint8 (H, W, 3) RGB, got '
                                  f'{frame.dtype} {frame.shape}')
-            batch = resize_for_model(frame, hw)[None]
+            batch = resize_image(frame, hw)[None]
             ref = torch_backend.infer(batch)
             got = ort_backend.infer(batch)
             agree += int(np.count_nonzero(ref.class_ids == got.class_ids))

@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Callable, Iterator, Sequence
 
+from ldka_ros.imaging.resize import resize_ids, resize_image
 from ldka_ros.inference.backends.base import Backend, InferenceResult
 from ldka_ros.learning.metrics import ConfusionMatrix
 import numpy as np
@@ -541,24 +542,16 @@ def _release_quietly(backend: Backend) -> None:
 
 
 def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'validation images must be uint8 (H, W, 3) RGB, got {image.dtype} '
                          f'{image.shape}')
-    if tuple(image.shape[:2]) == tuple(hw):
-        return np.ascontiguousarray(image)
-    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(resize_image(image, hw))
 
 
 def _predict(backend: Backend, image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """Class ids of ``image`` by ``backend``, resized (nearest) to ``out_hw``."""
-    import cv2
-
-    ids = backend.infer(_resize_image(image, backend.input_hw)[None]).class_ids[0]
-    if ids.shape != tuple(out_hw):
-        ids = cv2.resize(ids, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
-    return ids
+    return resize_ids(backend.infer(_resize_image(image, backend.input_hw)[None]).class_ids[0],
+                      out_hw)
 
 
 def _smoke_test(backend: Backend, frame: np.ndarray | None) -> None:

@@ -198,7 +198,7 @@ class _Run:
 
     def _pictures(self, phase: str, version: str, scoring: Scoring) -> None:
         from ldka_ros.imaging.colors import colorize, overlay
-        from ldka_ros.learning.classes import slot_color
+        from ldka_ros.imaging.colors import slot_color
 
         legend = self.node.legends[version]
         by_name = {str(n): (int(round(c.r * 255)), int(round(c.g * 255)),

@@ -148,7 +148,12 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
 
 
 def register(subparsers) -> None:
-    """Add the learning sub-commands to the ``ldka`` parser."""
+    """
+    Add the learning sub-commands to the ``ldka`` parser.
+
+    Long by design: one flat list of argument declarations, read top to bottom as the
+    command's help; split up, a command's options would be scattered.
+    """
     from ldka_ros.bench import first_model
 
     first_model.register(subparsers)

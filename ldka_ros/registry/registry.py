@@ -198,6 +198,28 @@ def check_onnx_matches(onnx_path: Path, classes: list[dict], extra: dict) -> dic
     return facts
 
 
+def _artefact_sources(artefacts: Mapping[str, str | os.PathLike]) -> dict[str, Path]:
+    """
+    Return kind -> source file, refusing unknown kinds, missing files and name clashes.
+
+    Files keep their base names in a version, so two artefacts may not share one, nor
+    take the manifest's name or a hidden name the registry uses for itself.
+    """
+    sources: dict[str, Path] = {}
+    names: dict[str, str] = {}
+    for kind, src in artefacts.items():
+        artefact_key(kind)
+        src = Path(src)
+        if not src.is_file():
+            raise FileNotFoundError(f'artefact {kind!r}: {src} is not a file')
+        if src.name in names or src.name == MANIFEST_NAME or src.name.startswith('.'):
+            raise ValueError(f'artefact {kind!r}: file name {src.name!r} clashes with '
+                             f'{names.get(src.name, "a registry file")}; rename it')
+        names[src.name] = kind
+        sources[kind] = src
+    return sources
+
+
 class ModelRegistry:
     """
     Versions of the segmentation model on disk; see the module docstring for the layout.
@@ -518,18 +540,7 @@ class ModelRegistry:
             raise ValueError('publish needs at least one artefact (e.g. {"onnx": path})')
         classes = validate_classes(classes)
         extra = dict(extra or {})
-        sources: dict[str, Path] = {}
-        names: dict[str, str] = {}
-        for kind, src in artefacts.items():
-            artefact_key(kind)
-            src = Path(src)
-            if not src.is_file():
-                raise FileNotFoundError(f'artefact {kind!r}: {src} is not a file')
-            if src.name in names or src.name == MANIFEST_NAME or src.name.startswith('.'):
-                raise ValueError(f'artefact {kind!r}: file name {src.name!r} clashes with '
-                                 f'{names.get(src.name, "a registry file")}; rename it')
-            names[src.name] = kind
-            sources[kind] = src
+        sources = _artefact_sources(artefacts)
         if 'onnx' in sources:
             for key, value in check_onnx_matches(sources['onnx'], classes, extra).items():
                 extra.setdefault(key, value)

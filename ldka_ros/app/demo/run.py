@@ -476,17 +476,7 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoReport:
             run.cleanup()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
-        report.stages = run.timer.to_dict()
-        report.total_s = round(run.timer.total(), 2)
-        report.machine = machine_info()
-        # CPU seconds, which unlike wall time hardly depend on other jobs on the machine.
-        report.machine['demo_process_cpu_s'] = round(time.process_time(), 1)
-        report.machine['graph_cpu_s'] = run.graph_cpu_s
-        try:
-            json_path, _ = write_report(run.paths.out, report)
-            report.images['report_json'] = str(json_path)
-        except OSError as exc:
-            echo(f'could not write the report to {run.paths.out}: {exc}')
+        _write_report(run, echo)
     if failure is not None:
         if isinstance(failure, (KeyboardInterrupt, DemoError)):
             raise failure
@@ -494,6 +484,22 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoReport:
     echo('')
     echo(format_report(report))
     return report
+
+
+def _write_report(run: _Run, echo: Echo) -> None:
+    """Complete the report with stage times and machine figures; write it beside the run."""
+    report = run.report
+    report.stages = run.timer.to_dict()
+    report.total_s = round(run.timer.total(), 2)
+    report.machine = machine_info()
+    # CPU seconds, which unlike wall time hardly depend on other jobs on the machine.
+    report.machine['demo_process_cpu_s'] = round(time.process_time(), 1)
+    report.machine['graph_cpu_s'] = run.graph_cpu_s
+    try:
+        json_path, _ = write_report(run.paths.out, report)
+        report.images['report_json'] = str(json_path)
+    except OSError as exc:
+        echo(f'could not write the report to {run.paths.out}: {exc}')
 
 
 def _descendant_cpu_seconds() -> float | None:

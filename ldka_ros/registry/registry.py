@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ import uuid
 
 from ldka_ros.fsio import atomic_write_text, fsync_dir
 from ldka_ros.registry.manifest import (
-    artefact_key, ArtefactEntry, format_version_id, MANIFEST_NAME, parse_version_id,
+    artefact_key, ArtefactEntry, format_version_id, hash_stream, MANIFEST_NAME, parse_version_id,
     sha256_file, validate_classes, VersionManifest,
 )
 
@@ -89,21 +88,11 @@ def copy_and_hash(source, dst: Path,
 
     Returns the sha256 and size of the bytes written; ``on_bytes(n)`` after each chunk.
     """
-    digest = hashlib.sha256()
-    size = 0
     with open(dst, 'xb') as fout:
-        while True:
-            chunk = source.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            fout.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
+        result = hash_stream(source, _COPY_CHUNK, on_bytes, sink=fout.write)
         fout.flush()
         os.fsync(fout.fileno())
-    return digest.hexdigest(), size
+    return result
 
 
 def _copy_and_hash(src: Path, dst: Path) -> tuple[str, int]:

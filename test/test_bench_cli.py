@@ -15,7 +15,7 @@ import pytest
 
 COMMANDS = ('bench-learning', 'benchmark', 'bench-learn-speed', 'learn-speed',
             'bench-first-model', 'bench-inference', 'bench-step-recipe', 'bench-sim-render',
-            'bench-hotswap', 'bench-graph')
+            'bench-fleet', 'bench-hotswap', 'bench-graph')
 PAGES = Path(__file__).resolve().parents[1] / 'docs' / 'benchmarks'
 
 

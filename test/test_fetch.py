@@ -34,9 +34,13 @@ def child_graph(src, dest, note: str):
 @pytest.fixture(scope='module')
 def source_root(tmp_path_factory, camvid_root):
     """Return a registry with the base model v0001 (active) and its child v0002 (graph only)."""
+    return build_source(tmp_path_factory.mktemp('fetch_source'), camvid_root)
+
+
+def build_source(work, camvid_root):
+    """Make the source registry of these tests in ``work``; return its root."""
     from test_learning_job import base_registry
 
-    work = tmp_path_factory.mktemp('fetch_source')
     root = base_registry(work / 'registry', camvid_root)
     registry = ModelRegistry(root)
     base = registry.get('v0001')
@@ -173,3 +177,16 @@ def test_backoff_doubles_up_to_its_limit():
     assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     backoff.reset()
     assert backoff.next_delay() == 0.5
+
+
+def test_a_link_in_a_version_folder_is_not_served(source, tmp_path):
+    import os
+
+    secret = tmp_path / 'secret.txt'
+    secret.write_text('not a model')
+    graph = source.artefact_path('v0002', 'onnx')
+    digest = source.get('v0002').artefacts['onnx'].sha256
+    graph.unlink()
+    os.symlink(secret, graph)
+    with pytest.raises(TransferError, match='cannot be read'):
+        ChunkServer(source).read('', digest, 0, 100)

@@ -33,9 +33,13 @@ LEARNER = 'ldka_ros.nodes.learner_node'
 @pytest.fixture(scope='module')
 def learner_source(tmp_path_factory, camvid_root):
     """Return a registry: base v0001 (active), children v0002 and v0003 (graphs only)."""
+    return make_source(tmp_path_factory.mktemp('fleet_source'), camvid_root)
+
+
+def make_source(work, camvid_root):
+    """Build the learner's registry of these tests in ``work``; return its root."""
     from test_learning_job import base_registry
 
-    work = tmp_path_factory.mktemp('fleet_source')
     root = base_registry(work / 'registry', camvid_root)
     registry = ModelRegistry(root)
     base = registry.get('v0001')
@@ -226,5 +230,27 @@ def test_killed_transfer_resumes_and_a_damaged_file_is_refused(
     _flip(graph, damaged_at)
     values = fleet.values('robot1', serving('v0003'), 90.0, 'v0003 after the repair')
     assert int(values['frames_dropped']) == 0 and values['lagging'] == 'False'
+    codes = ros_launcher.stop_all()
+    assert all(code == 0 for code in codes.values()), ros_launcher.logs()
+
+
+def test_shared_registry_mode_keeps_working_and_honours_a_pin(
+        ros_launcher, ros_node, tmp_path, learner_source, camera_image):
+    fleet = Fleet(ros_launcher, ros_node.node, tmp_path, learner_source, camera_image)
+    fleet.start_learner()
+    shared = {'model_source': 'shared', 'registry_path': str(fleet.learner_root)}
+    fleet.start_robot('robot1', **shared)
+    fleet.start_robot('robot2', pin_version='v0001', **shared)
+    for robot in ('robot1', 'robot2'):
+        values = fleet.values(robot, serving('v0001'), 90.0)
+        assert values['model_source'] == 'shared'
+    reply = fleet.rollback('v0002')
+    assert reply.success, reply.message
+    values = fleet.values('robot1', serving('v0002'), 60.0, 'robot1 on v0002')
+    assert values['lagging'] == 'False' and int(values['frames_dropped']) == 0
+    pinned = fleet.values('robot2', lambda v: v['fleet_version'] == 'v0002', 30.0)
+    assert pinned['serving_fleet_version'] == 'v0001' and pinned['lagging'] == 'True'
+    assert pinned['lag_reason'] == 'pinned to v0001'
+    assert not (fleet.root / 'robot1').exists(), 'shared mode keeps no cache of its own'
     codes = ros_launcher.stop_all()
     assert all(code == 0 for code in codes.values()), ros_launcher.logs()

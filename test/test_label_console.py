@@ -12,6 +12,7 @@ import cv2
 from console_graph import Http, start_console_graph
 import numpy as np
 import pytest
+import ros_harness
 
 pytestmark = [pytest.mark.ros]
 
@@ -66,6 +67,16 @@ def test_console_stores_the_proposed_mask_of_the_shown_frame(
         assert [x['frame_id'] for x in labels] == [frame_id]
         status, thumb = http.request(labels[0]['thumb'])
         assert status == 200 and thumb[:2] == b'\xff\xd8'
+        # What to label next: the learner ranks frames by the segmentation node's margin
+        # map; a suggestion names a remembered frame and a box that can be proposed on.
+        ros_harness.wait_until(lambda: http.ok('/api/suggestions')['suggestions'], 60.0,
+                               'a label suggestion', ros_launcher, interval=0.5)
+        best = http.ok('/api/suggestions')['suggestions'][0]
+        assert 0.0 < best['unsure_fraction'] <= 1.0 and best['available'], best
+        bx, by, bw, bh = best['box']
+        assert bw > 0 and bh > 0 and bx + bw <= snap['width'] and by + bh <= snap['height']
+        assert http.ok('/api/propose', {'stamp': best['stamp'], 'box': best['box']})['pixels']
+
         versions = http.ok('/api/versions')
         assert versions['active_version'] == 'v0001'
         assert [v['id'] for v in versions['versions']] == ['v0001']

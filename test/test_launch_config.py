@@ -55,12 +55,20 @@ def _literal(node: ast.AST, constants: dict | None = None):
 
 
 def launch_nodes() -> list[dict]:
-    """Return the ``Node(...)`` calls of the launch file as dicts of their literal keywords."""
+    """
+    Return the ``Node(...)``/``LifecycleNode(...)`` calls of the launch file as dicts.
+
+    Each holds the call's literal keywords, ``lifecycle`` (a managed node) and the
+    variable it is assigned to.
+    """
     tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
     consts = _constants(tree)
+    targets = {id(stmt.value): stmt.targets[0].id for stmt in ast.walk(tree)
+               if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)}
     nodes = []
     for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, 'id', None) == 'Node':
+        kind = getattr(call.func, 'id', None) if isinstance(call, ast.Call) else None
+        if kind in ('Node', 'LifecycleNode'):
             info = {kw.arg: kw.value for kw in call.keywords}
             remaps = []
             for item in getattr(info.get('remappings'), 'elts', []):
@@ -72,6 +80,8 @@ def launch_nodes() -> list[dict]:
                                               consts),
                           'respawn_delay': _literal(
                               info.get('respawn_delay', ast.Constant(0.0)), consts),
+                          'lifecycle': kind == 'LifecycleNode',
+                          'variable': targets.get(id(call)),
                           'source': ast.unparse(call)})
     return nodes
 
@@ -122,6 +132,16 @@ def test_launch_file_starts_existing_executables_with_declared_arguments():
         delay = nodes[exe]['respawn_delay']
         assert isinstance(delay, (int, float)) and delay > 0, nodes[exe]['source']
     assert nodes['rviz2']['respawn'] is False
+    # Both are managed: started unconfigured, brought up by the launch file's handlers
+    # (configure on every process start, activate once configured).
+    text = LAUNCH_FILE.read_text()
+    for exe in ('segmentation_node', 'learner_node'):
+        assert nodes[exe]['lifecycle'], nodes[exe]['source']
+        assert "'autostart': False" in nodes[exe]['source']
+        assert f'bring_up({nodes[exe]["variable"]})' in text
+    assert 'OnProcessStart(' in text and 'Transition.TRANSITION_CONFIGURE' in text
+    assert "start_state='configuring', goal_state='inactive'" in text
+    assert 'Transition.TRANSITION_ACTIVATE' in text
     # The segmentation node follows the learner of its own namespace.
     assert "'model_version_topic': 'learner/model_version'" in \
         nodes['segmentation_node']['source']
@@ -137,7 +157,12 @@ def test_process_starter_graph_matches_the_launch_file():
                 if n['package'] == 'ldka_ros'}
     assert {(s.executable, s.name) for s in specs} == launched
     respawn = {n['name']: (n['respawn'], n['respawn_delay']) for n in launch_nodes()}
+    managed = {n['name']: n['lifecycle'] for n in launch_nodes()}
     for spec in specs:
+        # Managed in both: the starter drives the transitions the launch file's
+        # handlers drive.
+        assert spec.lifecycle == managed[spec.name] is True, spec
+        assert spec.ros_args()[-2:] == ['-p', 'autostart:=false']
         assert Path(spec.params_file) == PARAMS_FILE
         assert 'image' not in spec.remaps  # so that --remap image:=<camera> applies
         # The same supervision as the launch file; the starter adds a back-off and a
@@ -173,10 +198,11 @@ def test_launch_description_builds_where_launch_is_installed():
         launch.LaunchDescription  # the repo's launch/ folder also imports as `launch`
     except (ImportError, AttributeError) as exc:
         pytest.skip(f'launch/launch_ros are not installable with pip-only ROS ({exc}); '
-                    'the launch file is checked from its source and by starting its '
-                    'executables instead')
-    from launch.actions import DeclareLaunchArgument
-    from launch_ros.actions import Node
+                    'ros2 launch is missing here, so the launch file (its LifecycleNode '
+                    'actions and their event handlers) is checked from its source and by '
+                    'starting its executables instead')
+    from launch.actions import DeclareLaunchArgument, RegisterEventHandler
+    from launch_ros.actions import LifecycleNode, Node
 
     spec = importlib.util.spec_from_file_location('perception_launch', LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
@@ -185,6 +211,8 @@ def test_launch_description_builds_where_launch_is_installed():
     declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert declared == LAUNCH_ARGUMENTS
     assert sum(isinstance(e, Node) for e in description.entities) == 3
+    assert sum(isinstance(e, LifecycleNode) for e in description.entities) == 2
+    assert sum(isinstance(e, RegisterEventHandler) for e in description.entities) == 4
 
 
 # -- the parameters file against the real nodes ---------------------------------------------

@@ -1,6 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-``ldka bench-sim-render | bench-hotswap | bench-graph``: benchmarks that have no group.
+``ldka bench-sim-render | bench-fleet | bench-hotswap | bench-graph``: benchmarks without a group.
 
 ``bench-hotswap`` and ``bench-graph`` keep their own argument parsers (they also run as
 ``ldka bench-hotswap`` / ``ldka_ros.bench.ros_graph``): ``ldka`` passes
@@ -28,8 +28,9 @@ def run_pass_through(command: str, argv: list[str]) -> int:
 
 def register(subparsers) -> None:
     """Add the benchmarks to the ``ldka`` parser (pass-through ones for the listing)."""
-    from ldka_ros.bench import sim_render
+    from ldka_ros.bench import fleet, sim_render
 
+    fleet.register(subparsers)
     sim_render.register(subparsers)
     for command, (_, help_text) in PASS_THROUGH.items():
         p = subparsers.add_parser(command, help=help_text, add_help=False)

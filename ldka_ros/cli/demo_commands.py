@@ -26,7 +26,7 @@ def _hw(text: str) -> tuple[int, int]:
 
 
 def _base_config(args):
-    from ldka_ros.app.demo.base_model import BaseModelConfig
+    from ldka_ros.app.demo.base_model import BaseModelConfig, quick_base_changes
 
     changes = {}
     if args.quick:
@@ -38,13 +38,6 @@ def _base_config(args):
     if getattr(args, 'new_object', None):
         changes['new_object'] = args.new_object
     return BaseModelConfig(**changes)
-
-
-def quick_base_changes() -> dict:
-    """Return the base-model settings of ``--quick`` (small images, few iterations)."""
-    return {'render_hw': (120, 160), 'input_hw': (96, 128), 'crop': (96, 128),
-            'train_frames': 48, 'val_frames': 8, 'iterations': 60, 'batch_size': 6,
-            'decoder_channels': 32, 'freeze_backbone': False, 'lr': 0.03}
 
 
 def _base_args(p: argparse.ArgumentParser) -> None:
@@ -62,10 +55,12 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``demo``, ``demo-base-model`` and ``bench-step-recipe`` to the ``ldka`` parser."""
-    from ldka_ros.bench import step_recipe
+    """Add ``demo``, ``demo-base-model`` and the demo-scene benchmarks to the ``ldka`` parser."""
+    from ldka_ros.bench import prompts, step_recipe, teaching
 
     step_recipe.register(subparsers)
+    prompts.register(subparsers)
+    teaching.register(subparsers)
     p = subparsers.add_parser(
         'demo-base-model', help='build (or find) the cached base model of the demo',
         description='Render tabletop frames (the duck labelled background), train the base '

@@ -83,9 +83,14 @@ MAX_LABELS_SHOWN = 200
 REFUSAL_WAIT_S = 1.5
 
 
+def time_ns(stamp) -> int:
+    """Return a builtin_interfaces/Time in integer nanoseconds (the console's frame key)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
 def stamp_ns(msg) -> int:
-    """Return a header's stamp in integer nanoseconds (the console's frame key)."""
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    """Return a message header's stamp in integer nanoseconds."""
+    return time_ns(msg.header.stamp)
 
 
 @dataclass
@@ -264,7 +269,7 @@ class LabelConsoleNode(Node):
 
     def _on_suggestions(self, msg: LabelSuggestions) -> None:
         self._suggestions = msg
-        self.memory.pin([stamp_ns(s) for s in msg.suggestions])
+        self.memory.pin([time_ns(s.stamp) for s in msg.suggestions])
 
     # -- ROS round trips ----------------------------------------------------------------
     def _call(self, name: str, request):
@@ -510,7 +515,7 @@ class LabelConsoleNode(Node):
         msg = self._suggestions
         items = []
         for s in (msg.suggestions if msg is not None else []):
-            stamp = stamp_ns(s)
+            stamp = time_ns(s.stamp)
             items.append({'stamp': str(stamp), 'frame_id': s.frame_id,
                           'unsure_fraction': float(s.unsure_fraction),
                           'box': [int(s.box.x_offset), int(s.box.y_offset), int(s.box.width),

@@ -443,11 +443,17 @@ class SegmentationNode(LifecycleNode):
             self.get_logger().info(f'serving {manifest.id} on {info.get("name")} '
                                    f'({info.get("device")})')
             return manifest.id
-        self._no_model_reason = ('; '.join(reasons) if reasons else
-                                 f'model registry {self.registry.root} has no versions; '
-                                 'publish a base model (ldka registry publish --registry '
-                                 f'{self.registry.root} --checkpoint CKPT --activate) or '
-                                 'learn one')
+        if reasons:
+            self._no_model_reason = '; '.join(reasons)
+        elif self.values['model_source'] == 'ros':
+            self._no_model_reason = (f'the local cache {self.registry.root} is empty; the '
+                                     'version the learner serves is fetched from '
+                                     f'{self.values["artefact_service"]}')
+        else:
+            self._no_model_reason = (f'model registry {self.registry.root} has no versions; '
+                                     'publish a base model (ldka registry publish --registry '
+                                     f'{self.registry.root} --checkpoint CKPT --activate) or '
+                                     'learn one')
         self.get_logger().error(f'no model to serve yet: {self._no_model_reason}; waiting '
                                 'for a model version announcement')
         return None

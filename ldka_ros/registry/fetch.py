@@ -34,6 +34,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import stat
 import time
 from typing import Callable, Protocol
 import uuid
@@ -138,8 +139,15 @@ class ChunkServer:
             part = data[offset:offset + length]
             return Chunk(part, offset, len(data), sha256_hex(part), sha256_hex(data), vid)
         path = self.path_of(sha256)
-        with open(path, 'rb') as handle:
-            size = os.fstat(handle.fileno()).st_size
+        try:  # a plain file only: a link planted in a version folder is not followed
+            fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+        except OSError as exc:
+            raise TransferError(f'artefact {sha256} cannot be read: {exc.strerror}') from exc
+        with os.fdopen(fd, 'rb') as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise TransferError(f'artefact {sha256} is not a plain file')
+            size = info.st_size
             if offset > size:
                 raise TransferError(f'offset {offset} is past the end of the {size}-byte '
                                     f'file {sha256}')

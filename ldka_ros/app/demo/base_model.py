@@ -40,6 +40,8 @@ INFO_NAME = 'base_model.json'
 #: whose scene or architecture changed would be wrong, not just different). Changes to
 #: how the entry is built bump ENTRY_FORMAT instead.
 SHAPING_SOURCES = ('sim/tabletop.py', 'sim/dataset.py', 'learning/model.py')
+#: The ``ldka_ros`` package folder that ``SHAPING_SOURCES`` are relative to.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 Echo = Callable[[str], None]
 
 
@@ -159,9 +161,8 @@ class BaseModelConfig:
         """Return the cache key: a hash of this config and the sources that shape it."""
         digest = hashlib.sha256(ENTRY_FORMAT.encode())
         digest.update(json.dumps(self.to_dict(), sort_keys=True).encode())
-        package = Path(__file__).resolve().parents[1]
         for rel in SHAPING_SOURCES:
-            path = package / rel
+            path = PACKAGE_ROOT / rel
             digest.update(rel.encode())
             digest.update(path.read_bytes() if path.is_file() else b'<missing>')
         return digest.hexdigest()[:16]
@@ -235,6 +236,13 @@ class _ProgressPrinter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def quick_base_changes() -> dict:
+    """Return the base-model settings of ``--quick`` (small images, few iterations)."""
+    return {'render_hw': (120, 160), 'input_hw': (96, 128), 'crop': (96, 128),
+            'train_frames': 48, 'val_frames': 8, 'iterations': 60, 'batch_size': 6,
+            'decoder_channels': 32, 'freeze_backbone': False, 'lr': 0.03}
 
 
 def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,

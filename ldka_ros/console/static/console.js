@@ -64,7 +64,8 @@ async function pollFrame() {
   if (!state.live || state.busy) return;
   try {
     const snap = await api('/api/snapshot');
-    $('status').textContent = 'frame ' + snap.frame_id + ' · ' + snap.width + 'x' + snap.height;
+    $('status').textContent = 'frame ' + snap.frame_id + ' · ' + snap.width + 'x' + snap.height
+      + ' · serving ' + (snap.model_version || 'no model');
     showFrame(snap);
     showLegend(snap.legend);
   } catch (e) {
@@ -299,7 +300,9 @@ async function rollback(id) {
 function showSuggestions(data) {
   $('suggestions').replaceChildren(...data.suggestions.map((s) => {
     const li = document.createElement('li');
-    li.textContent = s.frame_id + ' · ' + (100 * s.unsure_fraction).toFixed(1) + '% unsure · box '
+    const when = new Date(Number(BigInt(s.stamp) / 1000000n)).toLocaleTimeString();
+    li.textContent = when + ' ' + s.frame_id + ' · ' + (100 * s.unsure_fraction).toFixed(1)
+      + '% unsure · box '
       + s.box.join(',') + (s.available ? '' : ' (frame no longer held)');
     if (s.available) li.onclick = () => loadSuggestion(s); else li.className = 'gone';
     return li;

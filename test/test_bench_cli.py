@@ -15,7 +15,8 @@ import pytest
 
 COMMANDS = ('bench-learning', 'benchmark', 'bench-learn-speed', 'learn-speed',
             'bench-first-model', 'bench-inference', 'bench-step-recipe', 'bench-sim-render',
-            'bench-fleet', 'bench-hotswap', 'bench-graph')
+            'bench-fleet', 'bench-prompts', 'bench-propagation', 'bench-teaching',
+            'bench-hotswap', 'bench-graph')
 PAGES = Path(__file__).resolve().parents[1] / 'docs' / 'benchmarks'
 
 

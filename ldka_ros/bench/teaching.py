@@ -88,7 +88,8 @@ class Teacher:
                                 self.cfg.input_hw)
         tcfg = steps.step_config(iterations=self.args.iterations,
                                  batch_size=self.args.batch_size, crop=self.cfg.input_hw,
-                                 seed=seed, device='cpu', jitter=0.0)
+                                 seed=seed, device='cpu', jitter=0.0,
+                                 freeze_backbone=self.args.freeze_backbone)
         t0 = time.perf_counter()
         result = steps.learn_step(self.model, dataset, [self.new_id], self.args.method, tcfg)
         seconds = time.perf_counter() - t0
@@ -363,6 +364,8 @@ def register(subparsers) -> None:
     p.add_argument('--method', default='mib', help='learning-step method (finetune, mib, ldka)')
     p.add_argument('--iterations', type=int, default=60)
     p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--freeze-backbone', action='store_true',
+                   help='learn the decoder only (about 3x faster on a CPU)')
     p.add_argument('--val-frames', type=int, default=16)
     p.add_argument('--stream-frames', type=int, default=9, help='views after the labelled one')
     p.add_argument('--dt', type=float, default=0.5, help='scene seconds between views')

@@ -5,7 +5,7 @@ What every benchmark record says besides its figures: when, where, how, under wh
 Why one module: the JSON files in ``docs/benchmarks/`` are read side by side across
 commits and machines. They only compare if each names its date, machine, exact command
 and the machine's load under the same keys, and if their latency percentiles are
-computed one way. Every benchmark command (``ldka benchmark``, ``ldka learn-speed``,
+computed one way. Every benchmark command (``ldka benchmark``, ``ldka bench-learn-speed``,
 ``ldka bench-inference``, ``ldka bench-step-recipe``, the swap and graph benchmarks)
 builds its record with :func:`start_record` and writes it with :func:`write_record`.
 """

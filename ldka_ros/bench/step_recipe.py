@@ -154,7 +154,7 @@ def register(subparsers) -> None:
 
 def cmd_bench_step_recipe(args) -> int:
     from ldka_ros.bench.record import start_record, write_record
-    from ldka_ros.learning.steps import METHODS
+    from ldka_ros.learning.methods import METHODS
 
     bad = [m for m in args.methods if m not in METHODS or m in ('joint', 'ldka+gfr')]
     if bad or not args.methods:

@@ -58,7 +58,8 @@ class Teacher:
     """The base model, the held-out frames and one learning step, shared by both parts."""
 
     def __init__(self, args, tmp: Path) -> None:
-        from ldka_ros.app.demo.base_model import BaseModelConfig, ensure_base_model
+        from ldka_ros.app.demo.base_model import (BaseModelConfig, ensure_base_model,
+                                                  quick_base_changes)
         from ldka_ros.bench.step_recipe import _render
         from ldka_ros.learning.checkpoint import load_checkpoint
 
@@ -66,8 +67,6 @@ class Teacher:
         self.args = args
         self.cfg = BaseModelConfig()
         if args.base == 'quick':
-            from ldka_ros.cli.demo_commands import quick_base_changes
-
             self.cfg = self.cfg.with_(**quick_base_changes())
         base = ensure_base_model(self.cfg, cache_root=args.cache, progress=False)
         path = base.registry_path / 'versions' / base.version_id / 'checkpoint.pt'

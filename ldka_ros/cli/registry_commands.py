@@ -450,10 +450,12 @@ def _keep(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    """Add ``registry`` and its sub-commands (and ``bench-fleet``) to the ``ldka`` parser."""
-    from ldka_ros.bench import fleet
+    """
+    Add ``registry`` and its sub-commands to the ``ldka`` parser.
 
-    fleet.register(sub)
+    Long by design: one flat list of argument declarations, read top to bottom as the
+    command's help; split up, a command's options would be scattered.
+    """
     group = sub.add_parser('registry', help='manage model versions (publish, verify, move)',
                            description='Manage the model registry the nodes read: create, '
                                        'list, show, publish, activate, verify, prune, export, '

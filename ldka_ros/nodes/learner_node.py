@@ -58,7 +58,7 @@ import time
 from typing import Any
 import warnings
 
-from ldka_ros.app.job import JobSpec, spec_to_json
+from ldka_ros.app.job_spec import JobSpec, spec_to_json
 from ldka_ros.learning.methods import ROBOT_METHODS
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)

@@ -541,7 +541,7 @@ def _prompt_mask(rgb: np.ndarray, prompt: dict) -> tuple[np.ndarray, str]:
         warnings.simplefilter('always', prompts.PromptFallbackWarning)
         try:
             if 'box' in prompt:
-                mask = prompts.box_to_mask(rgb, prompt['box'])
+                mask = prompts.mask_from_box(rgb, prompt['box'])
             else:
                 mask = prompts.mask_from_points(rgb, prompt['fg'], prompt['bg'])
         except ValueError as exc:

@@ -38,7 +38,9 @@ Interfaces: sub ``image`` (sensor_msgs/Image); services ``~/label_object``,
 ``~/list_classes``, ``~/list_versions``, ``~/rollback``, ``~/remove_class``,
 ``~/rename_class`` (pending classes only), ``~/fetch_artefact`` (the registry's files in
 chunks, for robots that keep their own cache); action ``~/learn``; pub
-``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255).
+``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255). Labelling aids
+(``nodes/label_assist.py``): sub ``<image>_mouse_left`` (rqt_image_view clicks) and the
+margin map (``margin_topic``), pub ``~/label_suggestions`` (latched).
 """
 from __future__ import annotations
 
@@ -554,7 +556,7 @@ class LearnerNode(LifecycleNode):
 
     def _prompt_mask(self, request, rgb: np.ndarray) -> tuple[np.ndarray, str]:
         """Return the boolean object mask from the request's one prompt, and a note."""
-        from ldka_ros.imaging.prompts import box_to_mask, polygon_to_mask
+        from ldka_ros.imaging.prompts import mask_from_box, polygon_to_mask
 
         height, width = rgb.shape[:2]
         mask_msg, box, polygon = request.mask, request.box, request.polygon
@@ -596,7 +598,7 @@ class LearnerNode(LifecycleNode):
                 raise Refused(f'box (x {box.x_offset}, y {box.y_offset}, {box.width}x'
                               f'{box.height}) goes outside the {width}x{height} image')
             rect = (box.x_offset, box.y_offset, box.width, box.height)
-            return self._with_fallback_note(lambda: box_to_mask(rgb, rect))
+            return self._with_fallback_note(lambda: mask_from_box(rgb, rect))
         points = [(p.x, p.y) for p in polygon.points]
         if len(points) < 3:
             raise Refused(f'polygon has {len(points)} points; it needs at least 3')

@@ -17,7 +17,7 @@ from pathlib import Path
 import platform
 import shlex
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -92,6 +92,23 @@ def write_record(path: str | os.PathLike, header: dict, figures: dict) -> dict:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, doc)
     return doc
+
+
+def run_recorded(invocation: str | None, json_path, measure: Callable[[], dict],
+                 table: Callable[[dict], str]) -> int:
+    """
+    Run a benchmark the one way: header first, figures, printed table, ``--json`` record.
+
+    The header is taken before the measurement, so its date and load average describe
+    the machine the figures were measured on.
+    """
+    header = start_record(invocation)
+    results = measure()
+    print(table(results))
+    if json_path:
+        write_record(json_path, header, results)
+        print(f'wrote {json_path}')
+    return 0
 
 
 def _percentile(values: np.ndarray, q: float) -> float:

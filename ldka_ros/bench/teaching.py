@@ -381,7 +381,7 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_teaching(args) -> int:
-    from ldka_ros.bench.record import start_record, write_record
+    from ldka_ros.bench.record import run_recorded
 
     unknown = [p for p in args.parts if p not in ('propagation', 'suggestions')]
     if unknown or not args.parts:
@@ -391,10 +391,4 @@ def cmd_bench_teaching(args) -> int:
     if min(args.seeds, args.iterations, args.val_frames, args.stream_frames, args.rounds,
            args.per_round, args.pool_layouts, args.pool_views) < 1:
         raise SystemExit('counts (seeds, iterations, frames, rounds, pool) must be >= 1')
-    header = start_record(args.invocation)
-    results = run(args)
-    print(format_table(results))
-    if args.json:
-        write_record(args.json, header, results)
-        print(f'wrote {args.json}')
-    return 0
+    return run_recorded(args.invocation, args.json, lambda: run(args), format_table)

@@ -64,6 +64,15 @@ def test_class_ids_put_the_taught_object_after_the_base_classes():
     assert other.class_ids()['duck'] < len(cfg.objects)
 
 
+def test_config_key_reads_every_shaping_source():
+    """A source the key cannot find hashes as '<missing>': its edits would not rebuild."""
+    from ldka_ros.app.demo import base_model
+
+    missing = [rel for rel in base_model.SHAPING_SOURCES
+               if not (base_model.PACKAGE_ROOT / rel).is_file()]
+    assert not missing, f'shaping sources not found under {base_model.PACKAGE_ROOT}: {missing}'
+
+
 def test_config_key_follows_the_settings_and_round_trips():
     from ldka_ros.app.demo.base_model import BaseModelConfig
 
@@ -227,7 +236,7 @@ def test_cached_base_model_is_reused_and_copied(tmp_path):
 
 def _demo_base_config():
     """Return the tiny base model of the end-to-end test (test size, trains in ~1 min)."""
-    from ldka_ros.cli.demo_commands import quick_base_changes
+    from ldka_ros.app.demo.base_model import quick_base_changes
 
     return _config(**quick_base_changes())
 
@@ -240,7 +249,7 @@ def test_demo_teaches_the_duck_end_to_end(tmp_path, ros_domain, monkeypatch):
     import psutil
 
     from ldka_ros.app.demo.scenario import DemoSettings
-    from ldka_ros.nodes.demo_client import DemoOptions, run_demo
+    from ldka_ros.app.demo.run import DemoOptions, run_demo
 
     monkeypatch.setenv('ROS_DOMAIN_ID', str(ros_domain))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')

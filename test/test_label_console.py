@@ -8,8 +8,8 @@ and a reason, and the console keeps serving after all of them.
 """
 from __future__ import annotations
 
-import cv2
 from console_graph import Http, start_console_graph
+import cv2
 import numpy as np
 import pytest
 import ros_harness
@@ -80,6 +80,17 @@ def test_console_stores_the_proposed_mask_of_the_shown_frame(
         versions = http.ok('/api/versions')
         assert versions['active_version'] == 'v0001'
         assert [v['id'] for v in versions['versions']] == ['v0001']
+
+        # Learn, then cancel: the page's Cancel stops the learner's job, nothing is published.
+        job = http.ok('/api/learn', {'classes': ['car'], 'iterations': 100000})
+        assert job['state'] == 'running', job
+        ros_harness.wait_until(lambda: http.ok('/api/job')['phase'] == 'training', 180.0,
+                               'the training phase', ros_launcher, interval=0.5)
+        assert _error(http, '/api/learn', {})[0] == 422  # one goal at a time
+        http.ok('/api/cancel', {})
+        ros_harness.wait_until(lambda: http.ok('/api/job')['state'] == 'canceled', 120.0,
+                               'the cancelled job', ros_launcher, interval=0.5)
+        assert [v['id'] for v in http.ok('/api/versions')['versions']] == ['v0001']
 
         removed = http.ok('/api/remove_class', {'name': 'car'})
         assert removed['frames_removed'] == 1, removed

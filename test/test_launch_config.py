@@ -27,7 +27,7 @@ PARAMS_FILE = REPO_ROOT / 'config' / 'perception.yaml'
 GRAPH_FILE = REPO_ROOT / 'config' / 'graph.yaml'
 RVIZ_FILE = REPO_ROOT / 'config' / 'perception.rviz'
 LAUNCH_ARGUMENTS = {'camera_topic', 'namespace', 'registry_path', 'backend', 'use_rviz',
-                    'params_file'}
+                    'params_file', 'use_console', 'console_port'}
 
 
 # -- reading the launch file ---------------------------------------------------------------
@@ -55,12 +55,20 @@ def _literal(node: ast.AST, constants: dict | None = None):
 
 
 def launch_nodes() -> list[dict]:
-    """Return the ``Node(...)`` calls of the launch file as dicts of their literal keywords."""
+    """
+    Return the ``Node(...)``/``LifecycleNode(...)`` calls of the launch file as dicts.
+
+    Each holds the call's literal keywords, ``lifecycle`` (a managed node) and the
+    variable it is assigned to.
+    """
     tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
     consts = _constants(tree)
+    targets = {id(stmt.value): stmt.targets[0].id for stmt in ast.walk(tree)
+               if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)}
     nodes = []
     for call in ast.walk(tree):
-        if isinstance(call, ast.Call) and getattr(call.func, 'id', None) == 'Node':
+        kind = getattr(call.func, 'id', None) if isinstance(call, ast.Call) else None
+        if kind in ('Node', 'LifecycleNode'):
             info = {kw.arg: kw.value for kw in call.keywords}
             remaps = []
             for item in getattr(info.get('remappings'), 'elts', []):
@@ -72,6 +80,8 @@ def launch_nodes() -> list[dict]:
                                               consts),
                           'respawn_delay': _literal(
                               info.get('respawn_delay', ast.Constant(0.0)), consts),
+                          'lifecycle': kind == 'LifecycleNode',
+                          'variable': targets.get(id(call)),
                           'source': ast.unparse(call)})
     return nodes
 
@@ -100,10 +110,10 @@ def console_scripts() -> dict[str, str]:
 def test_launch_file_starts_existing_executables_with_declared_arguments():
     assert launch_arguments() == LAUNCH_ARGUMENTS
     nodes = {n['executable']: n for n in launch_nodes()}
-    assert set(nodes) == {'segmentation_node', 'learner_node', 'rviz2'}
+    assert set(nodes) == {'segmentation_node', 'learner_node', 'label_console_node', 'rviz2'}
     scripts = console_scripts()
     installed = REPO_ROOT / 'install' / 'ldka_ros' / 'lib' / 'ldka_ros'
-    for exe in ('segmentation_node', 'learner_node'):
+    for exe in ('segmentation_node', 'learner_node', 'label_console_node'):
         node = nodes[exe]
         assert node['package'] == 'ldka_ros' and exe in scripts, node['source']
         module, func = scripts[exe].split(':')
@@ -112,7 +122,11 @@ def test_launch_file_starts_existing_executables_with_declared_arguments():
             assert (installed / exe).is_file(), f'{exe} missing in {installed}; colcon build'
         # The camera reaches both nodes through the remap of their relative `image`.
         assert node['remap_sources'] == ['image'], node['source']
-        assert 'params_file' in node['source']
+    for exe in ('segmentation_node', 'learner_node'):
+        assert 'params_file' in nodes[exe]['source']
+    assert nodes['label_console_node']['name'] == 'label_console'
+    assert 'use_console' in nodes['label_console_node']['source']
+    assert 'console_port' in nodes['label_console_node']['source']
     assert nodes['segmentation_node']['name'] == 'segmentation'
     assert nodes['learner_node']['name'] == 'learner'
     # Both are restarted when they die, after a delay (a literal or module constant, so
@@ -122,6 +136,16 @@ def test_launch_file_starts_existing_executables_with_declared_arguments():
         delay = nodes[exe]['respawn_delay']
         assert isinstance(delay, (int, float)) and delay > 0, nodes[exe]['source']
     assert nodes['rviz2']['respawn'] is False
+    # Both are managed: started unconfigured, brought up by the launch file's handlers
+    # (configure on every process start, activate once configured).
+    text = LAUNCH_FILE.read_text()
+    for exe in ('segmentation_node', 'learner_node'):
+        assert nodes[exe]['lifecycle'], nodes[exe]['source']
+        assert "'autostart': False" in nodes[exe]['source']
+        assert f'bring_up({nodes[exe]["variable"]})' in text
+    assert 'OnProcessStart(' in text and 'Transition.TRANSITION_CONFIGURE' in text
+    assert "start_state='configuring', goal_state='inactive'" in text
+    assert 'Transition.TRANSITION_ACTIVATE' in text
     # The segmentation node follows the learner of its own namespace.
     assert "'model_version_topic': 'learner/model_version'" in \
         nodes['segmentation_node']['source']
@@ -133,11 +157,17 @@ def test_process_starter_graph_matches_the_launch_file():
     from ldka_ros.nodes.process_starter import load_graph
 
     specs = load_graph(GRAPH_FILE)
+    # Optional nodes (a launch condition: the console) are not part of the graph file.
     launched = {(n['executable'], n['name']) for n in launch_nodes()
-                if n['package'] == 'ldka_ros'}
+                if n['package'] == 'ldka_ros' and 'condition=' not in n['source']}
     assert {(s.executable, s.name) for s in specs} == launched
     respawn = {n['name']: (n['respawn'], n['respawn_delay']) for n in launch_nodes()}
+    managed = {n['name']: n['lifecycle'] for n in launch_nodes()}
     for spec in specs:
+        # Managed in both: the starter drives the transitions the launch file's
+        # handlers drive.
+        assert spec.lifecycle == managed[spec.name] is True, spec
+        assert spec.ros_args()[-2:] == ['-p', 'autostart:=false']
         assert Path(spec.params_file) == PARAMS_FILE
         assert 'image' not in spec.remaps  # so that --remap image:=<camera> applies
         # The same supervision as the launch file; the starter adds a back-off and a
@@ -173,10 +203,11 @@ def test_launch_description_builds_where_launch_is_installed():
         launch.LaunchDescription  # the repo's launch/ folder also imports as `launch`
     except (ImportError, AttributeError) as exc:
         pytest.skip(f'launch/launch_ros are not installable with pip-only ROS ({exc}); '
-                    'the launch file is checked from its source and by starting its '
-                    'executables instead')
-    from launch.actions import DeclareLaunchArgument
-    from launch_ros.actions import Node
+                    'ros2 launch is missing here, so the launch file (its LifecycleNode '
+                    'actions and their event handlers) is checked from its source and by '
+                    'starting its executables instead')
+    from launch.actions import DeclareLaunchArgument, RegisterEventHandler
+    from launch_ros.actions import LifecycleNode, Node
 
     spec = importlib.util.spec_from_file_location('perception_launch', LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
@@ -185,6 +216,8 @@ def test_launch_description_builds_where_launch_is_installed():
     declared = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert declared == LAUNCH_ARGUMENTS
     assert sum(isinstance(e, Node) for e in description.entities) == 3
+    assert sum(isinstance(e, LifecycleNode) for e in description.entities) == 2
+    assert sum(isinstance(e, RegisterEventHandler) for e in description.entities) == 4
 
 
 # -- the parameters file against the real nodes ---------------------------------------------

@@ -185,3 +185,128 @@ def test_failed_configure_keeps_the_node_up_until_the_path_is_fixed(
     refused = set_registry(not_a_registry)
     assert not refused.successful and 'read at configure' in refused.reason
     assert ros_launcher.stop_all()['segmentation'] == 0, ros_launcher.logs()
+
+
+@pytest.mark.slow
+def test_learner_refuses_requests_until_active_and_keeps_its_frames_across_cleanup(
+        tmp_path, camvid_root, ros_launcher, ros_node):
+    from action_msgs.msg import GoalStatus
+    from ldka_ros_interfaces.action import LearnClasses
+    from ldka_ros_interfaces.msg import ModelVersion
+    from ldka_ros_interfaces.srv import ListClasses
+    from test_learner_node import (_action_client, _GoalRunner, _label_request, _services,
+                                   _start_learner)
+    from test_learning_job import camvid_car_frames
+
+    from ldka_ros.nodes.qos import latched_qos
+
+    not_a_registry = tmp_path / 'registry'
+    not_a_registry.write_text('a file, not a registry directory\n')
+    ns = ros_launcher.namespace
+    versions = ros_harness.TopicCollector(ros_node.node, ModelVersion,
+                                          f'{ns}/learner/model_version', latched_qos())
+    learner = _start_learner(ros_launcher, tmp_path, autostart=False)
+    node = Lifecycle(ros_node, f'{ns}/learner', ros_launcher)
+    assert node.state() == 'unconfigured'
+    assert not node.do(Transition.TRANSITION_CONFIGURE)  # the registry path is a file
+    assert node.state() == 'unconfigured' and learner.alive()
+    assert 'configure failed, staying unconfigured' in learner.log_text()
+    not_a_registry.unlink()
+    base_registry(not_a_registry, camvid_root)  # fixed on disk: configure again works
+    assert node.do(Transition.TRANSITION_CONFIGURE)
+
+    srv = _services(ros_node, ns, ros_launcher)
+    learn = _action_client(ros_node, ns, ros_launcher)  # early: discovery has time to settle
+    rgb, mask = camvid_car_frames(camvid_root, 1)[0]
+    refused = ros_harness.call_service(srv['label_object'], _label_request('car', rgb, mask))
+    assert not refused.accepted and 'the learner is inactive' in refused.message
+    listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request())
+    assert listing.slots_total > 0  # queries answer while inactive
+    assert not versions.messages  # nothing announced before activate
+
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    assert versions.wait_for(1, 30.0, ros_launcher)[-1].id == 'v0001'
+    stored = ros_harness.call_service(srv['label_object'], _label_request('car', rgb, mask))
+    assert stored.accepted, stored.message
+    # The job's input is a typed JobSpec, checked in the node: a goal the job would refuse
+    # is refused with the job's own reason before any job process or folder exists.
+    goal = _GoalRunner(learn, LearnClasses.Goal(classes=['car'], max_seconds=-1.0))
+    assert goal.accepted.wait(60.0), ros_launcher.logs()
+    if not goal.done.wait(20.0):
+        # A result request sent right after discovery can be lost on a loaded machine
+        # (DDS had not matched the reply reader yet): ask once more.
+        goal.handle.get_result_async().add_done_callback(goal._on_result)
+    assert goal.done.wait(40.0), ros_launcher.logs()
+    assert goal.status == GoalStatus.STATUS_ABORTED
+    assert goal.result.message.startswith('refused: max_seconds must be >= 0'), \
+        goal.result.message
+    assert not list((tmp_path / 'jobs').glob('*'))
+
+    assert node.do(Transition.TRANSITION_DEACTIVATE)
+    again = ros_harness.call_service(srv['label_object'], _label_request('car', rgb, mask))
+    assert not again.accepted and 'inactive' in again.message
+    assert node.do(Transition.TRANSITION_CLEANUP)
+    assert node.do(Transition.TRANSITION_CONFIGURE)
+    assert node.do(Transition.TRANSITION_ACTIVATE)
+    listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request(), 30.0)
+    assert list(listing.pending_classes) == ['car'] and list(listing.pending_frames) == [1]
+    assert ros_launcher.stop_all()['learner'] == 0, ros_launcher.logs()
+
+
+def test_managed_parameters_are_read_at_configure_and_fixed_while_in_use(rclpy_context):
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
+
+    specs = [ParamSpec('path', '', 'a path', read_only=True,
+                       check=lambda v: 'path is empty' if not v else None),
+             ParamSpec('rate', 1.0, 'a rate', minimum=0.0, maximum=10.0)]
+    in_use = [False]
+    node = Node('managed_params_probe', context=rclpy_context)
+    try:
+        # A bad start value does not raise at declaration: configure reports it.
+        values = declare_parameters(node, specs, in_use=lambda: in_use[0])
+        with pytest.raises(ValueError, match='path is empty'):
+            read_parameters(node, specs)
+        assert not node.describe_parameter('path').read_only
+        assert 'set only while the node is unconfigured' in \
+            node.describe_parameter('path').additional_constraints
+        assert node.set_parameters([Parameter('path', value='/data')])[0].successful
+        assert read_parameters(node, specs) == {'path': '/data', 'rate': 1.0}
+        assert not node.set_parameters([Parameter('path', value='')])[0].successful
+        in_use[0] = True  # configured: the path stays, run-time values still change
+        refused = node.set_parameters([Parameter('path', value='/other')])[0]
+        assert not refused.successful and "'path' is read at configure" in refused.reason
+        assert node.set_parameters([Parameter('rate', value=2.5)])[0].successful
+        assert values == {'path': '/data', 'rate': 2.5}
+    finally:
+        node.destroy_node()
+
+
+def test_lifecycle_client_command(tmp_path, ros_launcher):
+    import subprocess
+    import sys
+
+    from ldka_ros.nodes.lifecycle_client import EXIT_REFUSED, EXIT_UNREACHABLE
+
+    ns = ros_launcher.namespace
+    seg = _segmentation(ros_launcher, tmp_path / 'registry')
+
+    def client(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, '-m', 'ldka_ros.nodes.lifecycle_client', *args],
+                              env=ros_launcher.env(), capture_output=True, text=True,
+                              timeout=120)
+
+    gone = client(f'{ns}/nobody', 'configure', '--wait', '2')
+    assert gone.returncode == EXIT_UNREACHABLE, gone.stdout + gone.stderr
+    assert 'no lifecycle services after 2 s' in gone.stdout
+    # Shutdown straight from unconfigured; nothing is possible after it, the process lives.
+    done = client(f'{ns}/segmentation', 'shutdown')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith('shutdown done, now finalized')
+    refused = client(f'{ns}/segmentation', 'configure', '--wait', '5')
+    assert refused.returncode == EXIT_REFUSED and 'configure refused (now finalized' in \
+        refused.stdout, refused.stdout + refused.stderr
+    assert seg.alive()
+    assert ros_launcher.stop_all()['segmentation'] == 0, ros_launcher.logs()

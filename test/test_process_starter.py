@@ -243,3 +243,71 @@ def test_command_line_starter_stops_on_sigint_and_on_a_crash(
     assert "node 'replay_camera_node'" in text and 'exited with code 2' in text
     assert "required node 'replay_camera_node' is down for good" in text
     assert 'exit codes: sim_camera_node=0, replay_camera_node=2' in text
+
+
+@pytest.mark.slow
+def test_starter_brings_a_managed_node_to_active_after_start_and_restart(
+        ros_node, ros_domain, ros_namespace, ros_log_dir, camvid_root, tmp_path):
+    from lifecycle_msgs.srv import GetState
+    from test_learning_job import base_registry
+
+    registry = base_registry(tmp_path / 'registry', camvid_root)
+    ns = ros_namespace
+    specs = [
+        NodeSpec(module='ldka_ros.nodes.replay_camera_node', name='replay', namespace=ns,
+                 parameters={'path': _frames(camvid_root, tmp_path), 'rate_hz': 5.0}),
+        NodeSpec(executable='segmentation_node', name='segmentation', namespace=ns,
+                 parameters={'registry_path': str(registry), 'backend': 'onnxruntime',
+                             'threads': 1, 'rollback_service': ''},
+                 remaps={'image': f'{ns}/replay/image_raw'}, lifecycle=True, respawn=True,
+                 respawn_delay=0.5),
+    ]
+    assert specs[1].command()[-2:] == ['-p', 'autostart:=false']  # it waits to be driven
+    output = io.StringIO()
+    masks = ros_harness.TopicCollector(ros_node.node, Image, f'{ns}/segmentation/mask', 10)
+    get_state = ros_node.node.create_client(GetState, f'{ns}/segmentation/get_state')
+    env = ros_harness.ros_child_env(ros_domain, ros_log_dir)
+    with start_graph(specs, env=env, output=output) as graph:
+        def brought_up(times: int) -> bool:
+            return output.getvalue().count("'segmentation' is up: ") >= times
+
+        ros_harness.wait_until(lambda: brought_up(1), 90.0, 'the starter to activate it')
+        assert f'{ns}/segmentation: configure -> activate done, now active' in \
+            output.getvalue()
+        masks.wait_for(2, 60.0)
+        reply = ros_harness.call_service(get_state, GetState.Request())
+        assert reply.current_state.label == 'active'
+
+        os.kill(graph.nodes['segmentation'].pid, signal.SIGKILL)
+        assert [d.name for d in graph.wait(timeout=30.0)] == ['segmentation']
+        # poll() starts the restart once its delay has passed (supervise() does the same).
+        ros_harness.wait_until(lambda: not graph.poll() and graph.restarts('segmentation'),
+                               30.0, 'the restart')
+        count = len(masks.messages)
+        ros_harness.wait_until(lambda: brought_up(2), 90.0, 'the restarted node to be active')
+        masks.wait_for(count + 2, 60.0)
+        codes = graph.stop(sigint_timeout=15.0)
+    assert codes == {'replay': 0, 'segmentation': 0}, output.getvalue()
+
+
+def test_starter_reports_a_managed_node_that_refuses_to_configure(
+        ros_domain, ros_namespace, ros_log_dir, tmp_path):
+    not_a_registry = tmp_path / 'registry'
+    not_a_registry.write_text('a file, not a registry directory\n')
+    spec = NodeSpec(module='ldka_ros.nodes.segmentation_node', name='segmentation',
+                    namespace=ros_namespace, lifecycle=True,
+                    parameters={'registry_path': str(not_a_registry), 'rollback_service': ''})
+    output = io.StringIO()
+    with start_graph([spec], env=ros_harness.ros_child_env(ros_domain, ros_log_dir),
+                     output=output) as graph:
+        ros_harness.wait_until(lambda: 'was not brought up' in output.getvalue(), 90.0,
+                               'the starter to report the refused configure')
+        text = output.getvalue()
+        assert (f"'segmentation' was not brought up, it stays in the state it reached: "
+                f'{ros_namespace}/segmentation: configure refused (now unconfigured') in text
+        assert 'configure failed, staying unconfigured: RegistryError' in text
+        assert graph.running() == ['segmentation'] and graph.poll() == []  # still up
+        codes = graph.stop(sigint_timeout=15.0)
+    assert codes == {'segmentation': 0}, output.getvalue()
+    with pytest.raises(ValueError, match='give its name'):
+        NodeSpec(executable='segmentation_node', lifecycle=True)

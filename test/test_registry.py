@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from ldka_ros.learning.classes import slot_color
+from ldka_ros.imaging.colors import slot_color
 from ldka_ros.registry import (
     DigestMismatchError, ModelRegistry, RegistryError, VersionManifest, VersionNotFoundError,
 )

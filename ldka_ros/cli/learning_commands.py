@@ -148,7 +148,12 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
 
 
 def register(subparsers) -> None:
-    """Add the learning sub-commands to the ``ldka`` parser."""
+    """
+    Add the learning sub-commands to the ``ldka`` parser.
+
+    Long by design: one flat list of argument declarations, read top to bottom as the
+    command's help; split up, a command's options would be scattered.
+    """
     from ldka_ros.bench import first_model
 
     first_model.register(subparsers)
@@ -192,7 +197,8 @@ def register(subparsers) -> None:
     p.add_argument('--json', help='write the metrics as JSON here')
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser('benchmark', help='protocol x methods x seeds, CSV/JSON/PNG')
+    p = subparsers.add_parser('bench-learning', aliases=['benchmark'],
+                              help='protocol x methods x seeds, CSV/JSON/PNG')
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr,joint',
                    help='comma list of finetune, mib, ldka, ldka+gfr, joint and the '
@@ -224,7 +230,8 @@ def register(subparsers) -> None:
     p.add_argument('--pretrained', default='local')
     p.set_defaults(func=cmd_benchmark)
 
-    p = subparsers.add_parser('learn-speed', help='seconds/iteration of methods, interleaved')
+    p = subparsers.add_parser('bench-learn-speed', aliases=['learn-speed'],
+                              help='seconds/iteration of methods, interleaved')
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr')
     p.add_argument('--rounds', type=int, default=4)
@@ -309,7 +316,8 @@ def cmd_learn_step(args) -> int:
     """Learn one step (protocol step or operator folder) on top of a checkpoint."""
     from ldka_ros.learning.checkpoint import load_checkpoint, save_checkpoint
     from ldka_ros.learning.losses import GaussianFeatureBank
-    from ldka_ros.learning.steps import learn_step, METHODS
+    from ldka_ros.learning.methods import METHODS
+    from ldka_ros.learning.steps import learn_step
 
     if args.method not in METHODS:
         raise ValueError(f'unknown method {args.method!r}; known methods: {", ".join(METHODS)}')

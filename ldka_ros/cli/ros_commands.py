@@ -565,7 +565,12 @@ def _cmd_rename_class(client: LearnerClient, args: argparse.Namespace, _request)
 
 # -- parser --------------------------------------------------------------------------
 def register(sub) -> None:
-    """Add ``ros`` and its sub-commands to the ``ldka`` parser."""
+    """
+    Add ``ros`` and its sub-commands to the ``ldka`` parser.
+
+    Long by design: one flat list of argument declarations, read top to bottom as the
+    command's help; split up, a command's options would be scattered.
+    """
     p = sub.add_parser(
         'ros', help='talk to a running learner node: label, learn, classes, versions',
         description='Client of a running learner node (no ros2 command needed). Exit codes: '

@@ -74,18 +74,23 @@ def _context_window(rect: tuple[int, int, int, int], width: int, height: int,
 
 
 def _grabcut_local(rgb: np.ndarray, gc_mask: np.ndarray, rect: tuple[int, int, int, int],
-                   context: float, iterations: int) -> np.ndarray | None:
+                   context: float, iterations: int, max_pixels: int | None = None
+                   ) -> np.ndarray | None:
     """
     Run GrabCut (mask init) on a window around ``rect`` and return the full-size object.
 
     Why a window: with the whole frame as background sample, the background colour model
     explains everything in a street scene (a pedestrian's colours occur elsewhere) and the
     object collapses to nothing. The surroundings of the box are the relevant background.
+    A window larger than ``max_pixels`` is processed downscaled (GrabCut's time grows
+    with the pixel count; a click prompt must answer while the operator waits).
     Returns None when GrabCut cannot run (no background or object samples) or finds
     nothing.
     """
     height, width = gc_mask.shape
     x0, y0, x1, y1 = _context_window(rect, width, height, context)
+    if max_pixels and (x1 - x0) * (y1 - y0) > max_pixels:
+        return _grabcut_downscaled(rgb, gc_mask, (x0, y0, x1, y1), iterations, max_pixels)
     window = np.ascontiguousarray(gc_mask[y0:y1, x0:x1])
     labels = np.bincount(window.ravel(), minlength=4)
     if labels[cv2.GC_BGD] + labels[cv2.GC_PR_BGD] == 0 or labels[cv2.GC_FGD] + \
@@ -100,6 +105,28 @@ def _grabcut_local(rgb: np.ndarray, gc_mask: np.ndarray, rect: tuple[int, int, i
         return None
     out = np.zeros((height, width), bool)
     out[y0:y1, x0:x1] = (window == cv2.GC_FGD) | (window == cv2.GC_PR_FGD)
+    return out if out.any() else None
+
+
+def _grabcut_downscaled(rgb: np.ndarray, gc_mask: np.ndarray, win: tuple[int, int, int, int],
+                        iterations: int, max_pixels: int) -> np.ndarray | None:
+    """Run ``_grabcut_local`` on the window shrunk to ``max_pixels``; upscale the object."""
+    x0, y0, x1, y1 = win
+    scale = (max_pixels / float((x1 - x0) * (y1 - y0))) ** 0.5
+    size = (max(2, int((x1 - x0) * scale)), max(2, int((y1 - y0) * scale)))
+    small_rgb = cv2.resize(rgb[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(gc_mask[y0:y1, x0:x1], size, interpolation=cv2.INTER_NEAREST)
+    # Sure labels (clicks) are a few pixels wide and may vanish in the shrink: re-mark them.
+    for label in (cv2.GC_FGD, cv2.GC_BGD):
+        ys, xs = np.nonzero(gc_mask[y0:y1, x0:x1] == label)
+        small_mask[np.minimum((ys * scale).astype(int), size[1] - 1),
+                   np.minimum((xs * scale).astype(int), size[0] - 1)] = label
+    fg = _grabcut_local(small_rgb, small_mask, (0, 0, size[0], size[1]), 0.0, iterations)
+    if fg is None:
+        return None
+    out = np.zeros(gc_mask.shape, bool)
+    out[y0:y1, x0:x1] = cv2.resize(fg.astype(np.uint8), (x1 - x0, y1 - y0),
+                                   interpolation=cv2.INTER_LINEAR) > 0
     return out if out.any() else None
 
 
@@ -256,13 +283,18 @@ def polygon_to_mask(shape: Sequence[int], points: Sequence[Sequence[float]],
 
 # -- point prompts and method choice -------------------------------------------------------
 
+#: Largest GrabCut window (pixels) of a click prompt; larger ones run downscaled.
+POINT_MAX_PIXELS = 160 * 120
 #: Most foreground or background points one prompt may carry (clicks, not a brush).
 MAX_PROMPT_POINTS = 64
 #: Prompt-to-mask methods; ``'auto'`` picks the best measured one (docs/benchmarks/prompts.md).
-BOX_METHODS = ('auto', 'grabcut', 'superpixel', 'box')
+BOX_METHODS = ('auto', 'grabcut', 'checked', 'superpixel', 'box')
 POINT_METHODS = ('auto', 'grabcut', 'watershed', 'superpixel')
 #: What ``'auto'`` means, chosen by mean mask IoU on the simulator's exact masks.
-AUTO_BOX_METHOD = 'grabcut'
+AUTO_BOX_METHOD = 'checked'
+#: ``'checked'`` keeps GrabCut's mask only if its bounding box overlaps the drawn box by
+#: at least this IoU; below it the mask has collapsed or leaked and the box is used.
+BOX_AGREEMENT = 0.8
 AUTO_POINT_METHOD = 'grabcut'
 
 
@@ -395,13 +427,14 @@ def _points_grabcut(image: np.ndarray, fg: np.ndarray, bg: np.ndarray,
     outside = np.ones((height, width), bool)
     outside[wy0:wy1, wx0:wx1] = False
     gc_mask[outside] = cv2.GC_BGD
-    fg_mask = _grabcut_local(image, gc_mask, rect, 0.5, iterations)
+    fg_mask = _grabcut_local(image, gc_mask, rect, 0.5, iterations, POINT_MAX_PIXELS)
     if fg_mask is None:
         return None
     fg_mask = _keep_touching(fg_mask, fg)
-    if fg_mask.sum() > 4 * max(1, int(rough.sum())):
+    if fg_mask.sum() > max(4 * int(rough.sum()), fg_mask.size // 2):
         # Colour models that cannot tell object from surroundings (a uniform scene)
-        # let GrabCut flood the window; the edge-bounded region is the honest answer.
+        # let GrabCut flood its window and beyond: more than half the image and four
+        # times the edge-bounded region, which is then the honest answer.
         warnings.warn('GrabCut could not separate the clicked object from its '
                       'surroundings; using the edge-bounded region around the clicks',
                       PromptFallbackWarning, stacklevel=3)
@@ -483,10 +516,12 @@ def mask_from_box(rgb: np.ndarray, box: Sequence[float], method: str = 'auto') -
     Return the bool (H, W) mask of the object in ``box`` = (x, y, width, height) pixels.
 
     ``method`` is one of ``BOX_METHODS``: ``'grabcut'`` (``box_to_mask``),
-    ``'superpixel'`` (GrabCut's mask snapped to superpixels computed around the box,
-    clipped to the box), ``'box'`` (the box itself), ``'auto'`` (the best measured,
-    ``AUTO_BOX_METHOD``). Bad boxes raise ValueError as in ``clip_box``; GrabCut's
-    fallback to the whole box warns with ``PromptFallbackWarning``.
+    ``'checked'`` (GrabCut, but the box itself when the mask's bounding box does not
+    agree with the drawn box, see ``box_agreement``), ``'superpixel'`` (GrabCut's mask
+    snapped to superpixels computed around the box, clipped to the box), ``'box'``
+    (the box itself), ``'auto'`` (the best measured, ``AUTO_BOX_METHOD``). Bad boxes
+    raise ValueError as in ``clip_box``; every fallback to the whole box warns with
+    ``PromptFallbackWarning``.
     """
     image = _check_rgb(rgb)
     if method not in BOX_METHODS:
@@ -503,6 +538,14 @@ def mask_from_box(rgb: np.ndarray, box: Sequence[float], method: str = 'auto') -
         warnings.warn(warning.message, warning.category, stacklevel=2)
     if method == 'grabcut' or caught:
         return mask
+    if method == 'checked':
+        agreement = box_agreement(mask, (x, y, w, h))
+        if agreement < BOX_AGREEMENT:
+            warnings.warn(f"GrabCut's mask does not span the box (bounding-box IoU "
+                          f'{agreement:.2f} < {BOX_AGREEMENT}); using the whole box',
+                          PromptFallbackWarning, stacklevel=2)
+            return box_only_mask(image.shape, (x, y, w, h))
+        return mask
     x0, y0, x1, y1 = _context_window((x, y, w, h), width, height, 0.25)
     labels = superpixels(image[y0:y1, x0:x1], _superpixel_size(max(w, h)))
     snapped = np.zeros_like(mask)
@@ -510,3 +553,24 @@ def mask_from_box(rgb: np.ndarray, box: Sequence[float], method: str = 'auto') -
     inside = box_only_mask(image.shape, (x, y, w, h))
     snapped &= inside
     return snapped if snapped.any() else mask
+
+
+def box_agreement(mask: np.ndarray, box: Sequence[int]) -> float:
+    """
+    Return the IoU of ``mask``'s bounding box with ``box`` = (x, y, w, h); 0 if empty.
+
+    Why this says whether GrabCut worked: an operator draws the box tight around the
+    object, so the object's mask spans the box. A mask that collapsed onto one part of
+    the object, or leaked out of it into a look-alike background, does not; on CamVid's
+    street scenes that was most of GrabCut's failures (docs/benchmarks/prompts.md).
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return 0.0
+    cols = np.flatnonzero(mask.any(axis=0))
+    mx0, mx1, my0, my1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
+    x, y, w, h = box
+    iw = max(0, min(mx1, x + w) - max(mx0, x))
+    ih = max(0, min(my1, y + h) - max(my0, y))
+    inter = iw * ih
+    return float(inter) / float((mx1 - mx0) * (my1 - my0) + w * h - inter)

@@ -47,7 +47,8 @@ import uuid
 
 from ldka_ros.fsio import atomic_write_json, fsync_dir, locked
 from ldka_ros.learning.classes import ClassRegistry, validate_class_name
-from ldka_ros.learning.label_files import encode_png, read_label, read_manifest, read_rgb
+from ldka_ros.learning.label_files import (check_array, encode_png, read_label, read_manifest,
+                                           read_rgb)
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -237,13 +238,10 @@ class FrameStore:
         return record
 
     def _check_inputs(self, rgb, mask, class_name: str, class_id) -> None:
-        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
-                or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-            raise ValueError('rgb must be a uint8 numpy array (H, W, 3), got '
-                             f'{getattr(rgb, "dtype", type(rgb))} {getattr(rgb, "shape", "")}')
-        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 2:
-            raise ValueError('mask must be a bool numpy array (H, W), got '
-                             f'{getattr(mask, "dtype", type(mask))} {getattr(mask, "shape", "")}')
+        check_array(rgb, np.uint8, 3, 'rgb', '(H, W, 3)')
+        if rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+            raise ValueError(f'rgb must be a uint8 numpy array (H, W, 3), got {rgb.shape}')
+        check_array(mask, np.bool_, 2, 'mask', '(H, W)')
         if mask.shape != rgb.shape[:2]:
             raise ValueError(f'mask size {mask.shape} differs from image size {rgb.shape[:2]}')
         if not mask.any():

@@ -58,12 +58,12 @@ PARAMS = [
               'to the network (set access_token then).', read_only=True),
     ParamSpec('port', 8765, 'TCP port of the web server (0 = any free port, logged).',
               minimum=0, maximum=65535, read_only=True),
-    ParamSpec('access_token', '', "When set, every /api call must carry it (header "
+    ParamSpec('access_token', '', 'When set, every /api call must carry it (header '
               "X-Console-Token, 'Authorization: Bearer', or ?token=); '' = none.",
               read_only=True),
     ParamSpec('max_request_bytes', 1 << 20, 'Largest request body accepted (413 above).',
               minimum=1024, maximum=64 << 20, read_only=True),
-    ParamSpec('learner', 'learner', "Learner node name (relative names resolve in this "
+    ParamSpec('learner', 'learner', 'Learner node name (relative names resolve in this '
               "node's namespace): its services and learn action are used.", read_only=True),
     ParamSpec('segmentation', 'segmentation', 'Segmentation node name: its mask, margin and '
               'legend topics feed the overlay and margin layers.', read_only=True),
@@ -408,7 +408,7 @@ class LabelConsoleNode(Node):
         return found[0]
 
     def classes(self) -> dict:
-        """Return learned classes (active version) and pending ones with frame counts."""
+        """Return the learned classes of the active version and the pending ones."""
         reply = self._call('list_classes', ListClasses.Request())
         legend = reply.legend
         return {'active_version': legend.model_version,
@@ -460,7 +460,7 @@ class LabelConsoleNode(Node):
             raise ConsoleError(422, 'a learning goal from this console is still running; '
                                     'wait for it or cancel it')
         if not self.learn_client.wait_for_server(timeout_sec=5.0):
-            raise ConsoleError(503, 'the learner\'s learn action is not available')
+            raise ConsoleError(503, "the learner's learn action is not available")
         self.learning.start()
         goal = LearnClasses.Goal(classes=classes, max_iterations=int(iterations))
         future = self.learn_client.send_goal_async(goal,
@@ -541,7 +541,7 @@ def _prompt_mask(rgb: np.ndarray, prompt: dict) -> tuple[np.ndarray, str]:
         warnings.simplefilter('always', prompts.PromptFallbackWarning)
         try:
             if 'box' in prompt:
-                mask = prompts.box_to_mask(rgb, prompt['box'])
+                mask = prompts.mask_from_box(rgb, prompt['box'])
             else:
                 mask = prompts.mask_from_points(rgb, prompt['fg'], prompt['bg'])
         except ValueError as exc:

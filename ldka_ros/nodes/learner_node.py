@@ -22,6 +22,12 @@ Why it is built this way:
 - **Services stay responsive during training.** Everything runs in a
   MultiThreadedExecutor with a reentrant callback group; the action's execute callback
   waits on the child process while labelling, listing and rollback calls are served.
+- **Managed.** A lifecycle node: configure opens the registry and the frame store,
+  activate starts taking requests, deactivate refuses them with the reason, cleanup
+  stops a running job and releases everything; a failed configure leaves the node
+  unconfigured and alive. ``autostart`` (default true) configures and activates by
+  itself; the launch file and ``config/graph.yaml`` set it false and drive the
+  transitions.
 - **The segmentation node follows.** A published version goes out on ``~/model_version``
   (ModelVersion, transient local), also at start-up, so a segmentation node that starts
   or restarts later still loads the active version. During training the segmentation
@@ -32,7 +38,9 @@ Interfaces: sub ``image`` (sensor_msgs/Image); services ``~/label_object``,
 ``~/list_classes``, ``~/list_versions``, ``~/rollback``, ``~/remove_class``,
 ``~/rename_class`` (pending classes only), ``~/fetch_artefact`` (the registry's files in
 chunks, for robots that keep their own cache); action ``~/learn``; pub
-``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255).
+``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255). Labelling aids
+(``nodes/label_assist.py``): sub ``<image>_mouse_left`` (rqt_image_view clicks) and the
+margin map (``margin_topic``), pub ``~/label_suggestions`` (latched).
 """
 from __future__ import annotations
 
@@ -50,13 +58,14 @@ import time
 from typing import Any
 import warnings
 
+from ldka_ros.app.job_spec import JobSpec, spec_to_json
 from ldka_ros.learning.methods import ROBOT_METHODS
-from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
-from ldka_ros.nodes.params import declare_parameters, ParamSpec
+from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
+from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
-from ldka_ros.nodes.service_guard import guard_callback, guard_service
+from ldka_ros.nodes.service_guard import guard_callback, guard_service, refuse
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, ModelVersion
 from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
@@ -68,7 +77,7 @@ import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
 
@@ -149,6 +158,11 @@ PARAMS = [
     ParamSpec('segmentation_node', 'segmentation', 'Name of the segmentation node whose '
               'max_rate_hz is lowered during training (relative names resolve in this '
               "node's namespace).", read_only=True),
+    ParamSpec('autostart', True, 'Configure and activate by itself at start (a plain node; '
+              'a failed configure then ends the process with the reason). False = a '
+              'managed node: it waits unconfigured for lifecycle transitions on '
+              '~/change_state (the launch file and config/graph.yaml set false and drive '
+              'them).', read_only=True),
     ParamSpec('segmentation_rate_while_training', 0.0, "Segmentation node's max_rate_hz "
               'while a job trains (restored afterwards); 0 = leave it unchanged.',
               minimum=0.0, maximum=1000.0),
@@ -164,22 +178,25 @@ def _rgba(color) -> ColorRGBA:
     return ColorRGBA(r=r, g=g, b=b, a=1.0)
 
 
-class LearnerNode(Node):
-    """Store labelled frames, run learning jobs, publish model versions; see module docs."""
+class LearnerNode(LifecycleNode):
+    """
+    Store labelled frames, run learning jobs, publish model versions; see module docs.
+
+    A lifecycle (managed) node: creating it only declares the parameters; ``configure``
+    reads them, opens the registry and the frame store and creates the topics, services
+    and the ``~/learn`` action; ``activate`` announces the active version and accepts
+    labels, learning goals, rollbacks and class changes; while ``inactive`` those are
+    refused with the reason (the listings still answer) and camera frames are ignored;
+    ``cleanup``/``shutdown`` stop a running job and release everything. A failed
+    configure is logged and leaves the node unconfigured and alive.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('learner', **kwargs)
-        from ldka_ros.learning.frame_store import FrameStore
-        from ldka_ros.registry import ModelRegistry
-
-        self.values = declare_parameters(self, PARAMS + ASSIST_PARAMS)
-        self.registry = ModelRegistry(Path(self.values['registry_path']).expanduser(),
-                                      create=True)
-        store = self.values['frame_store_path'] or str(
-            self.registry.root.parent / 'labelled_frames')
-        self.store_root = Path(store).expanduser().absolute()
-        self.classes_path = self.store_root / 'classes.json'
-        self.store = FrameStore(self.store_root, classes_path=self.classes_path)
+        self.values = declare_parameters(self, PARAMS + ASSIST_PARAMS,
+                                         in_use=self._configured)
+        self.registry = None
+        self.store = None
         self._latest: Image | CompressedImage | None = None
         self._latest_lock = threading.Lock()
         self._class_lock = threading.Lock()
@@ -187,39 +204,171 @@ class LearnerNode(Node):
         self._job_goal = ''
         self._proc: subprocess.Popen | None = None
         self._slots: dict[str, int] = {}
-        group = ReentrantCallbackGroup()
-        self.group = group
-        self.image_sub = subscribe_camera(
-            self, self.values['image_transport'], guard_callback(self, 'image', self._on_image),
-            image_qos(self.values['qos']), callback_group=group)
-        self.version_pub = self.create_publisher(ModelVersion, '~/model_version',
-                                                 latched_qos())
-        self.mask_pub = self.create_publisher(Image, '~/last_label_mask', reliable_qos(1))
-        self.assist = LabelAssist(self, group)
-        for srv_type, name, handler in (
-                (LabelObject, 'label_object', self._on_label),
-                (ListClasses, 'list_classes', self._on_list_classes),
-                (ListVersions, 'list_versions', self._on_list_versions),
-                (Rollback, 'rollback', self._on_rollback),
-                (RemoveClass, 'remove_class', self._on_remove_class),
-                (RenameClass, 'rename_class', self._on_rename_class)):
-            self.create_service(srv_type, f'~/{name}', guard_service(self, name, handler),
-                                callback_group=group)
-        self.artefacts = _artefact_service(self, group)
-        self.action = ActionServer(
-            self, LearnClasses, '~/learn', execute_callback=self._execute,
-            goal_callback=lambda _goal: GoalResponse.ACCEPT,
-            cancel_callback=lambda _handle: CancelResponse.ACCEPT, callback_group=group)
-        self._reconcile_learned_frames()
+        self._active = False
+        self._configure_error = ''
+        self._entities: list[tuple[str, Any]] = []
+        self.group = ReentrantCallbackGroup()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def lifecycle_state(self) -> str:
+        """Return the lifecycle state's label (unconfigured, inactive, active, ...)."""
+        return self._state_machine.current_state[1]
+
+    def _configured(self) -> bool:
+        return self.lifecycle_state() not in ('unconfigured', 'finalized')
+
+    def start(self) -> None:
+        """
+        With ``autostart`` (a plain node), configure and activate now; else wait.
+
+        RuntimeError with the reason when autostart's configure fails: a plain node that
+        cannot start ends with the reason, as before it was managed.
+        """
+        if not self.values['autostart']:
+            self.get_logger().info('unconfigured: waiting for ~/change_state (configure, '
+                                   'then activate)')
+            return
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError(f'configure failed: {self._configure_error}')
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError('activate failed (see the log)')
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read parameters, open the registry and the frame store, create the interfaces."""
+        try:
+            self._configure()
+        except Exception as exc:  # noqa: B902 - any failure: stay unconfigured, say why
+            self._configure_error = f'{type(exc).__name__}: {exc}'
+            self.get_logger().error(f'configure failed, staying unconfigured: '
+                                    f'{self._configure_error}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self._configure_error = ''
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Accept requests; announce the active version (latched) for segmentation nodes."""
+        result = super().on_activate(state)
+        self._active = True
         active = self._publish_active()
+        self.get_logger().info(f'active: announcing {active or "no version yet"} on '
+                               f'{self.version_pub.topic_name}')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Refuse requests and ignore frames; a running job goes on (cleanup stops it)."""
+        self._active = False
+        self.get_logger().info('inactive: labels, goals, rollbacks and class changes are '
+                               'refused; listings still answer')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop a running job, release the registry, the store and the interfaces."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, from whichever state the node was in."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """After a failed transition: release and go back to unconfigured."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        from ldka_ros.learning.frame_store import FrameStore
+        from ldka_ros.registry import ModelRegistry
+
+        self.values.update(read_parameters(self, PARAMS + ASSIST_PARAMS))
+        self.registry = ModelRegistry(Path(self.values['registry_path']).expanduser(),
+                                      create=True)
+        store = self.values['frame_store_path'] or str(
+            self.registry.root.parent / 'labelled_frames')
+        self.store_root = Path(store).expanduser().absolute()
+        self.classes_path = self.store_root / 'classes.json'
+        self.store = FrameStore(self.store_root, classes_path=self.classes_path)
+        self._slots.clear()
+        self._create_interfaces()
+        self._reconcile_learned_frames()
         pending = self.store.pending_classes()
         self.get_logger().info(
-            f'registry {self.registry.root} (active {active or "none"}), frames in '
-            f'{self.store_root} ({sum(pending.values())} pending: {pending}); camera '
+            f'configured: registry {self.registry.root}, frames in {self.store_root} '
+            f'({sum(pending.values())} pending: {pending}); camera '
             f'{self.image_sub.topic_name}')
+
+    def _create_interfaces(self) -> None:
+        """Create the camera subscription, publishers, services and the action server."""
+        group = self.group
+        self.image_sub = self._own('sub', subscribe_camera(
+            self, self.values['image_transport'], guard_callback(self, 'image', self._on_image),
+            image_qos(self.values['qos']), callback_group=group))
+        self.version_pub = self._own('pub', self.create_lifecycle_publisher(
+            ModelVersion, '~/model_version', latched_qos()))
+        self.mask_pub = self._own('pub', self.create_lifecycle_publisher(
+            Image, '~/last_label_mask', reliable_qos(1)))
+        self.assist = LabelAssist(self, group)
+        self._own('sub', self.assist.click_sub)
+        self._own('plain_pub', self.assist.suggest_pub)
+        if self.assist.margin_sub is not None:
+            self._own('sub', self.assist.margin_sub)
+        for srv_type, name, handler, query in (
+                (LabelObject, 'label_object', self._on_label, False),
+                (ListClasses, 'list_classes', self._on_list_classes, True),
+                (ListVersions, 'list_versions', self._on_list_versions, True),
+                (Rollback, 'rollback', self._on_rollback, False),
+                (RemoveClass, 'remove_class', self._on_remove_class, False),
+                (RenameClass, 'rename_class', self._on_rename_class, False)):
+            if not query:
+                handler = self._when_active(name, handler)
+            self._own('srv', self.create_service(
+                srv_type, f'~/{name}', guard_service(self, name, handler),
+                callback_group=group))
+        self.artefacts = _artefact_service(self, group)
+        self._own('srv', self.artefacts.service)
+        self.action = self._own('action', ActionServer(
+            self, LearnClasses, '~/learn', execute_callback=self._execute,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda _handle: CancelResponse.ACCEPT, callback_group=group))
+
+    def _when_active(self, name: str, handler):
+        """Wrap a service handler that changes something: refused unless active."""
+        def callback(request, response):
+            if not self._active:
+                return refuse(response, f'{name} refused: the learner is '
+                                        f'{self.lifecycle_state()} (activate it through '
+                                        '~/change_state first)')
+            return handler(request, response)
+        return callback
+
+    def _own(self, kind: str, entity: Any) -> Any:
+        """Remember an entity made at configure, so that cleanup destroys it."""
+        self._entities.append((kind, entity))
+        return entity
+
+    def _release(self) -> None:
+        """Stop a job, destroy what configure made, drop registry and store (idempotent)."""
+        self._active = False
+        self.stop_job()
+        destroy = {'pub': self.destroy_lifecycle_publisher, 'sub': self.destroy_subscription,
+                   'plain_pub': self.destroy_publisher, 'srv': self.destroy_service,
+                   'action': lambda action: action.destroy()}
+        while self._entities:
+            kind, entity = self._entities.pop()
+            try:
+                destroy[kind](entity)
+            except Exception as exc:  # noqa: B902 - release the rest regardless
+                self.get_logger().warning(f'cleanup: could not destroy a {kind}: {exc}')
+        with self._latest_lock:
+            self._latest = None
+        self.registry = None
+        self.store = None
 
     # -- camera ------------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
+        if not self._active:  # inactive: no frame is kept for labelling
+            return
         with self._latest_lock:
             self._latest = msg
         self.assist.on_frame(msg)
@@ -339,6 +488,9 @@ class LearnerNode(Node):
     def _label(self, request, response):
         from ldka_ros.learning.classes import validate_class_name
 
+        if not self._active:  # clicks and propagation come here too, not only the service
+            raise Refused(f'the learner is {self.lifecycle_state()}: activate it through '
+                          '~/change_state first')
         name = request.class_name
         if not name:
             raise Refused('class_name is empty: name the object (e.g. "coffee_mug")')
@@ -404,7 +556,7 @@ class LearnerNode(Node):
 
     def _prompt_mask(self, request, rgb: np.ndarray) -> tuple[np.ndarray, str]:
         """Return the boolean object mask from the request's one prompt, and a note."""
-        from ldka_ros.imaging.prompts import box_to_mask, polygon_to_mask
+        from ldka_ros.imaging.prompts import mask_from_box, polygon_to_mask
 
         height, width = rgb.shape[:2]
         mask_msg, box, polygon = request.mask, request.box, request.polygon
@@ -446,7 +598,7 @@ class LearnerNode(Node):
                 raise Refused(f'box (x {box.x_offset}, y {box.y_offset}, {box.width}x'
                               f'{box.height}) goes outside the {width}x{height} image')
             rect = (box.x_offset, box.y_offset, box.width, box.height)
-            return self._with_fallback_note(lambda: box_to_mask(rgb, rect))
+            return self._with_fallback_note(lambda: mask_from_box(rgb, rect))
         points = [(p.x, p.y) for p in polygon.points]
         if len(points) < 3:
             raise Refused(f'polygon has {len(points)} points; it needs at least 3')
@@ -636,6 +788,11 @@ class LearnerNode(Node):
     def _execute(self, goal_handle):
         result = LearnClasses.Result()
         goal_id = bytes(goal_handle.goal_id.uuid).hex()[:8]
+        if not self._active:
+            goal_handle.abort()
+            result.message = (f'refused: the learner is {self.lifecycle_state()} (activate '
+                              'it through ~/change_state first)')
+            return result
         if not self._job_lock.acquire(blocking=False):
             goal_handle.abort()
             result.message = (f'refused: learning job {self._job_goal} is still running; '
@@ -656,28 +813,36 @@ class LearnerNode(Node):
             self._job_goal = ''
             self._job_lock.release()
 
-    def _job_spec(self, goal, work: Path) -> dict:
+    def _job_spec(self, goal, work: Path) -> JobSpec:
+        """
+        Return the job's typed ``JobSpec`` from the goal and the parameters, validated.
+
+        Why typed and checked here: a field the job does not know, or a value it would
+        refuse (a negative ``max_seconds`` in the goal), is refused before a process is
+        spawned, with the job's own reason; the job reads the file back through the
+        same class (``load_spec``).
+        """
         values = self.values
-        backend = values['backend']
-        engine = {'auto': 'auto', 'tensorrt': 'tensorrt'}.get(backend, 'none')
-        iterations = int(goal.max_iterations) or int(values['default_iterations'])
-        seconds = float(goal.max_seconds) or float(values['default_max_seconds'])
-        return {
-            'registry_path': str(self.registry.root), 'frame_store_path': str(self.store_root),
-            'classes': list(goal.classes), 'max_iterations': iterations,
-            'max_seconds': seconds, 'method': values['method'], 'device': values['device'],
-            'engine': engine, 'seed': int(values['seed']),
-            'batch_size': int(values['batch_size']), 'lr': float(values['learning_rate']),
-            'holdout_fraction': float(values['holdout_fraction']),
-            'min_new_iou': float(values['min_new_class_iou']),
-            'max_old_drop': float(values['max_old_class_drop']),
-            'work_dir': str(work / 'work'), 'parent_pid': os.getpid(),
-            'num_threads': int(values['job_threads']),
+        engine = {'auto': 'auto', 'tensorrt': 'tensorrt'}.get(values['backend'], 'none')
+        spec = JobSpec(
+            registry_path=str(self.registry.root), frame_store_path=str(self.store_root),
+            classes=list(goal.classes),
+            max_iterations=int(goal.max_iterations) or int(values['default_iterations']),
+            max_seconds=float(goal.max_seconds) or float(values['default_max_seconds']),
+            method=values['method'], device=values['device'], engine=engine,
+            seed=int(values['seed']), batch_size=int(values['batch_size']),
+            lr=float(values['learning_rate']),
+            holdout_fraction=float(values['holdout_fraction']),
+            min_new_iou=float(values['min_new_class_iou']),
+            max_old_drop=float(values['max_old_class_drop']),
+            work_dir=str(work / 'work'), parent_pid=os.getpid(),
+            num_threads=int(values['job_threads']),
             # Only a first model (empty registry) takes its size from here.
-            'input_hw': [] if self._serving() is not None else [
+            input_hw=[] if self._serving() is not None else [
                 int(values['first_model_input_height']),
-                int(values['first_model_input_width'])],
-        }
+                int(values['first_model_input_width'])])
+        spec.validate()
+        return spec
 
     def _precheck(self, goal) -> str | None:
         """Return why a goal cannot start (checked here so no process is spawned)."""
@@ -702,12 +867,19 @@ class LearnerNode(Node):
             else Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f'ldka-learn-{goal_id}-', dir=root))
-        spec = self._job_spec(goal, work)
-        (work / 'spec.json').write_text(json.dumps(spec, indent=2))
+        try:
+            spec = self._job_spec(goal, work)
+        except ValueError as exc:  # the job would refuse it: no process is started
+            shutil.rmtree(work, ignore_errors=True)
+            goal_handle.abort()
+            result.message = f'refused: {exc}'
+            self.get_logger().warning(f'goal {goal_id} {result.message}')
+            return result
+        (work / 'spec.json').write_text(spec_to_json(spec))
         log_path = work / 'job.log'
         restore = self._throttle_segmentation()
         self.get_logger().info(f'goal {goal_id}: learning {list(goal.classes) or "all pending"}'
-                               f' ({spec["max_iterations"]} iterations, {spec["method"]}); '
+                               f' ({spec.max_iterations} iterations, {spec.method}); '
                                f'log {log_path}')
         try:
             code, final = self._run_job(goal_handle, work, log_path)
@@ -924,6 +1096,7 @@ def main(args: list[str] | None = None) -> int:
     code = 0
     try:
         node = LearnerNode()
+        node.start()
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         executor.spin()

@@ -31,6 +31,14 @@ robot's segmentation down with it. Now only a node whose loss makes the rest poi
 the behaviour for every node that is not required, is still accepted. The starter's
 exit code is 1 if a node died on its own during the run (restarted or not), else 0.
 
+Managed (lifecycle) nodes, like the launch file's ``LifecycleNode`` actions with their
+event handlers: a node marked ``lifecycle: true`` is started with ``autostart:=false``
+(it comes up unconfigured) and the starter then asks it to ``configure`` and
+``activate`` through its ``~/change_state`` service (``nodes.lifecycle_client``, run
+with the nodes' environment), after the first start and after every restart. A refused
+transition is reported and the node stays up in the state it reached; fixing its
+parameters and calling the client by hand finishes the job.
+
 A graph is plain data (``NodeSpec``), optionally loaded from YAML::
 
     nodes:
@@ -46,6 +54,7 @@ A graph is plain data (``NodeSpec``), optionally loaded from YAML::
         respawn_max_retries: 5           # crash loop: give up after 5 quick restarts
         respawn_reset_after: 30.0        # a run this long resets delay and count
         required: false                  # true: stop the graph once this node is lost
+        lifecycle: false                 # true: a managed node the starter activates
 
 so that a launch file can read the same description and start the same executables
 with the same parameters and remappings.
@@ -103,16 +112,20 @@ class NodeSpec:
     respawn_max_retries: int = 5
     respawn_reset_after: float = 30.0
     required: bool = False
+    lifecycle: bool = False
 
     def __post_init__(self) -> None:
         if (self.executable is None) == (self.module is None):
             raise ValueError('a NodeSpec needs exactly one of executable or module, got '
                              f'executable={self.executable!r} module={self.module!r}')
         self._check_supervision()
+        if self.lifecycle and not self.name:
+            raise ValueError(f'node {self.label!r} is managed (lifecycle: true): give its '
+                             'name, which its ~/change_state service is found by')
 
     def _check_supervision(self) -> None:
         """Raise ValueError naming the node for a respawn setting that makes no sense."""
-        for key in ('respawn', 'required'):
+        for key in ('respawn', 'required', 'lifecycle'):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f'node {self.label!r}: {key} must be true or false, got '
                                  f'{getattr(self, key)!r}')
@@ -138,8 +151,19 @@ class NodeSpec:
             return self.name
         return (self.executable or self.module.rsplit('.', 1)[-1]).rsplit('/', 1)[-1]
 
+    @property
+    def fqn(self) -> str:
+        """Return the node's fully qualified name (namespace + name)."""
+        ns = (self.namespace or '').strip('/')
+        return f'/{ns}/{self.label}' if ns else f'/{self.label}'
+
     def ros_args(self) -> list[str]:
-        """Return the ``--ros-args ...`` part of the command line."""
+        """
+        Return the ``--ros-args ...`` part of the command line.
+
+        A managed node gets ``autostart:=false`` last, so that no parameters file or
+        value makes it configure itself behind the starter's back.
+        """
         args: list[str] = []
         if self.name:
             args += ['-r', f'__node:={self.name}']
@@ -153,6 +177,8 @@ class NodeSpec:
             args += ['-p', f'{key}:={json.dumps(value)}']
         for src, dst in self.remaps.items():
             args += ['-r', f'{src}:={dst}']
+        if self.lifecycle:
+            args += ['-p', 'autostart:=false']
         return ['--ros-args', *args] if args else []
 
     def launch_kwargs(self) -> dict[str, Any]:
@@ -168,8 +194,9 @@ class NodeSpec:
             raise ValueError(f'node {self.label!r} is given as a module; launch files need '
                              'an executable')
         parameters: list[Any] = [self.params_file] if self.params_file else []
-        if self.parameters:
-            parameters.append(dict(self.parameters))
+        if self.parameters or self.lifecycle:
+            parameters.append({**self.parameters, **({'autostart': False}
+                                                     if self.lifecycle else {})})
         kwargs = {'package': self.package, 'executable': self.executable, 'name': self.name,
                   'namespace': self.namespace or '', 'parameters': parameters,
                   'remappings': list(self.remaps.items()), 'arguments': list(self.extra_args)}
@@ -391,6 +418,8 @@ class Graph:
         # the graph: a restart can never start after stop() began.
         self._lock = threading.RLock()
         self._closing = False
+        #: Lifecycle clients bringing managed nodes up: (thread, [client Popen or None]).
+        self._bring_ups: list[tuple[threading.Thread, list]] = []
 
     def _say(self, text: str) -> None:
         if self.output is not None:
@@ -404,7 +433,50 @@ class Graph:
         """Start one node process and register it under its label."""
         node = NodeProcess(spec, command, self.env, self.output)
         self.nodes[node.name] = node
+        if spec.lifecycle:
+            self._bring_up(node)
         return node
+
+    def _bring_up(self, node: NodeProcess) -> None:
+        """Configure and activate a managed node in the background (a lifecycle client)."""
+        holder: list = [None]
+        thread = threading.Thread(target=self._drive, args=(node, holder),
+                                  name=f'lifecycle-{node.name}', daemon=True)
+        self._bring_ups = [(t, h) for t, h in self._bring_ups if t.is_alive()]
+        self._bring_ups.append((thread, holder))
+        thread.start()
+
+    def _drive(self, node: NodeProcess, holder: list) -> None:
+        """
+        Run ``lifecycle_client <node> configure activate``; report how it ended.
+
+        Given up when the node dies first (its restart brings a new client) or the graph
+        stops; the client runs with the nodes' environment, so it reaches their domain.
+        """
+        command = [self.python, '-m', 'ldka_ros.nodes.lifecycle_client', node.spec.fqn,
+                   'configure', 'activate']
+        try:
+            client = subprocess.Popen(command, env=dict(self.env), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, start_new_session=True)
+        except OSError as exc:
+            self._say(f'cannot bring {node.name!r} up: {exc}')
+            return
+        holder[0] = client
+        while client.poll() is None:
+            if node.popen.poll() is not None or self._closing:
+                client.kill()
+                client.wait()
+                return
+            time.sleep(0.1)
+        lines = [line for line in client.stdout.read().splitlines() if line.strip()]
+        client.stdout.close()
+        outcome = lines[-1] if lines else f'lifecycle client {describe_exit(client.returncode)}'
+        if client.returncode == 0:
+            self._say(f'{node.name!r} is up: {outcome}')
+        else:
+            self._say(f'{node.name!r} was not brought up, it stays in the state it reached: '
+                      f'{outcome}')
 
     def poll(self) -> list[DeadNode]:
         """Return nodes that exited since the last poll without being asked to."""
@@ -553,6 +625,12 @@ class Graph:
         for node in nodes:
             node.wait_output()
             codes[node.name] = node.popen.poll()
+        for thread, holder in self._bring_ups:
+            thread.join(5.0)
+            client = holder[0]
+            if client is not None and client.poll() is None:
+                client.kill()
+                client.wait()
         return codes
 
     def __enter__(self) -> 'Graph':

@@ -319,13 +319,23 @@ function loadSuggestion(s) {
   propose();
 }
 
+// Lists are rebuilt only when their data changed: a button replaced under the pointer
+// between press and release would swallow the operator's click.
+const shown = {};
+function changed(key, data) {
+  const text = JSON.stringify(data);
+  if (shown[key] === text) return false;
+  shown[key] = text;
+  return true;
+}
+
 async function refreshLists() {
   try {
     const [classes, labels, versions, suggestions] = await Promise.all([
       api('/api/classes'), api('/api/labels'), api('/api/versions'), api('/api/suggestions')]);
-    showClasses(classes, labels.labels);
-    showVersions(versions);
-    showSuggestions(suggestions);
+    if (changed('classes', [classes, labels])) showClasses(classes, labels.labels);
+    if (changed('versions', versions)) showVersions(versions);
+    if (changed('suggestions', suggestions)) showSuggestions(suggestions);
   } catch (e) {
     say('learner: ' + e.message, 'error');
   }

@@ -119,6 +119,19 @@ def test_operator_labels_learns_sees_the_swap_and_rolls_back_in_a_browser(
         _wait_text(browser, 'classes', lambda t: 'car: 2 pending' in t, 30,
                    'two pending car frames')
 
+        # What to label next: a suggestion loads its frame and box as a prompt.
+        _wait_text(browser, 'suggestions', lambda t: 'unsure' in t and 'no longer' not in t,
+                   60, 'a label suggestion')
+        stamp = browser.execute_script(
+            "const li = document.querySelector('#suggestions li:not(.gone)');"
+            'li.click(); return state.frame.stamp;')
+        _wait_text(browser, 'proposal-info', lambda t: ' px ' in t, 60, 'the suggested box')
+        assert browser.find_element('id', 'frame').get_attribute('data-stamp') == stamp
+        browser.find_element('id', 'show-margin').click()  # the unsure areas, bright
+        _shot(browser, 'console-suggestion')
+        browser.find_element('id', 'reject').click()
+        browser.find_element('id', 'show-margin').click()
+
         iterations = browser.find_element('id', 'iterations')
         iterations.clear()
         iterations.send_keys('3')

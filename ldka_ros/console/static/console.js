@@ -64,6 +64,9 @@ async function pollFrame() {
   if (!state.live || state.busy) return;
   try {
     const snap = await api('/api/snapshot');
+    // The operator may have frozen a frame (a prompt, a suggestion) while this answer was
+    // on its way: then the frame on screen must stay the one the prompt is made on.
+    if (!state.live || state.busy) return;
     $('status').textContent = 'frame ' + snap.frame_id + ' · ' + snap.width + 'x' + snap.height
       + ' · serving ' + (snap.model_version || 'no model');
     showFrame(snap);

@@ -67,6 +67,22 @@ def test_console_stores_the_proposed_mask_of_the_shown_frame(
         assert [x['frame_id'] for x in labels] == [frame_id]
         status, thumb = http.request(labels[0]['thumb'])
         assert status == 200 and thumb[:2] == b'\xff\xd8'
+        # A second label, then that one frame deleted: the first stays.
+        again = http.ok('/api/propose', {'stamp': http.ok('/api/snapshot')['stamp'],
+                                         'box': graph.car_box})
+        second = http.ok('/api/accept', {'proposal_id': again['proposal_id'],
+                                         'class_name': 'car'})['frame_id']
+        gone = http.ok('/api/remove_frame', {'frame_id': second})
+        assert gone['class_name'] == 'car' and gone['frames_left'] == 1, gone
+        assert not (tmp_path / 'frames' / 'frames' / f'{second}.json').exists()
+        assert (tmp_path / 'frames' / 'trash' / f'frame-{second}' / 'images' /
+                f'{second}.png').is_file()
+        assert [x['frame_id'] for x in http.ok('/api/labels')['labels']] == [frame_id]
+        assert {'name': 'car', 'frames': 1} in http.ok('/api/classes')['pending']
+        for bad, words in ((second, 'no labelled frame'), ('../classes', 'invalid frame id')):
+            status, message = _error(http, '/api/remove_frame', {'frame_id': bad})
+            assert status == 422 and words in message, (bad, status, message)
+
         # What to label next: the learner ranks frames by the segmentation node's margin
         # map; a suggestion names a remembered frame and a box that can be proposed on.
         ros_harness.wait_until(lambda: http.ok('/api/suggestions')['suggestions'], 60.0,

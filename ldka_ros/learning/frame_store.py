@@ -39,6 +39,7 @@ import json
 import logging
 import os
 from pathlib import Path
+import re
 import shutil
 import tempfile
 import time
@@ -64,6 +65,8 @@ JOURNAL_NAME = '.journal.json'
 JOURNAL_FORMAT = 'ldka_ros.frame_journal/1'
 #: Folder inside the store that removed frames are moved to.
 TRASH_NAME = 'trash'
+#: What a frame id may look like (the store makes ``<16 digits>_<8 hex>``).
+FRAME_ID_PATTERN = re.compile(r'[A-Za-z0-9_-]{1,64}')
 
 
 @dataclass
@@ -288,6 +291,36 @@ class FrameStore:
                        'frame_ids': [r.frame_id for r in records], 'trash': trash}
             self._run_journal(journal)
         return ClassChange(name, class_id, journal['frame_ids'], trash)
+
+    def remove_frame(self, frame_id: str) -> FrameRecord:
+        """
+        Move one pending labelled frame to ``trash/frame-<frame id>/`` and return its record.
+
+        For one bad label among good ones (removing its whole class would be too much).
+        The record moves first, so from then on no reader sees the frame; a crash before
+        the label and image follow leaves them as orphans that ``recover`` removes. The
+        class keeps its id (other frames or the class registry may hold it). ValueError
+        for an unknown or learned frame.
+        """
+        if not isinstance(frame_id, str) or not FRAME_ID_PATTERN.fullmatch(frame_id):
+            raise ValueError(f'invalid frame id {frame_id!r}')
+        with self._locked():
+            try:
+                record = self.get(frame_id)
+            except KeyError:
+                raise ValueError(f'no labelled frame {frame_id!r} in the store') from None
+            if not record.pending:
+                raise ValueError(f'frame {frame_id} was learned by {record.learned_in_version}:'
+                                 ' only pending frames can be removed')
+            trash = self.root / TRASH_NAME / f'frame-{frame_id}'
+            for sub, path in (('frames', self._record_path(frame_id)),
+                              ('labels', self.label_path(frame_id)),
+                              ('images', self.image_path(frame_id))):
+                if path.exists():
+                    (trash / sub).mkdir(parents=True, exist_ok=True)
+                    os.replace(path, trash / sub / path.name)
+                    fsync_dir(self.root / sub)
+        return record
 
     def rename_class(self, old: str, new: str) -> 'ClassChange':
         """

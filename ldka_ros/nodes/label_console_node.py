@@ -44,7 +44,7 @@ from ldka_ros.nodes.service_guard import guard_callback
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, LabelSuggestions
 from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
-                                     Rollback)
+                                     RemoveFrame, Rollback)
 import numpy as np
 import rclpy
 from rclpy.action import ActionClient
@@ -233,7 +233,7 @@ class LabelConsoleNode(Node):
             name: self.create_client(srv, f'{learner}/{name}', callback_group=self.group)
             for name, srv in (('label_object', LabelObject), ('list_classes', ListClasses),
                               ('list_versions', ListVersions), ('rollback', Rollback),
-                              ('remove_class', RemoveClass))}
+                              ('remove_class', RemoveClass), ('remove_frame', RemoveFrame))}
         self.learn_client = ActionClient(self, LearnClasses, f'{learner}/learn',
                                          callback_group=self.group)
         app = ConsoleApp(self, token=self.values['access_token'],
@@ -428,6 +428,16 @@ class LabelConsoleNode(Node):
             self._labels = [x for x in self._labels if x.class_name != name]
         return {'success': True, 'frames_removed': int(reply.frames_removed),
                 'message': reply.message}
+
+    def remove_frame(self, frame_id: str) -> dict:
+        """Remove one pending labelled frame (the learner's remove_frame)."""
+        reply = self._call('remove_frame', RemoveFrame.Request(frame_id=frame_id))
+        if not reply.success:
+            raise ConsoleError(422, reply.message)
+        with self._lock:
+            self._labels = [x for x in self._labels if x.frame_id != frame_id]
+        return {'success': True, 'class_name': reply.class_name,
+                'frames_left': int(reply.frames_left), 'message': reply.message}
 
     # -- versions -----------------------------------------------------------------------
     def versions(self) -> dict:

@@ -64,6 +64,9 @@ async function pollFrame() {
   if (!state.live || state.busy) return;
   try {
     const snap = await api('/api/snapshot');
+    // The operator may have frozen a frame (a prompt, a suggestion) while this answer was
+    // on its way: then the frame on screen must stay the one the prompt is made on.
+    if (!state.live || state.busy) return;
     $('status').textContent = 'frame ' + snap.frame_id + ' · ' + snap.width + 'x' + snap.height
       + ' · serving ' + (snap.model_version || 'no model');
     showFrame(snap);
@@ -253,13 +256,23 @@ function showClasses(data, labels) {
     thumbs.className = 'thumbs';
     for (const l of labels.filter((x) => x.class_name === c.name)) {
       const img = document.createElement('img');
-      img.src = withToken(l.thumb); img.title = l.frame_id; thumbs.append(img);
+      img.src = withToken(l.thumb);
+      img.title = 'frame ' + l.frame_id + ': click to delete this labelled frame';
+      img.dataset.frame = l.frame_id;
+      img.onclick = () => removeFrame(l.frame_id);
+      thumbs.append(img);
     }
     row.append(c.name + ': ' + c.frames + ' pending frame(s) ', del, thumbs);
     box.append(row);
   }
   if (!data.pending.length) box.textContent = 'no pending labelled frames';
   $('active-version').textContent = data.active_version || 'none';
+}
+
+async function removeFrame(frameId) {
+  if (!confirm('Delete labelled frame ' + frameId + '?')) return;
+  try { say((await api('/api/remove_frame', { frame_id: frameId })).message, 'ok'); refreshLists(); }
+  catch (e) { say(e.message, 'error'); }
 }
 
 async function removeClass(name) {

@@ -270,3 +270,29 @@ def test_benchmark_method_names_map_to_step_configs():
     # the variant's option is keyed only when set, so cached steps of LDKA stay valid
     assert 'dss_shrink_only' not in LDKAConfig().key()
     assert cfg.key()['dss_shrink_only'] is True
+    call, cfg = method_call('ldka:bal-step', None)
+    assert call == 'ldka' and cfg.balance_step_labels and cfg.dss and not cfg.gfr
+    call, cfg = method_call('ldka:no-skd', None)
+    assert not cfg.dss and not cfg.pert and cfg.pml and cfg.mad
+    assert parse_methods('joint-offline,mib') == ['joint-offline', 'mib']
+
+
+def test_step_label_balancing_moves_the_new_class_more(base, step_data):
+    """
+    Balancing over the step's labels gives the new class MiB's share of the CE.
+
+    With pseudo-labels every old class is present in a batch too; balancing over the
+    pseudo-labelled target splits the CE evenly over all of them, so the new class's
+    classifier row moves less in the same first iteration.
+    """
+    data = _few(step_data, 4)
+    moved = {}
+    for flag in (False, True):
+        cfg = tiny_config(iterations=1, lr=0.01, class_balance=1.0, freeze_bn=True)
+        res = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg,
+                         ldka=LDKAConfig(balance_step_labels=flag, dss=False, pert=False,
+                                         mad=False, kd=False))
+        # the new row starts as a copy of background's (MiB initialisation)
+        start = base.model.classifier.weight[0].detach()
+        moved[flag] = float((res.model.classifier.weight[NEW_CLASSES[0]] - start).norm())
+    assert moved[True] > 1.5 * moved[False], moved

@@ -400,18 +400,12 @@ def _check_sizes(args) -> None:
 
 
 def cmd_bench_prompts(args) -> int:
-    from ldka_ros.bench.record import start_record, write_record
+    from ldka_ros.bench.record import run_recorded
 
     _check_sizes(args)
     if args.objects < 1 or not 0 <= args.jitter < 0.5:
         raise SystemExit('--objects must be >= 1 and --jitter in [0, 0.5)')
-    header = start_record(args.invocation)
-    results = run_prompts(args)
-    print(format_prompts(results))
-    if args.json:
-        write_record(args.json, header, results)
-        print(f'wrote {args.json}')
-    return 0
+    return run_recorded(args.invocation, args.json, lambda: run_prompts(args), format_prompts)
 
 
 def cmd_bench_propagation(args) -> int:

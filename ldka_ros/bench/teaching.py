@@ -58,7 +58,8 @@ class Teacher:
     """The base model, the held-out frames and one learning step, shared by both parts."""
 
     def __init__(self, args, tmp: Path) -> None:
-        from ldka_ros.app.demo.base_model import BaseModelConfig, ensure_base_model
+        from ldka_ros.app.demo.base_model import (BaseModelConfig, ensure_base_model,
+                                                  quick_base_changes)
         from ldka_ros.bench.step_recipe import _render
         from ldka_ros.learning.checkpoint import load_checkpoint
 
@@ -66,8 +67,6 @@ class Teacher:
         self.args = args
         self.cfg = BaseModelConfig()
         if args.base == 'quick':
-            from ldka_ros.cli.demo_commands import quick_base_changes
-
             self.cfg = self.cfg.with_(**quick_base_changes())
         base = ensure_base_model(self.cfg, cache_root=args.cache, progress=False)
         path = base.registry_path / 'versions' / base.version_id / 'checkpoint.pt'
@@ -102,8 +101,9 @@ class Teacher:
 
     def margins(self, model, rgbs: list[np.ndarray], seen: list[int]) -> list[np.ndarray]:
         """Return each frame's margin map (top-1 minus top-2 logit over ``seen``)."""
-        import cv2
         import torch
+
+        from ldka_ros.imaging.resize import resize_image
 
         h, w = self.cfg.input_hw
         seen_t = torch.tensor(sorted(seen))
@@ -111,7 +111,7 @@ class Teacher:
         model.eval()
         with torch.no_grad():
             for rgb in rgbs:
-                x = torch.from_numpy(cv2.resize(rgb, (w, h))).permute(2, 0, 1).float() / 255
+                x = torch.from_numpy(resize_image(rgb, (h, w))).permute(2, 0, 1).float() / 255
                 logits = model(x[None])
                 logits = getattr(logits, 'logits', logits).float().index_select(1, seen_t)
                 top = logits.topk(2, dim=1).values[0]
@@ -383,7 +383,7 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_teaching(args) -> int:
-    from ldka_ros.bench.record import start_record, write_record
+    from ldka_ros.bench.record import run_recorded
 
     unknown = [p for p in args.parts if p not in ('propagation', 'suggestions')]
     if unknown or not args.parts:
@@ -393,10 +393,4 @@ def cmd_bench_teaching(args) -> int:
     if min(args.seeds, args.iterations, args.val_frames, args.stream_frames, args.rounds,
            args.per_round, args.pool_layouts, args.pool_views) < 1:
         raise SystemExit('counts (seeds, iterations, frames, rounds, pool) must be >= 1')
-    header = start_record(args.invocation)
-    results = run(args)
-    print(format_table(results))
-    if args.json:
-        write_record(args.json, header, results)
-        print(f'wrote {args.json}')
-    return 0
+    return run_recorded(args.invocation, args.json, lambda: run(args), format_table)

@@ -44,7 +44,7 @@ from ldka_ros.nodes.service_guard import guard_callback
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, LabelSuggestions
 from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
-                                     Rollback)
+                                     RemoveFrame, Rollback)
 import numpy as np
 import rclpy
 from rclpy.action import ActionClient
@@ -58,12 +58,12 @@ PARAMS = [
               'to the network (set access_token then).', read_only=True),
     ParamSpec('port', 8765, 'TCP port of the web server (0 = any free port, logged).',
               minimum=0, maximum=65535, read_only=True),
-    ParamSpec('access_token', '', "When set, every /api call must carry it (header "
+    ParamSpec('access_token', '', 'When set, every /api call must carry it (header '
               "X-Console-Token, 'Authorization: Bearer', or ?token=); '' = none.",
               read_only=True),
     ParamSpec('max_request_bytes', 1 << 20, 'Largest request body accepted (413 above).',
               minimum=1024, maximum=64 << 20, read_only=True),
-    ParamSpec('learner', 'learner', "Learner node name (relative names resolve in this "
+    ParamSpec('learner', 'learner', 'Learner node name (relative names resolve in this '
               "node's namespace): its services and learn action are used.", read_only=True),
     ParamSpec('segmentation', 'segmentation', 'Segmentation node name: its mask, margin and '
               'legend topics feed the overlay and margin layers.', read_only=True),
@@ -233,7 +233,7 @@ class LabelConsoleNode(Node):
             name: self.create_client(srv, f'{learner}/{name}', callback_group=self.group)
             for name, srv in (('label_object', LabelObject), ('list_classes', ListClasses),
                               ('list_versions', ListVersions), ('rollback', Rollback),
-                              ('remove_class', RemoveClass))}
+                              ('remove_class', RemoveClass), ('remove_frame', RemoveFrame))}
         self.learn_client = ActionClient(self, LearnClasses, f'{learner}/learn',
                                          callback_group=self.group)
         app = ConsoleApp(self, token=self.values['access_token'],
@@ -408,7 +408,7 @@ class LabelConsoleNode(Node):
         return found[0]
 
     def classes(self) -> dict:
-        """Return learned classes (active version) and pending ones with frame counts."""
+        """Return the learned classes of the active version and the pending ones."""
         reply = self._call('list_classes', ListClasses.Request())
         legend = reply.legend
         return {'active_version': legend.model_version,
@@ -428,6 +428,16 @@ class LabelConsoleNode(Node):
             self._labels = [x for x in self._labels if x.class_name != name]
         return {'success': True, 'frames_removed': int(reply.frames_removed),
                 'message': reply.message}
+
+    def remove_frame(self, frame_id: str) -> dict:
+        """Remove one pending labelled frame (the learner's remove_frame)."""
+        reply = self._call('remove_frame', RemoveFrame.Request(frame_id=frame_id))
+        if not reply.success:
+            raise ConsoleError(422, reply.message)
+        with self._lock:
+            self._labels = [x for x in self._labels if x.frame_id != frame_id]
+        return {'success': True, 'class_name': reply.class_name,
+                'frames_left': int(reply.frames_left), 'message': reply.message}
 
     # -- versions -----------------------------------------------------------------------
     def versions(self) -> dict:
@@ -460,7 +470,7 @@ class LabelConsoleNode(Node):
             raise ConsoleError(422, 'a learning goal from this console is still running; '
                                     'wait for it or cancel it')
         if not self.learn_client.wait_for_server(timeout_sec=5.0):
-            raise ConsoleError(503, 'the learner\'s learn action is not available')
+            raise ConsoleError(503, "the learner's learn action is not available")
         self.learning.start()
         goal = LearnClasses.Goal(classes=classes, max_iterations=int(iterations))
         future = self.learn_client.send_goal_async(goal,
@@ -541,7 +551,7 @@ def _prompt_mask(rgb: np.ndarray, prompt: dict) -> tuple[np.ndarray, str]:
         warnings.simplefilter('always', prompts.PromptFallbackWarning)
         try:
             if 'box' in prompt:
-                mask = prompts.box_to_mask(rgb, prompt['box'])
+                mask = prompts.mask_from_box(rgb, prompt['box'])
             else:
                 mask = prompts.mask_from_points(rgb, prompt['fg'], prompt['bg'])
         except ValueError as exc:

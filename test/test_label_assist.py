@@ -120,6 +120,12 @@ def test_points_clicks_and_the_cli_point_option_label_the_object(
                                   '--point', f'{x:.0f},{y:.0f}', '--bg-point', '1,1')
         assert code == 0, (out, err)
         assert [r['class_name'] for r in _records(store)] == ['car'] * 3
+        last = _records(store)[-1]['frame_id']
+        code, out, err = ldka_ros(ros_launcher, ros_namespace, 'remove-frame', last)
+        assert code == 0 and '2 left' in out + err, (code, out, err)
+        assert len(_records(store)) == 2
+        code, out, err = ldka_ros(ros_launcher, ros_namespace, 'remove-frame', last)
+        assert code == 2 and 'no labelled frame' in err, (code, out, err)
         code, out, err = ldka_ros(ros_launcher, ros_namespace, 'label', '--class', 'car',
                                   '--bg-point', '1,1', '--box', '1,1,20,20')
         assert code != 0 and '--bg-point' in err, (code, out, err)

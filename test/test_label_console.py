@@ -168,6 +168,7 @@ def test_console_refuses_bad_requests_with_reasons_and_keeps_serving(
             status, message = _error(http, path, body, raw)
             assert status == want and words in message, (path, body, status, message)
         assert http.request('/api/snapshot')[0] == 200  # still serving
+        assert 'console at http://127.0.0.1:' in ros_launcher.logs()  # localhost by default
     finally:
         graph.stop()
     ros_launcher.check_alive()

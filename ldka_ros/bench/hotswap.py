@@ -34,6 +34,7 @@ import threading
 import time
 
 from ldka_ros.bench.record import command_line, start_record, write_record
+from ldka_ros.imaging.resize import resize_ids, resize_image
 from ldka_ros.inference.hotswap import backend_factory_from_registry, HotSwapper
 from ldka_ros.registry import ModelRegistry
 import numpy as np
@@ -48,11 +49,11 @@ def load_frames(root: Path, count: int, hw: tuple[int, int], with_labels: bool =
     out = []
     for path in sorted((root / 'val' / 'images').glob('*.jpg'))[:count]:
         image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        image = resize_image(image, hw)
         if with_labels:
             label = cv2.imread(str(root / 'val' / 'labels' / f'{path.stem}.png'),
                                cv2.IMREAD_UNCHANGED)
-            label = cv2.resize(lut[label], (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+            label = resize_ids(lut[label], hw)
             out.append((image, label))
         else:
             out.append(image)

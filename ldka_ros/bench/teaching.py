@@ -101,8 +101,9 @@ class Teacher:
 
     def margins(self, model, rgbs: list[np.ndarray], seen: list[int]) -> list[np.ndarray]:
         """Return each frame's margin map (top-1 minus top-2 logit over ``seen``)."""
-        import cv2
         import torch
+
+        from ldka_ros.imaging.resize import resize_image
 
         h, w = self.cfg.input_hw
         seen_t = torch.tensor(sorted(seen))
@@ -110,7 +111,7 @@ class Teacher:
         model.eval()
         with torch.no_grad():
             for rgb in rgbs:
-                x = torch.from_numpy(cv2.resize(rgb, (w, h))).permute(2, 0, 1).float() / 255
+                x = torch.from_numpy(resize_image(rgb, (h, w))).permute(2, 0, 1).float() / 255
                 logits = model(x[None])
                 logits = getattr(logits, 'logits', logits).float().index_select(1, seen_t)
                 top = logits.topk(2, dim=1).values[0]
@@ -201,7 +202,8 @@ def _suggested(teacher: Teacher, model, pool: list, free: list[int], seen: list[
     from ldka_ros.imaging.suggest import UnsureFrameRanker
 
     ranker = UnsureFrameRanker(capacity=count, margin_threshold=teacher.args.margin_threshold,
-                               min_fraction=0.0, duplicate_window_ns=3_000_000_000)
+                               min_fraction=0.0, duplicate_window_ns=3_000_000_000,
+                               max_age_ns=None)  # the pool spans hours of scene time
     margins = teacher.margins(model, [pool[i][1].rgb for i in free], seen)
     for i, margin in zip(free, margins):
         ranker.offer(pool[i][0], str(i), margin)

@@ -312,15 +312,23 @@ class FrameStore:
             if not record.pending:
                 raise ValueError(f'frame {frame_id} was learned by {record.learned_in_version}:'
                                  ' only pending frames can be removed')
-            trash = self.root / TRASH_NAME / f'frame-{frame_id}'
-            for sub, path in (('frames', self._record_path(frame_id)),
-                              ('labels', self.label_path(frame_id)),
-                              ('images', self.image_path(frame_id))):
-                if path.exists():
-                    (trash / sub).mkdir(parents=True, exist_ok=True)
-                    os.replace(path, trash / sub / path.name)
-                    fsync_dir(self.root / sub)
+            self._to_trash(frame_id, self.root / TRASH_NAME / f'frame-{frame_id}')
         return record
+
+    def _to_trash(self, frame_id: str, trash: Path) -> None:
+        """
+        Move a frame's record, label and image into ``trash`` (what is there; idempotent).
+
+        The record first: from then on no reader sees the frame.
+        """
+        for sub, path in (('frames', self._record_path(frame_id)),
+                          ('labels', self.label_path(frame_id)),
+                          ('images', self.image_path(frame_id))):
+            if path.exists():
+                (trash / sub).mkdir(parents=True, exist_ok=True)
+                os.replace(path, trash / sub / path.name)
+        for sub in ('frames', 'labels', 'images'):
+            fsync_dir(self.root / sub)
 
     def rename_class(self, old: str, new: str) -> 'ClassChange':
         """
@@ -429,15 +437,7 @@ class FrameStore:
         if journal['op'] == 'remove':
             trash = self.root / journal['trash']
             for frame_id in journal['frame_ids']:
-                # The record first: from then on no reader sees the frame.
-                for sub, path in (('frames', self._record_path(frame_id)),
-                                  ('labels', self.label_path(frame_id)),
-                                  ('images', self.image_path(frame_id))):
-                    if path.exists():
-                        (trash / sub).mkdir(parents=True, exist_ok=True)
-                        os.replace(path, trash / sub / path.name)
-            for sub in ('frames', 'labels', 'images'):
-                fsync_dir(self.root / sub)
+                self._to_trash(frame_id, trash)
             self._rename_in_indexes(class_id, name, None)
         elif journal['op'] == 'rename':
             new = str(journal['new_name'])

@@ -202,7 +202,8 @@ def _suggested(teacher: Teacher, model, pool: list, free: list[int], seen: list[
     from ldka_ros.imaging.suggest import UnsureFrameRanker
 
     ranker = UnsureFrameRanker(capacity=count, margin_threshold=teacher.args.margin_threshold,
-                               min_fraction=0.0, duplicate_window_ns=3_000_000_000)
+                               min_fraction=0.0, duplicate_window_ns=3_000_000_000,
+                               max_age_ns=None)  # the pool spans hours of scene time
     margins = teacher.margins(model, [pool[i][1].rgb for i in free], seen)
     for i, margin in zip(free, margins):
         ranker.offer(pool[i][0], str(i), margin)

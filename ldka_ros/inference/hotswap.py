@@ -354,8 +354,45 @@ class HotSwapper:
         old_version = self.current_version
         report = SwapReport(False, request.version_id, old_version, '')
         self._emit('started', request.version_id)
+        backend = self._prepare(request, report)
+        if backend is None:
+            report.total_s = time.perf_counter() - start
+            return report
+        with self._cond:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                old = self._slot
+                self._slot = _Slot(backend, request.version_id)
+                old.retired = True
+                report.switched_at = time.time()
+        if closed:
+            _release_quietly(backend)
+            report.reason = 'refused: the HotSwapper was closed during the swap'
+            report.total_s = time.perf_counter() - start
+            return report
+        report.ok = True
+        report.reason = 'swapped'
+        self._emit('switched', request.version_id, report)
+        t0 = time.perf_counter()
+        self._release_when_idle(old)
+        report.release_s = time.perf_counter() - t0
+        report.total_s = time.perf_counter() - start
+        LOG.info('swapped %s -> %s (load %.2f s, warmup %.2f s, validate %.2f s)', old_version,
+                 request.version_id, report.load_s, report.warmup_s, report.validate_s)
+        return report
+
+    def _prepare(self, request: _Request, report: SwapReport) -> Backend | None:
+        """
+        Build, load, warm up and validate the new backend, filling ``report``'s times.
+
+        Returns None (the reason in ``report``, the backend released) when any stage
+        fails: the old backend keeps serving.
+        """
         backend: Backend | None = None
         stage = 'build'
+        t0 = time.perf_counter()
         try:
             backend = request.factory()
             if not isinstance(backend, Backend):
@@ -385,35 +422,11 @@ class HotSwapper:
             if stage == 'validate':
                 report.validate_s = time.perf_counter() - t0
             LOG.warning('swap to %s refused, %s keeps serving: %s', request.version_id,
-                        old_version, report.reason)
+                        report.previous_version, report.reason)
             if backend is not None:
                 _release_quietly(backend)
-            report.total_s = time.perf_counter() - start
-            return report
-        with self._cond:
-            if self._closed:
-                closed = True
-            else:
-                closed = False
-                old = self._slot
-                self._slot = _Slot(backend, request.version_id)
-                old.retired = True
-                report.switched_at = time.time()
-        if closed:
-            _release_quietly(backend)
-            report.reason = 'refused: the HotSwapper was closed during the swap'
-            report.total_s = time.perf_counter() - start
-            return report
-        report.ok = True
-        report.reason = 'swapped'
-        self._emit('switched', request.version_id, report)
-        t0 = time.perf_counter()
-        self._release_when_idle(old)
-        report.release_s = time.perf_counter() - t0
-        report.total_s = time.perf_counter() - start
-        LOG.info('swapped %s -> %s (load %.2f s, warmup %.2f s, validate %.2f s)', old_version,
-                 request.version_id, report.load_s, report.warmup_s, report.validate_s)
-        return report
+            return None
+        return backend
 
     def _release_when_idle(self, slot: _Slot, deadline: float | None = None) -> bool:
         """

@@ -48,7 +48,7 @@ from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, Rem
 import numpy as np
 import rclpy
 from rclpy.action import ActionClient
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -234,8 +234,9 @@ class LabelConsoleNode(Node):
             for name, srv in (('label_object', LabelObject), ('list_classes', ListClasses),
                               ('list_versions', ListVersions), ('rollback', Rollback),
                               ('remove_class', RemoveClass), ('remove_frame', RemoveFrame))}
+        self.action_group = MutuallyExclusiveCallbackGroup()
         self.learn_client = ActionClient(self, LearnClasses, f'{learner}/learn',
-                                         callback_group=self.group)
+                                         callback_group=self.action_group)
         app = ConsoleApp(self, token=self.values['access_token'],
                          max_request_bytes=int(self.values['max_request_bytes']))
         self.server = ConsoleServer(app, self.values['host'], int(self.values['port']))
@@ -473,15 +474,22 @@ class LabelConsoleNode(Node):
             raise ConsoleError(503, "the learner's learn action is not available")
         self.learning.start()
         goal = LearnClasses.Goal(classes=classes, max_iterations=int(iterations))
-        future = self.learn_client.send_goal_async(goal,
-                                                   feedback_callback=self.learning.feedback)
-        handle = self._wait(future, float(self.values['service_timeout_s']), 'learn action')
+        timeout = float(self.values['service_timeout_s'])
+        try:
+            future = self._in_action_group(lambda: self.learn_client.send_goal_async(
+                goal, feedback_callback=self.learning.feedback), timeout)
+            handle = self._wait(future, timeout, 'learn action')
+        except ConsoleError as exc:
+            with self.learning.lock:
+                self.learning.state = 'failed'
+                self.learning.data['result'] = {'success': False, 'message': str(exc)}
+            raise
         with self.learning.lock:
             self.learning.handle = handle
             self.learning.state = 'running' if handle.accepted else 'rejected'
         if not handle.accepted:
             raise ConsoleError(422, 'the learner rejected the learning goal')
-        result = handle.get_result_async()
+        result = self._in_action_group(handle.get_result_async, timeout)
         result.add_done_callback(self._on_result)
         # The learner refuses a goal it cannot start (nothing pending, a job running) by
         # aborting it at once, with the reason: say it now instead of a "running" job.
@@ -490,6 +498,39 @@ class LabelConsoleNode(Node):
         if done.wait(REFUSAL_WAIT_S) and not result.result().result.success:
             raise ConsoleError(422, f'learning refused: {result.result().result.message}')
         return self.learning.snapshot()
+
+    def _in_action_group(self, call, timeout: float):
+        """
+        Run ``call`` on an executor thread in the action client's group; return its value.
+
+        Why: rclpy's ActionClient records a request only after sending it, so a reply that
+        an executor thread takes in between is dropped ("Ignoring unexpected goal
+        response") and the caller waits for ever; requests sent from the web server's
+        threads lost that race under load. Inside the client's mutually exclusive group no
+        reply of the client is handled until the request is recorded.
+        """
+        box: dict = {}
+        done = threading.Event()
+
+        def once() -> None:
+            timer.cancel()
+            try:
+                box['value'] = call()
+            except Exception as exc:  # noqa: B902 - handed to the waiting thread
+                box['error'] = exc
+            finally:
+                done.set()
+
+        timer = self.create_timer(0.0, once, callback_group=self.action_group)
+        try:
+            if not done.wait(timeout):
+                raise ConsoleError(503, f'the node did not send the learn request within '
+                                        f'{timeout:g} s')
+        finally:
+            self.destroy_timer(timer)
+        if 'error' in box:
+            raise box['error']
+        return box['value']
 
     def _on_result(self, future) -> None:
         from action_msgs.msg import GoalStatus
@@ -512,8 +553,8 @@ class LabelConsoleNode(Node):
             handle, state = self.learning.handle, self.learning.state
         if handle is None or state != 'running':
             raise ConsoleError(422, 'no learning goal from this console is running')
-        self._wait(handle.cancel_goal_async(), float(self.values['service_timeout_s']),
-                   'cancel')
+        timeout = float(self.values['service_timeout_s'])
+        self._wait(self._in_action_group(handle.cancel_goal_async, timeout), timeout, 'cancel')
         return self.learning.snapshot()
 
     def job(self) -> dict:

@@ -1,9 +1,13 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-Launch the perception graph: segmentation node + learner node (+ RViz).
+Launch the perception graph: segmentation node + learner node (+ RViz, + console).
 
     ros2 launch ldka_ros perception.launch.py camera_topic:=/camera/image_raw \
-        registry_path:=~/.ldka_ros/registry backend:=auto use_rviz:=true
+        registry_path:=~/.ldka_ros/registry backend:=auto use_rviz:=true use_console:=true
+
+``use_console:=true`` adds the operator's browser console (``label_console_node``) on
+http://127.0.0.1:<console_port>/ (localhost only; see its ``host`` and ``access_token``
+parameters before opening it to a network).
 
 Both nodes read ``config/perception.yaml`` (or ``params_file``) and subscribe to the
 camera through the remap ``image:=<camera_topic>``. The learner's ``~/model_version``
@@ -48,7 +52,7 @@ RESPAWN_DELAY_S = 2.0
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Return the launch description (arguments, two nodes, optional RViz)."""
+    """Return the launch description (arguments, two nodes, optional console and RViz)."""
     share = get_package_share_directory(PACKAGE)
     camera_topic = LaunchConfiguration('camera_topic')
     namespace = LaunchConfiguration('namespace')
@@ -67,6 +71,10 @@ def generate_launch_description() -> LaunchDescription:
                                           'torch'),
         DeclareLaunchArgument('use_rviz', default_value='false',
                               description='start RViz with config/perception.rviz'),
+        DeclareLaunchArgument('use_console', default_value='false',
+                              description='start the browser console (label_console_node)'),
+        DeclareLaunchArgument('console_port', default_value='8765',
+                              description='TCP port of the console on 127.0.0.1'),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'perception.yaml'),
                               description='ROS parameters of both nodes'),
@@ -85,11 +93,17 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[params_file, {'registry_path': registry_path, 'backend': backend,
                                   'autostart': False}],
         remappings=[('image', camera_topic)])
+    console = Node(
+        package=PACKAGE, executable='label_console_node', name='label_console',
+        namespace=namespace, output='screen', respawn=True, respawn_delay=RESPAWN_DELAY_S,
+        parameters=[{'port': LaunchConfiguration('console_port')}],
+        remappings=[('image', camera_topic)],
+        condition=IfCondition(LaunchConfiguration('use_console')))
     rviz = Node(
         package='rviz2', executable='rviz2', name='rviz2', output='screen',
         arguments=['-d', os.path.join(share, 'config', 'perception.rviz')],
         condition=IfCondition(LaunchConfiguration('use_rviz')))
-    return LaunchDescription(arguments + [segmentation, learner, rviz]
+    return LaunchDescription(arguments + [segmentation, learner, console, rviz]
                              + bring_up(segmentation) + bring_up(learner))
 
 

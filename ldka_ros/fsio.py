@@ -33,7 +33,7 @@ from pathlib import Path
 import stat
 import tempfile
 import threading
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 LOG = logging.getLogger(__name__)
 
@@ -115,21 +115,23 @@ def locked(lock_path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+@contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """
-    Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+    Yield a binary file whose bytes replace ``path`` atomically when the block ends.
 
     The bytes go to a temporary file in the same directory (same file system, so the
     rename is atomic), are flushed and fsynced, then renamed over ``path``; the
     directory is fsynced too so the rename survives a power cut. On any error the
-    temporary file is removed and ``path`` is untouched.
+    temporary file is removed and ``path`` is untouched. A writer that streams (a
+    checkpoint through ``torch.save``) never holds the whole file in memory.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -140,7 +142,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

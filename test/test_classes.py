@@ -4,9 +4,9 @@ import json
 import os
 
 from ldka_ros.fsio import atomic_write_json
+from ldka_ros.imaging.colors import slot_color
 from ldka_ros.learning import classes as classes_mod
-from ldka_ros.learning.classes import (CAMVID_CLASS_NAMES, camvid_registry, ClassInfo,
-                                       ClassRegistry, slot_color)
+from ldka_ros.learning.classes import CAMVID_CLASS_NAMES, camvid_registry, ClassInfo, ClassRegistry
 import numpy as np
 import pytest
 

@@ -54,6 +54,37 @@ def test_benchmark_quick_writes_every_artefact(tmp_path, capsys):
     assert [r['miou_all'] for r in again] == [r['miou_all'] for r in rows]
 
 
+def test_benchmark_selection_split_and_upper_bound(tmp_path, capsys):
+    """Decide on the held-out drive, report on val: the same trained models, no retraining."""
+    data = require_camvid()
+    out = tmp_path / 'bench'
+    common = ['benchmark', '--quick', '--protocol', 'camvid-6-5', '--methods',
+              'mib,joint-offline', '--seeds', '1', '--data', str(data), '--out', str(out),
+              '--no-progress', '--device', 'cpu']
+    assert main([*common, '--eval-split', 'selection']) == 0
+    printed = capsys.readouterr().out
+    assert 'on CamVid selection' in printed and 'all / upper bound' in printed
+    sel = json.loads((out / 'results.json').read_text())
+    assert sel['eval_split'] == 'selection' and sel['selection_sequences'] == ['0001TP']
+    assert sel['torch_threads'] >= 1  # float sums depend on it: a rerun must match it
+    # the upper bound trains every class at once with the base + step budget
+    assert sel['offline_iterations'] == sel['cfg_base']['iterations'] + \
+        sel['cfg_step']['iterations']
+    upper = [r for r in sel['rows'] if r['method'] == 'joint-offline']
+    assert [r['step'] for r in upper] == [1] and upper[0]['miou_new'] is not None
+    ratio = sel['summary']['mib']['ratio_to_upper_bound'][0]
+    assert ratio == pytest.approx(sel['final']['mib']['0']['all']
+                                  / sel['final']['joint-offline']['0']['all'])
+    assert set(sel['final']['mib']['0']) == {'all', 'old', 'new'}
+    assert main([*common, '--eval-split', 'val']) == 0
+    val = json.loads((out / 'results.json').read_text())
+    assert val['eval_split'] == 'val'
+    # evaluated again, not trained again: the training record of every row is the same
+    key = [(r['method'], r['step'], r['seconds']) for r in sel['rows']]
+    assert [(r['method'], r['step'], r['seconds']) for r in val['rows']] == key
+    assert [r['miou_all'] for r in val['rows']] != [r['miou_all'] for r in sel['rows']]
+
+
 def test_train_base_learn_step_evaluate(tmp_path, capsys):
     data = require_camvid()
     base, step = tmp_path / 'base.pt', tmp_path / 'step.pt'

@@ -43,7 +43,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
     for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage',
-                '--disable-gpu', '--window-size=1280,900'):
+                '--disable-gpu', '--window-size=1400,1000'):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -84,8 +84,10 @@ def _wait_text(driver, element_id: str, predicate, timeout: float, what: str) ->
                              f'{message!r}') from exc
 
 
-def _accept_as(driver, name: str) -> None:
+def _accept_as(driver, name: str, shot: str = '') -> None:
     _wait_text(driver, 'proposal-info', lambda t: ' px ' in t, 60, 'a proposed mask')
+    if shot:
+        _shot(driver, shot)
     field = driver.find_element('id', 'class-name')
     field.clear()
     field.send_keys(name)
@@ -108,8 +110,7 @@ def test_operator_labels_learns_sees_the_swap_and_rolls_back_in_a_browser(
         end = _canvas_offset(browser, canvas, x + w, y + h)
         ActionChains(browser).move_to_element_with_offset(canvas, *start).click_and_hold() \
             .move_to_element_with_offset(canvas, *end).release().perform()
-        _shot(browser, 'console-label')
-        _accept_as(browser, 'car')
+        _accept_as(browser, 'car', shot='console-label')
 
         ys, xs = np.nonzero(graph.car)
         centre = _canvas_offset(browser, canvas, float(np.median(xs)), float(np.median(ys)))
@@ -118,12 +119,25 @@ def test_operator_labels_learns_sees_the_swap_and_rolls_back_in_a_browser(
         _wait_text(browser, 'classes', lambda t: 'car: 2 pending' in t, 30,
                    'two pending car frames')
 
+        # What to label next: a suggestion loads its frame and box as a prompt.
+        _wait_text(browser, 'suggestions', lambda t: 'unsure' in t and 'no longer' not in t,
+                   60, 'a label suggestion')
+        stamp = browser.execute_script(
+            "const li = document.querySelector('#suggestions li:not(.gone)');"
+            'li.click(); return state.frame.stamp;')
+        _wait_text(browser, 'proposal-info', lambda t: ' px ' in t, 60, 'the suggested box')
+        assert browser.find_element('id', 'frame').get_attribute('data-stamp') == stamp
+        browser.find_element('id', 'show-margin').click()  # the unsure areas, bright
+        _shot(browser, 'console-suggestion')
+        browser.find_element('id', 'reject').click()
+        browser.find_element('id', 'show-margin').click()
+
         iterations = browser.find_element('id', 'iterations')
         iterations.clear()
         iterations.send_keys('3')
         browser.find_element('id', 'learn').click()
-        _wait_text(browser, 'job-phase', lambda t: t.startswith(('training', 'exporting',
-                                                                  'validating')), 300,
+        phases = ('training', 'exporting', 'validating')
+        _wait_text(browser, 'job-phase', lambda t: t.startswith(phases), 300,
                    'learning progress')
         _shot(browser, 'console-learn')
         _wait_text(browser, 'job-state', lambda t: t == 'succeeded', 400, 'the learning job')

@@ -236,7 +236,7 @@ def test_cached_base_model_is_reused_and_copied(tmp_path):
 
 def _demo_base_config():
     """Return the tiny base model of the end-to-end test (test size, trains in ~1 min)."""
-    from ldka_ros.cli.demo_commands import quick_base_changes
+    from ldka_ros.app.demo.base_model import quick_base_changes
 
     return _config(**quick_base_changes())
 
@@ -249,7 +249,7 @@ def test_demo_teaches_the_duck_end_to_end(tmp_path, ros_domain, monkeypatch):
     import psutil
 
     from ldka_ros.app.demo.scenario import DemoSettings
-    from ldka_ros.nodes.demo_client import DemoOptions, run_demo
+    from ldka_ros.app.demo.run import DemoOptions, run_demo
 
     monkeypatch.setenv('ROS_DOMAIN_ID', str(ros_domain))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')

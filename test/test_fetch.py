@@ -190,3 +190,13 @@ def test_a_link_in_a_version_folder_is_not_served(source, tmp_path):
     os.symlink(secret, graph)
     with pytest.raises(TransferError, match='cannot be read'):
         ChunkServer(source).read('', digest, 0, 100)
+
+
+def test_a_staging_folder_left_by_a_killed_import_is_removed(cache):
+    stale = cache.root / INCOMING / 'stage-0123'
+    stale.mkdir(parents=True)
+    (stale / 'model.onnx').write_bytes(b'half')
+    kept = cache.root / INCOMING / ('0' * 64 + '.part')
+    kept.write_bytes(b'checked bytes')
+    VersionFetcher(cache, lambda *_args: None)
+    assert not stale.exists() and kept.exists()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+from child_process import reap
 from ldka_ros.learning import frame_store as frame_store_mod
 from ldka_ros.learning.classes import camvid_registry
 from ldka_ros.learning.data import CamVidDataset, class_presence, FolderDataset
@@ -156,11 +157,7 @@ def test_killed_writer_leaves_only_whole_frames(tmp_path, frames):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
     assert proc.returncode == -signal.SIGKILL
     store = FrameStore(root)
     records = store.frames()

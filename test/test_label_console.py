@@ -8,8 +8,8 @@ and a reason, and the console keeps serving after all of them.
 """
 from __future__ import annotations
 
-import cv2
 from console_graph import Http, start_console_graph
+import cv2
 import numpy as np
 import pytest
 import ros_harness
@@ -67,6 +67,22 @@ def test_console_stores_the_proposed_mask_of_the_shown_frame(
         assert [x['frame_id'] for x in labels] == [frame_id]
         status, thumb = http.request(labels[0]['thumb'])
         assert status == 200 and thumb[:2] == b'\xff\xd8'
+        # A second label, then that one frame deleted: the first stays.
+        again = http.ok('/api/propose', {'stamp': http.ok('/api/snapshot')['stamp'],
+                                         'box': graph.car_box})
+        second = http.ok('/api/accept', {'proposal_id': again['proposal_id'],
+                                         'class_name': 'car'})['frame_id']
+        gone = http.ok('/api/remove_frame', {'frame_id': second})
+        assert gone['class_name'] == 'car' and gone['frames_left'] == 1, gone
+        assert not (tmp_path / 'frames' / 'frames' / f'{second}.json').exists()
+        assert (tmp_path / 'frames' / 'trash' / f'frame-{second}' / 'images' /
+                f'{second}.png').is_file()
+        assert [x['frame_id'] for x in http.ok('/api/labels')['labels']] == [frame_id]
+        assert {'name': 'car', 'frames': 1} in http.ok('/api/classes')['pending']
+        for bad, words in ((second, 'no labelled frame'), ('../classes', 'invalid frame id')):
+            status, message = _error(http, '/api/remove_frame', {'frame_id': bad})
+            assert status == 422 and words in message, (bad, status, message)
+
         # What to label next: the learner ranks frames by the segmentation node's margin
         # map; a suggestion names a remembered frame and a box that can be proposed on.
         ros_harness.wait_until(lambda: http.ok('/api/suggestions')['suggestions'], 60.0,
@@ -80,6 +96,17 @@ def test_console_stores_the_proposed_mask_of_the_shown_frame(
         versions = http.ok('/api/versions')
         assert versions['active_version'] == 'v0001'
         assert [v['id'] for v in versions['versions']] == ['v0001']
+
+        # Learn, then cancel: the page's Cancel stops the learner's job, nothing is published.
+        job = http.ok('/api/learn', {'classes': ['car'], 'iterations': 100000})
+        assert job['state'] == 'running', job
+        ros_harness.wait_until(lambda: http.ok('/api/job')['phase'] == 'training', 180.0,
+                               'the training phase', ros_launcher, interval=0.5)
+        assert _error(http, '/api/learn', {})[0] == 422  # one goal at a time
+        http.ok('/api/cancel', {})
+        ros_harness.wait_until(lambda: http.ok('/api/job')['state'] == 'canceled', 120.0,
+                               'the cancelled job', ros_launcher, interval=0.5)
+        assert [v['id'] for v in http.ok('/api/versions')['versions']] == ['v0001']
 
         removed = http.ok('/api/remove_class', {'name': 'car'})
         assert removed['frames_removed'] == 1, removed
@@ -141,6 +168,7 @@ def test_console_refuses_bad_requests_with_reasons_and_keeps_serving(
             status, message = _error(http, path, body, raw)
             assert status == want and words in message, (path, body, status, message)
         assert http.request('/api/snapshot')[0] == 200  # still serving
+        assert 'console at http://127.0.0.1:' in ros_launcher.logs()  # localhost by default
     finally:
         graph.stop()
     ros_launcher.check_alive()

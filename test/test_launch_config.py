@@ -27,7 +27,7 @@ PARAMS_FILE = REPO_ROOT / 'config' / 'perception.yaml'
 GRAPH_FILE = REPO_ROOT / 'config' / 'graph.yaml'
 RVIZ_FILE = REPO_ROOT / 'config' / 'perception.rviz'
 LAUNCH_ARGUMENTS = {'camera_topic', 'namespace', 'registry_path', 'backend', 'use_rviz',
-                    'params_file'}
+                    'params_file', 'use_console', 'console_port'}
 
 
 # -- reading the launch file ---------------------------------------------------------------
@@ -110,10 +110,10 @@ def console_scripts() -> dict[str, str]:
 def test_launch_file_starts_existing_executables_with_declared_arguments():
     assert launch_arguments() == LAUNCH_ARGUMENTS
     nodes = {n['executable']: n for n in launch_nodes()}
-    assert set(nodes) == {'segmentation_node', 'learner_node', 'rviz2'}
+    assert set(nodes) == {'segmentation_node', 'learner_node', 'label_console_node', 'rviz2'}
     scripts = console_scripts()
     installed = REPO_ROOT / 'install' / 'ldka_ros' / 'lib' / 'ldka_ros'
-    for exe in ('segmentation_node', 'learner_node'):
+    for exe in ('segmentation_node', 'learner_node', 'label_console_node'):
         node = nodes[exe]
         assert node['package'] == 'ldka_ros' and exe in scripts, node['source']
         module, func = scripts[exe].split(':')
@@ -122,7 +122,11 @@ def test_launch_file_starts_existing_executables_with_declared_arguments():
             assert (installed / exe).is_file(), f'{exe} missing in {installed}; colcon build'
         # The camera reaches both nodes through the remap of their relative `image`.
         assert node['remap_sources'] == ['image'], node['source']
-        assert 'params_file' in node['source']
+    for exe in ('segmentation_node', 'learner_node'):
+        assert 'params_file' in nodes[exe]['source']
+    assert nodes['label_console_node']['name'] == 'label_console'
+    assert 'use_console' in nodes['label_console_node']['source']
+    assert 'console_port' in nodes['label_console_node']['source']
     assert nodes['segmentation_node']['name'] == 'segmentation'
     assert nodes['learner_node']['name'] == 'learner'
     # Both are restarted when they die, after a delay (a literal or module constant, so
@@ -153,8 +157,9 @@ def test_process_starter_graph_matches_the_launch_file():
     from ldka_ros.nodes.process_starter import load_graph
 
     specs = load_graph(GRAPH_FILE)
+    # Optional nodes (a launch condition: the console) are not part of the graph file.
     launched = {(n['executable'], n['name']) for n in launch_nodes()
-                if n['package'] == 'ldka_ros'}
+                if n['package'] == 'ldka_ros' and 'condition=' not in n['source']}
     assert {(s.executable, s.name) for s in specs} == launched
     respawn = {n['name']: (n['respawn'], n['respawn_delay']) for n in launch_nodes()}
     managed = {n['name']: n['lifecycle'] for n in launch_nodes()}

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 
 import cv2
+from ldka_ros.imaging.colors import colorize, overlay
 from ldka_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 from ldka_ros.inference.export import export_onnx
-from ldka_ros.inference.pipeline import colorize, overlay, SegmentationPipeline
+from ldka_ros.inference.pipeline import SegmentationPipeline
 import numpy as np
 import pytest
 from test_export import trained_model, val_frames

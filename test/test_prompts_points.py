@@ -149,3 +149,19 @@ def test_box_agreement_is_the_bounding_box_iou():
     assert prompts.box_agreement(mask, (5, 10, 20, 10)) == pytest.approx(1.0)
     assert prompts.box_agreement(mask, (5, 10, 40, 10)) == pytest.approx(0.5)
     assert prompts.box_agreement(np.zeros((40, 50), bool), (5, 10, 20, 10)) == 0.0
+
+
+def test_bench_prompts_scores_every_method_on_the_same_prompts(tmp_path):
+    from ldka_ros.cli.main import main
+
+    out = tmp_path / 'prompts.json'
+    assert main(['bench-prompts', '--objects', '4', '--json', str(out)]) == 0
+    import json
+    doc = json.loads(out.read_text())
+    assert doc['command'].startswith('ldka bench-prompts') and doc['sim']['objects'] == 4
+    summary = {(s['prompt'], s['method']): s for s in doc['sim']['summary']}
+    assert set(summary) == {('box', m) for m in ('box', 'grabcut', 'checked', 'superpixel')} | \
+        {('points', m) for m in ('watershed', 'grabcut', 'superpixel')}
+    assert summary['box', 'checked']['mean_iou'] > summary['box', 'box']['mean_iou']
+    for row in doc['sim']['rows']:
+        assert 1 <= len(row['fg']) <= 3 and 1 <= len(row['bg']) <= 2

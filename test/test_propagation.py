@@ -125,3 +125,18 @@ def test_max_frames_and_bad_input(stream):
         LabelPropagator(max_frames=0)
     with pytest.raises(ValueError, match='min_consistency'):
         LabelPropagator(min_consistency=1.5)
+
+
+def test_bench_propagation_reports_iou_by_frames_ahead(tmp_path):
+    import json
+
+    from ldka_ros.cli.main import main
+
+    out, plot = tmp_path / 'propagation.json', tmp_path / 'propagation.png'
+    assert main(['bench-propagation', '--layouts', '1', '--frames', '2', '--json', str(out),
+                 '--plot', str(plot)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc['tracks'] >= 3 and [r['frames_ahead'] for r in doc['by_frames_ahead']] == [1, 2]
+    first = doc['by_frames_ahead'][0]
+    assert first['refined_iou'] > 0.8 and 0.0 <= first['refined_kept_share'] <= 1.0
+    assert plot.stat().st_size > 1000

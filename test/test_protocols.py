@@ -119,3 +119,34 @@ def test_protocol_dataset_mismatch(tmp_path, camvid_train):
     root = write_folder_dataset(tmp_path / 'ds', [('a', rgb, label)], {1: 'sky', 2: 'b', 3: 'c'})
     with pytest.raises(ValueError, match=r'class ids \[4,'):
         step_train_set(FolderDataset(root), get_protocol('camvid-6-5'), 0)
+
+
+def test_selection_split_takes_whole_drives(camvid_train, raw_ids):
+    from ldka_ros.learning.protocols import SELECTION_SEQUENCES, sequence_of, split_selection
+
+    rest, selection = split_selection(camvid_train, SELECTION_SEQUENCES['camvid'])
+    drives = {sequence_of(s) for s in selection.stems}
+    assert drives == set(SELECTION_SEQUENCES['camvid'])
+    # no frame of a selected drive is left on the training side, nothing is lost
+    assert not drives & {sequence_of(s) for s in rest.stems}
+    assert sorted(rest.stems + selection.stems) == sorted(camvid_train.stems)
+    # labels pass through unchanged (the view is an identity on ids)
+    i = len(rest) // 2
+    j = camvid_train.stems.index(rest.stems[i])
+    assert set(np.unique(rest.load_label(i))) - {255} <= raw_ids[j] | {0}
+    with pytest.raises(ValueError, match='empty part'):
+        split_selection(camvid_train, ['no-such-drive'])
+
+
+def test_new_class_balance_share_counts_pseudo_labelled_classes(camvid_train):
+    from ldka_ros.bench.learning import new_class_balance_share
+
+    proto = get_protocol('camvid-6-1')
+    share = new_class_balance_share(camvid_train, proto, 3, draws=50)
+    assert share['new_classes'] == [9] and share['frames'] > 0
+    # step labels: the car and background only (half each when both are present)
+    assert 0.0 < share['step_labels'] <= 0.5
+    # pseudo-labels bring the base classes back: the car's share falls to about a tenth
+    assert share['pseudo_labels'] < share['step_labels'] / 3
+    again = new_class_balance_share(camvid_train, proto, 3, draws=50)
+    assert again == share

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-from ldka_ros.learning.classes import slot_color
+from child_process import reap
+from ldka_ros.imaging.colors import slot_color
 from ldka_ros.registry import (
     DigestMismatchError, ModelRegistry, RegistryError, VersionManifest, VersionNotFoundError,
 )
@@ -383,11 +384,7 @@ def test_sigkill_mid_publish_leaves_registry_consistent(tmp_path, stage):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
     assert proc.returncode == -signal.SIGKILL
     reopened = ModelRegistry(reg.root)
     if stage == 'activate':

@@ -13,9 +13,9 @@ from conftest import spread
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from ldka_ros.imaging.colors import overlay
+from ldka_ros.imaging.colors import slot_color
 from ldka_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 from ldka_ros.inference.pipeline import SegmentationPipeline
-from ldka_ros.learning.classes import slot_color
 from ldka_ros.nodes.diagnostics import status_values
 from ldka_ros.nodes.image_conversion import image_to_numpy
 from ldka_ros.nodes.qos import latched_qos, sensor_qos

@@ -270,3 +270,68 @@ def test_benchmark_method_names_map_to_step_configs():
     # the variant's option is keyed only when set, so cached steps of LDKA stay valid
     assert 'dss_shrink_only' not in LDKAConfig().key()
     assert cfg.key()['dss_shrink_only'] is True
+    call, cfg = method_call('ldka:bal-step', None)
+    assert call == 'ldka' and cfg.balance_step_labels and cfg.dss and not cfg.gfr
+    call, cfg = method_call('ldka:no-skd', None)
+    assert not cfg.dss and not cfg.pert and cfg.pml and cfg.mad
+    assert parse_methods('joint-offline,mib') == ['joint-offline', 'mib']
+
+
+def test_step_label_balancing_moves_the_new_class_more(base, step_data):
+    """
+    Balancing over the step's labels gives the new class MiB's share of the CE.
+
+    With pseudo-labels every old class is present in a batch too; balancing over the
+    pseudo-labelled target splits the CE evenly over all of them, so the new class's
+    classifier row moves less in the same first iteration.
+    """
+    data = _few(step_data, 4)
+    moved = {}
+    for flag in (False, True):
+        cfg = tiny_config(iterations=1, lr=0.01, class_balance=1.0, freeze_bn=True)
+        res = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg,
+                         ldka=LDKAConfig(balance_step_labels=flag, dss=False, pert=False,
+                                         mad=False, kd=False))
+        # the new row starts as a copy of background's (MiB initialisation)
+        start = base.model.classifier.weight[0].detach()
+        moved[flag] = float((res.model.classifier.weight[NEW_CLASSES[0]] - start).norm())
+    assert moved[True] > 1.5 * moved[False], moved
+
+
+_REPEAT_SCRIPT = """
+import hashlib, sys
+sys.path.insert(0, {test_dir!r})
+import torch
+torch.set_num_threads({threads})
+from learning_fixtures import NEW_CLASSES, tiny_config, tiny_protocol, tiny_train
+from ldka_ros.learning.checkpoint import load_checkpoint
+from ldka_ros.learning.protocols import step_train_set
+from ldka_ros.learning.steps import learn_step
+from ldka_ros.learning.data import LabelMapped
+model, _, _ = load_checkpoint({model!r})
+full = step_train_set(tiny_train(), tiny_protocol(), 1)
+data = LabelMapped(full.dataset, full.indices[:6], full.label_map, classes=full.classes)
+res = learn_step(model, data, NEW_CLASSES, 'ldka', tiny_config(iterations=3, lr=0.002))
+digest = hashlib.sha256()
+for key, value in res.model.state_dict().items():
+    digest.update(key.encode()); digest.update(value.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_same_command_same_weights_in_separate_processes(base, tmp_path):
+    """A rerun is a new process: same seed and thread count must give the same bits."""
+    from ldka_ros.learning.checkpoint import save_checkpoint
+
+    model_path = tmp_path / 'base.pt'
+    save_checkpoint(model_path, base.model, tiny_protocol().registry(16))
+    script = _REPEAT_SCRIPT.format(test_dir=str(Path(__file__).parent),
+                                   model=str(model_path), threads=2)
+    digests = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                              text=True, timeout=300,
+                              env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(proc.stdout.strip().splitlines()[-1])
+    assert len(digests[0]) == 64 and digests[0] == digests[1]

@@ -60,9 +60,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import asdict, dataclass, field, fields
-import errno
-import json
+from dataclasses import dataclass, field
 import math
 import os
 from pathlib import Path
@@ -71,344 +69,24 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from typing import Any, Callable, TextIO
+from typing import Any
 
-from ldka_ros.learning.methods import ROBOT_METHODS
+from ldka_ros.app.cold_start import origin_model
+from ldka_ros.app.job_protocol import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK,
+                                       EXIT_ORPHANED, finite, install_signal_handlers,
+                                       JobCancelled, orphan, protocol_stream, Reporter,
+                                       StopControl, watch_parent)
+from ldka_ros.app.job_spec import JobSpec, load_spec
+from ldka_ros.app.job_validation import quality_gate, validate
 import numpy as np
 
-PHASES = ('preparing', 'training', 'exporting', 'building_engine', 'validating', 'publishing')
-#: Share of the whole job's progress bar per phase (training dominates every real run).
-PHASE_WEIGHTS = {'preparing': 0.04, 'training': 0.76, 'exporting': 0.06,
-                 'building_engine': 0.04, 'validating': 0.06, 'publishing': 0.04}
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ORPHANED = 0, 1, 2, 3, 4
-ENGINE_MODES = ('auto', 'tensorrt', 'none')
-#: Held-out frames per previously taught class scored in validation (bounds the time).
-MAX_OLD_CLASS_FRAMES = 8
 #: Frames used for the ONNX parity check.
 PARITY_FRAMES = 4
 #: Divergence handling: restarts with the learning rate divided by LR_BACKOFF.
 LR_RETRIES = 2
 LR_BACKOFF = 4.0
-#: The first model of an empty registry (cold start): an ImageNet-pretrained backbone
-#: (offline weights, see ``learning.pretrained``) whose backbone stays frozen: with a
-#: handful of labelled frames only the decoder can be fitted without overfitting, and
-#: it trains about 3x faster on a CPU (see docs/demo.md, base model).
-COLD_START_BACKBONE = 'efficientnet_lite0'
-COLD_START_DECODER_CHANNELS = 48
-COLD_START_NUM_SLOTS = 32
-
-
-class JobCancelled(Exception):
-    """The job was asked to stop (signal or parent death) before it published anything."""
-
-
-@dataclass
-class JobSpec:
-    """
-    What one learning job does; read from the ``--spec`` JSON file.
-
-    ``classes`` empty = every class with pending frames that the active model does not
-    know yet. ``input_hw`` empty = the parent version's input size. ``crop`` empty = the
-    input size. ``engine``: ``auto`` builds a TensorRT engine where possible, ``tensorrt``
-    requires it, ``none`` skips it. ``parent_pid`` > 0: stop when that process dies.
-    ``num_threads`` 0 = half the CPU cores.
-    """
-
-    registry_path: str
-    frame_store_path: str
-    classes: list[str] = field(default_factory=list)
-    max_iterations: int = 200
-    max_seconds: float = 0.0
-    method: str = 'ldka'
-    device: str = 'auto'
-    engine: str = 'auto'
-    engine_precision: str = 'fp16'
-    engine_cache_dir: str = ''
-    seed: int = 0
-    batch_size: int = 4
-    lr: float = 0.05
-    freeze_bn: bool = True
-    #: Gradient-norm clipping of the step (0 = off); see ``steps.STEP_RECIPE``.
-    grad_clip: float = 2.0
-    holdout_fraction: float = 0.2
-    input_hw: list[int] = field(default_factory=list)
-    crop: list[int] = field(default_factory=list)
-    work_dir: str = ''
-    keep_work_dir: bool = False
-    parent_pid: int = 0
-    num_threads: int = 0
-    mark_learned: bool = True
-    #: Quality gate (see ``quality_gate``): the lowest held-out IoU a new class may have,
-    #: and the largest drop of an old class (retention or a taught class's IoU) allowed
-    #: before the new model is refused; 0 and 1 switch each check off.
-    min_new_iou: float = 0.0
-    max_old_drop: float = 1.0
-
-    @classmethod
-    def from_dict(cls, data: dict) -> 'JobSpec':
-        """Build and validate a spec; ValueError names every unknown or bad field."""
-        if not isinstance(data, dict):
-            raise ValueError(f'a job spec is a JSON object, got {type(data).__name__}')
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f'unknown job spec fields {unknown}; known: {sorted(known)}')
-        missing = [k for k in ('registry_path', 'frame_store_path') if not data.get(k)]
-        if missing:
-            raise ValueError(f'job spec lacks {missing}')
-        spec = cls(**data)
-        spec.validate()
-        return spec
-
-    def validate(self) -> None:
-        """Raise ValueError with the reason for any out-of-range value."""
-        if self.method not in ROBOT_METHODS:
-            raise ValueError(f'method {self.method!r} unknown; use one of '
-                             f'{", ".join(ROBOT_METHODS)}')
-        if self.engine_precision not in ('fp16', 'fp32'):
-            raise ValueError(f'engine_precision must be fp16 or fp32, got '
-                             f'{self.engine_precision!r}')
-        if self.engine not in ENGINE_MODES:
-            raise ValueError(f'engine {self.engine!r} unknown; use one of '
-                             f'{", ".join(ENGINE_MODES)}')
-        if int(self.max_iterations) < 1:
-            raise ValueError(f'max_iterations must be >= 1, got {self.max_iterations}')
-        if float(self.max_seconds) < 0 or not math.isfinite(float(self.max_seconds)):
-            raise ValueError(f'max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}')
-        if int(self.batch_size) < 1:
-            raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
-        if not float(self.lr) > 0 or not math.isfinite(float(self.lr)):
-            raise ValueError(f'lr must be > 0, got {self.lr}')
-        if not float(self.grad_clip) >= 0:
-            raise ValueError(f'grad_clip must be >= 0 (0 = off), got {self.grad_clip}')
-        if not 0.0 <= float(self.holdout_fraction) < 1.0:
-            raise ValueError(f'holdout_fraction must be in [0, 1), got {self.holdout_fraction}')
-        for name in ('min_new_iou', 'max_old_drop'):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f'{name} must be in [0, 1], got {getattr(self, name)}')
-        for name in ('input_hw', 'crop'):
-            value = getattr(self, name)
-            if value and (len(value) != 2 or min(int(v) for v in value) < 32):
-                raise ValueError(f'{name} must be [H, W] with H, W >= 32, or empty; got {value}')
-        for name in self.classes:
-            if not isinstance(name, str) or not name:
-                raise ValueError(f'class names must be non-empty strings, got {name!r}')
-
-
-# -- progress protocol -------------------------------------------------------------------
-class Reporter:
-    """
-    Write progress lines (JSON) and the final result to the protocol stream.
-
-    Overall progress is the weighted sum of finished phases plus the current phase's
-    share; the ETA during training is the training loop's own estimate plus an estimate
-    of the remaining phases (their weights scaled by the measured seconds per unit of
-    progress so far), and -1 (unknown) before anything was measured.
-    """
-
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic,
-                 on_broken: Callable[[], None] | None = None) -> None:
-        self.stream = stream
-        self.clock = clock
-        #: Called once when the reader is gone (EPIPE); the job then stops.
-        self.on_broken = on_broken
-        self.broken = False
-        self.started = clock()
-        self.phase = ''
-        self.phase_started = self.started
-        self.timings: dict[str, float] = {}
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def _base(self, phase: str) -> float:
-        return sum(PHASE_WEIGHTS[p] for p in PHASES[:PHASES.index(phase)])
-
-    def emit(self, obj: dict) -> None:
-        """
-        Write one JSON line and flush (the reader acts on each line as it comes).
-
-        A broken pipe is not an error here: the reader is the learner node, and if it is
-        gone nobody will act on any line again. The stream is silenced (later writes and
-        the flush at exit would raise again, with a traceback on the way out) and
-        ``on_broken`` asks the job to stop.
-        """
-        line = json.dumps(obj, allow_nan=False, default=_json_default) + '\n'
-        with self._lock:
-            if self.broken:
-                return
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-                return
-            except BrokenPipeError:
-                pass
-            except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    raise
-            self.broken = True
-            _silence(self.stream)
-        if self.on_broken is not None:
-            self.on_broken()
-
-    def start(self, phase: str, message: str = '') -> None:
-        """Enter ``phase`` (ending the previous one) and report it at 0%."""
-        now = self.clock()
-        if self.phase:
-            self.timings[self.phase] = round(now - self.phase_started, 3)
-        self.phase, self.phase_started = phase, now
-        self.update(0.0, message=message)
-
-    def finish(self) -> None:
-        """Record the duration of the last phase."""
-        if self.phase:
-            self.timings[self.phase] = round(self.clock() - self.phase_started, 3)
-
-    def update(self, phase_progress: float, losses: dict | None = None,
-               eta_seconds: float | None = None, message: str = '') -> None:
-        """Report progress within the current phase (0..1)."""
-        frac = min(1.0, max(0.0, float(phase_progress)))
-        # Never backwards (a training restart after divergence restarts phase_progress).
-        progress = max(self._last, self._base(self.phase) + PHASE_WEIGHTS[self.phase] * frac)
-        self._last = progress
-        if eta_seconds is None:
-            elapsed = self.clock() - self.started
-            eta_seconds = elapsed * (1.0 - progress) / progress if progress > 0.05 else -1.0
-        clean = {str(k): float(v) for k, v in (losses or {}).items()
-                 if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        line = {'phase': self.phase, 'progress': round(progress, 4),
-                'phase_progress': round(frac, 4), 'losses': clean,
-                'eta_seconds': round(float(eta_seconds), 2)}
-        if message:
-            line['message'] = message
-        self.emit(line)
-
-    def training(self, iteration: int, total: int, losses: dict, train_eta: float) -> None:
-        """Report one training iteration (ETA = training left + the later phases)."""
-        frac = iteration / max(1, total)
-        spent = self.clock() - self.phase_started
-        rest = sum(PHASE_WEIGHTS[p] for p in PHASES[PHASES.index('training') + 1:])
-        # Seconds per unit of progress as measured in training, applied to what is left.
-        per_unit = spent / max(1e-9, PHASE_WEIGHTS['training'] * frac)
-        self.update(frac, losses, max(0.0, float(train_eta)) + rest * per_unit * 0.25)
-
-    def result(self, result: dict) -> None:
-        """Write the final ``{"result": ...}`` line."""
-        self.finish()
-        result = dict(result)
-        result.setdefault('timings', dict(self.timings))
-        result['seconds'] = round(self.clock() - self.started, 3)
-        self.emit({'result': _finite(result)})
-
-
-def _silence(stream: TextIO) -> None:
-    """Point ``stream``'s file descriptor at /dev/null; what it still buffers goes there."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.dup2(devnull, stream.fileno())
-    except (OSError, ValueError):  # no descriptor (an in-memory stream): nothing to do
-        pass
-    finally:
-        os.close(devnull)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.ndarray,)):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
-
-
-def _finite(value: Any) -> Any:
-    """Return ``value`` with NaN/inf floats replaced by None (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-# -- cancellation ------------------------------------------------------------------------
-class StopControl:
-    """
-    One event that stops training, with the reason it was set.
-
-    ``learn_step`` takes one cancel event; the job sets it for a signal, for the death of
-    its parent (the learner node), and for the wall-clock budget. Only the budget is a
-    normal end of training; the others cancel the whole job.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reason = ''
-        #: True when the stop came from the reader's death (see ``orphan``).
-        self.orphaned = False
-
-    def stop(self, reason: str) -> None:
-        """Set the event; a cancellation reason replaces ``budget``, never the reverse."""
-        if not self.event.is_set() or (self.reason == 'budget' and reason != 'budget'):
-            self.reason = reason
-            self.event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        """Return True if the job must stop without publishing."""
-        return self.event.is_set() and self.reason != 'budget'
-
-    def check(self) -> None:
-        """Raise JobCancelled if the job was cancelled."""
-        if self.cancelled:
-            raise JobCancelled(self.reason)
-
-
-def install_signal_handlers(control: StopControl) -> None:
-    """Turn SIGTERM and SIGINT into a cancel request, checked between iterations."""
-    def handler(signum, _frame) -> None:
-        control.stop(f'cancelled by {signal.Signals(signum).name}')
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def watch_parent(control: StopControl, parent_pid: int, interval: float = 0.5) -> None:
-    """
-    Cancel the job when ``parent_pid`` (the learner node) is gone.
-
-    Why polling: if the node is killed (SIGKILL, power management, a crash) the job must
-    not publish a model nobody asked for any more; the child is re-parented when its
-    parent dies, so ``os.getppid()`` changes. (``PR_SET_PDEATHSIG`` fires when the
-    spawning *thread* ends, which in a multi-threaded executor is not the node's death.)
-    """
-    if parent_pid <= 0:
-        return
-
-    def loop() -> None:
-        while not control.cancelled:
-            if os.getppid() != parent_pid:
-                orphan(control, f'parent process {parent_pid} exited')
-                return
-            time.sleep(interval)
-
-    threading.Thread(target=loop, name='parent-watch', daemon=True).start()
-
-
-def orphan(control: StopControl, reason: str) -> None:
-    """Cancel the job because nobody reads it any more (exit code ``EXIT_ORPHANED``)."""
-    if not control.cancelled:
-        control.orphaned = True
-    control.stop(reason)
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -461,7 +139,6 @@ def _classes_path(store_root: Path) -> Path:
 def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
     """Run the ``preparing`` phase (see the module docstring); ValueError for bad input."""
     from ldka_ros.learning.checkpoint import load_checkpoint
-    from ldka_ros.learning.classes import ClassRegistry
     from ldka_ros.learning.frame_store import FrameStore
     from ldka_ros.registry import ModelRegistry
 
@@ -481,12 +158,38 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
     else:
         old_model, old_classes = origin_model(classes_path)
     parent_name = parent.id if parent is not None else 'the pretrained backbone (cold start)'
-    next_step = int(parent.step) + 1 if parent is not None else 0
     report.update(0.4)
     store = FrameStore(store_root, classes_path=classes_path)
-    pending = store.pending_classes()
-    learned = set(old_classes.names)
     notes: list[str] = []
+    wanted = _classes_to_learn(spec, store.pending_classes(), set(old_classes.names),
+                               parent_name, notes)
+    by_class, step_ids = _step_frames(store, wanted, old_classes, old_model.num_slots,
+                                      classes_path)
+    train_ids, heldout_ids = split_holdout(by_class, spec.holdout_fraction, spec.seed)
+    single = sorted(n for n, ids in by_class.items() if len(ids) < 2)
+    if single:
+        notes.append(f'no held-out frame for {single} (a single labelled frame each)')
+    next_step = int(parent.step) + 1 if parent is not None else 0
+    new_classes = _merged_legend(old_classes, step_ids, classes_path, next_step)
+    bank = None
+    if spec.method == 'ldka+gfr' and parent is not None:
+        bank = _load_feature_bank(registry, parent, notes)
+    control.check()
+    counts = {n: len(ids) for n, ids in sorted(by_class.items())}
+    report.update(1.0, message=f'learning {counts} frames per class on top of {parent_name}; '
+                               f'{len(heldout_ids)} held out')
+    return Prepared(registry, store, parent, old_model, old_classes, new_classes, step_ids,
+                    train_ids, heldout_ids, _input_hw(spec, parent), bank, notes)
+
+
+def _classes_to_learn(spec: JobSpec, pending, learned: set[str], parent_name: str,
+                      notes: list[str]) -> list[str]:
+    """
+    Return the classes this step learns: the spec's, else every new pending one.
+
+    A class the parent already knows is refused when named, skipped (with a note) when
+    not: a class-incremental step only adds classes.
+    """
     if spec.classes:
         missing = [c for c in spec.classes if c not in pending]
         if missing:
@@ -497,21 +200,25 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
             raise ValueError(f'{again} are already classes of the active model {parent_name}; '
                              'a class-incremental step only learns classes the model does '
                              'not know yet')
-        wanted = sorted(set(spec.classes))
-    else:
-        wanted = sorted(c for c in pending if c not in learned)
-        skipped = sorted(c for c in pending if c in learned)
-        if skipped:
-            notes.append(f'skipped {skipped}: already classes of {parent_name}')
-        if not wanted:
-            raise ValueError('nothing to learn: no pending labelled frames of a class the '
-                             f'active model {parent_name} does not know yet'
-                             + (f' (pending frames only for known classes {skipped})'
-                                if skipped else ''))
-    records = store.frames(class_names=wanted, pending_only=True)
+        return sorted(set(spec.classes))
+    wanted = sorted(c for c in pending if c not in learned)
+    skipped = sorted(c for c in pending if c in learned)
+    if skipped:
+        notes.append(f'skipped {skipped}: already classes of {parent_name}')
+    if not wanted:
+        raise ValueError('nothing to learn: no pending labelled frames of a class the '
+                         f'active model {parent_name} does not know yet'
+                         + (f' (pending frames only for known classes {skipped})'
+                            if skipped else ''))
+    return wanted
+
+
+def _step_frames(store, wanted: list[str], old_classes, num_slots: int,
+                 classes_path: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Return the pending frame ids per class and each class's id, checked against the model."""
     by_class: dict[str, list[str]] = {}
     step_ids: dict[str, int] = {}
-    for record in records:
+    for record in store.frames(class_names=wanted, pending_only=True):
         by_class.setdefault(record.class_name, []).append(record.frame_id)
         step_ids[record.class_name] = int(record.class_id)
     for name, cid in step_ids.items():
@@ -519,65 +226,29 @@ def prepare(spec: JobSpec, report: Reporter, control: StopControl) -> Prepared:
             raise ValueError(f'class {name!r} was labelled with id {cid}, which the active '
                              f'model uses for {old_classes.get(cid).name!r}; the class '
                              f'registry {classes_path} disagrees with the model registry')
-        if not 0 < cid < old_model.num_slots:
+        if not 0 < cid < num_slots:
             raise ValueError(f'class {name!r} has id {cid}, outside the '
-                             f'{old_model.num_slots} slots of the model')
-    train_ids, heldout_ids = split_holdout(by_class, spec.holdout_fraction, spec.seed)
-    single = sorted(n for n, ids in by_class.items() if len(ids) < 2)
-    if single:
-        notes.append(f'no held-out frame for {single} (a single labelled frame each)')
-    # The new legend: the parent's classes plus the step's, with the colours the node
-    # chose when it allocated the ids (same id -> same colour everywhere).
+                             f'{num_slots} slots of the model')
+    return by_class, step_ids
+
+
+def _merged_legend(old_classes, step_ids: dict[str, int], classes_path: Path, step: int):
+    """
+    Return the new legend: the parent's classes plus the step's.
+
+    A new class keeps the colour the node chose when it allocated the id (same id ->
+    same colour everywhere).
+    """
+    from ldka_ros.learning.classes import ClassRegistry
+
     registered = ClassRegistry.load(classes_path) if classes_path.is_file() else None
     merged = old_classes.to_dict()
     for name in sorted(step_ids):
-        cid = step_ids[name]
-        color = (list(registered.get(name).color) if registered is not None
-                 and name in registered else None)
-        entry = {'id': cid, 'name': name, 'step': next_step}
-        if color is not None:
-            entry['color'] = color
+        entry = {'id': step_ids[name], 'name': name, 'step': step}
+        if registered is not None and name in registered:
+            entry['color'] = list(registered.get(name).color)
         merged['classes'].append(entry)
-    new_classes = ClassRegistry.from_dict(merged)
-    input_hw = _input_hw(spec, parent)
-    bank = None
-    if spec.method == 'ldka+gfr' and parent is not None:
-        bank = _load_feature_bank(registry, parent, notes)
-    control.check()
-    counts = {n: len(ids) for n, ids in sorted(by_class.items())}
-    report.update(1.0, message=f'learning {counts} frames per class on top of {parent_name}; '
-                               f'{len(heldout_ids)} held out')
-    return Prepared(registry, store, parent, old_model, old_classes, new_classes, step_ids,
-                    train_ids, heldout_ids, input_hw, bank, notes)
-
-
-def origin_model(classes_path: Path):
-    """
-    Return ``(model, classes)`` a cold start learns from: pretrained backbone, background.
-
-    Why: a robot with an empty registry must still reach a first model of its own
-    objects. The first learning job trains the decoder of this model on the labelled
-    frames (background + the labelled classes) and publishes it as the first version;
-    every later job is a class-incremental step on top of it. The class slots come from
-    the learner's class registry (``classes.json``) so ids allocated while labelling fit.
-    """
-    from ldka_ros.learning.classes import ClassRegistry
-    from ldka_ros.learning.model import build_model, ModelConfig
-    from ldka_ros.learning.pretrained import find_local_weights, LOCAL_WEIGHTS_NORMALIZATION
-
-    slots = COLD_START_NUM_SLOTS
-    if classes_path.is_file():
-        slots = int(ClassRegistry.load(classes_path).num_slots)
-    weights = find_local_weights(COLD_START_BACKBONE)
-    config = ModelConfig(backbone=COLD_START_BACKBONE, num_slots=slots,
-                         decoder_channels=COLD_START_DECODER_CHANNELS,
-                         pretrained='local' if weights else None)
-    if weights:
-        config.mean, config.std = LOCAL_WEIGHTS_NORMALIZATION
-    model = build_model(config)
-    model.set_active([0])
-    model.eval()
-    return model, ClassRegistry(slots)
+    return ClassRegistry.from_dict(merged)
 
 
 def _input_hw(spec: JobSpec, parent) -> tuple[int, int]:
@@ -689,23 +360,9 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
     except Cancelled:
         if control.cancelled:
             raise JobCancelled(control.reason) from None
-        # The wall-clock budget ran out: the loop saved its state at the iteration it
-        # stopped at; that model is the step's result.
         stopped_early = True
-        state = read_train_state(state_path)
-        model = copy.deepcopy(prep.old_model)
-        if prep.parent is None:
-            model.set_active([0, *new_ids])
-        model.load_state_dict(state['model'])
-        model.eval()
-        history, seconds = state['history'], float(state['seconds'])
-        per_iter = seconds / max(1, int(state['iteration']))
-        bank = prep.feature_bank
-        if spec.method == 'ldka+gfr':
-            from ldka_ros.learning.steps import collect_feature_bank
-
-            bank = collect_feature_bank(model, dataset, new_ids, prep.feature_bank,
-                                        spec.device)
+        model, bank, history, seconds, per_iter = _model_at_budget(
+            spec, prep, dataset, new_ids, read_train_state(state_path))
     finally:
         state_path.unlink(missing_ok=True)
     control.check()
@@ -719,6 +376,28 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                'backbone_lr_mult': cfg.backbone_lr_mult, 'grad_clip': cfg.grad_clip,
                'class_balance': cfg.class_balance}
     return model, bank, summary
+
+
+def _model_at_budget(spec: JobSpec, prep: Prepared, dataset, new_ids: list[int], state: dict):
+    """
+    Return ``(model, bank, history, seconds, s/iteration)`` of a step stopped by the budget.
+
+    The wall-clock budget ran out: the loop saved its state at the iteration it stopped
+    at; that model is the step's result.
+    """
+    model = copy.deepcopy(prep.old_model)
+    if prep.parent is None:
+        model.set_active([0, *new_ids])
+    model.load_state_dict(state['model'])
+    model.eval()
+    seconds = float(state['seconds'])
+    per_iter = seconds / max(1, int(state['iteration']))
+    bank = prep.feature_bank
+    if spec.method == 'ldka+gfr':
+        from ldka_ros.learning.steps import collect_feature_bank
+
+        bank = collect_feature_bank(model, dataset, new_ids, prep.feature_bank, spec.device)
+    return model, bank, state['history'], seconds, per_iter
 
 
 def _frames_rgb(store, frame_ids: list[str], limit: int) -> list[np.ndarray]:
@@ -816,156 +495,6 @@ def _engine_unavailable(spec: JobSpec, report: Reporter, reason: str):
     return None, reason, ''
 
 
-def _predict(model, rgb: np.ndarray, input_hw: tuple[int, int], device) -> np.ndarray:
-    """Return the model's class ids for one frame, at ``input_hw``."""
-    import torch
-
-    from ldka_ros.inference.export import resize_for_model
-
-    image = resize_for_model(rgb, input_hw)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
-    with torch.inference_mode():
-        logits = model(x.to(device)).logits
-    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-
-
-def _resize_label(mask: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    h, w = input_hw
-    if mask.shape == (h, w):
-        return mask
-    return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-
-
-def _binary_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
-    """Return ``(intersection, union)`` pixel counts."""
-    return int(np.count_nonzero(pred & truth)), int(np.count_nonzero(pred | truth))
-
-
-def validate(spec: JobSpec, prep: Prepared, model, report: Reporter,
-             control: StopControl) -> dict:
-    """
-    Run the ``validating`` phase; return the metrics (see the module docstring).
-
-    Returns ``class_iou`` (name -> IoU of the new model, NaN without held-out frames),
-    ``miou_new``, ``miou_old`` (new model vs the old model's predictions, outside the new
-    masks), per previously taught class the IoU of both models on its stored frames.
-    """
-    from ldka_ros.learning.evaluate import ConfusionMatrix
-    from ldka_ros.learning.steps import resolve_device
-
-    report.start('validating', f'{len(prep.heldout_ids)} held-out frames')
-    device = resolve_device(spec.device)
-    old_model = prep.old_model.to(device).eval()
-    model = model.to(device).eval()
-    hw = prep.input_hw
-    inter = dict.fromkeys(prep.step_ids, 0)
-    union = dict.fromkeys(prep.step_ids, 0)
-    counted = dict.fromkeys(prep.step_ids, 0)
-    num_slots = model.num_slots
-    retention = ConfusionMatrix(num_slots)
-    old_ids = list(prep.old_classes.ids)
-    taught = [c for c in prep.old_classes if c.id != 0 and c.step > 0]
-    taught_frames: dict[str, list[str]] = {}
-    for info in taught:
-        done = [r.frame_id for r in prep.store.frames(class_names=[info.name])
-                if not r.pending][:MAX_OLD_CLASS_FRAMES]
-        if done:
-            taught_frames[info.name] = done
-    total = len(prep.heldout_ids) + sum(len(v) for v in taught_frames.values())
-    seen = 0
-    for fid in prep.heldout_ids:
-        control.check()
-        record = prep.store.get(fid)
-        rgb, mask = prep.store.load(fid)
-        truth = _resize_label(mask, hw).astype(bool)
-        pred_new = _predict(model, rgb, hw, device)
-        pred_old = _predict(old_model, rgb, hw, device)
-        i, u = _binary_iou(pred_new == record.class_id, truth)
-        inter[record.class_name] += i
-        union[record.class_name] += u
-        counted[record.class_name] += 1
-        reference = np.where(truth, np.uint8(255), pred_old)
-        retention.update(pred_new, reference)
-        seen += 1
-        report.update(seen / max(1, total))
-    class_iou = {n: (inter[n] / union[n] if counted[n] and union[n] else
-                     (1.0 if counted[n] else math.nan)) for n in sorted(prep.step_ids)}
-    scored = [v for v in class_iou.values() if math.isfinite(v)]
-    miou_new = float(np.mean(scored)) if scored else math.nan
-    # Retention against the old model's predictions; a first model has no old model.
-    has_old = prep.heldout_ids and prep.parent is not None
-    miou_old = retention.mean_iou(old_ids) if has_old else math.nan
-    taught_iou: dict[str, dict[str, float]] = {}
-    for name, ids in taught_frames.items():
-        cid = prep.old_classes.get(name).id
-        sums = {'old_model': [0, 0], 'new_model': [0, 0]}
-        for fid in ids:
-            control.check()
-            rgb, mask = prep.store.load(fid)
-            truth = _resize_label(mask, hw).astype(bool)
-            for key, net in (('old_model', old_model), ('new_model', model)):
-                i, u = _binary_iou(_predict(net, rgb, hw, device) == cid, truth)
-                sums[key][0] += i
-                sums[key][1] += u
-            seen += 1
-            report.update(seen / max(1, total))
-        taught_iou[name] = {k: (v[0] / v[1] if v[1] else math.nan) for k, v in sums.items()}
-        taught_iou[name]['frames'] = len(ids)
-    metrics = {
-        'class_iou': class_iou,
-        'miou_new': miou_new,
-        'miou_old': miou_old,
-        'miou_old_reference': 'old model predictions on the held-out frames, outside the '
-                              'labelled masks (the old model scores 1.0 by construction)',
-        'old_model_miou_old': 1.0 if has_old else math.nan,
-        'heldout_frames': {n: counted[n] for n in sorted(counted)},
-        'taught_class_iou': taught_iou,
-    }
-    report.update(1.0, message=f'miou_new {miou_new:.3f}, miou_old (retention) '
-                               f'{miou_old:.3f}')
-    prep.old_model.cpu()
-    return metrics
-
-
-class QualityRefused(ValueError):
-    """The validated model is below the quality gate; nothing is published."""
-
-
-def quality_gate(spec: JobSpec, metrics: dict) -> None:
-    """
-    Refuse (QualityRefused) a model below ``min_new_iou`` or above ``max_old_drop``.
-
-    Why: a goal with too few iterations or a mislabelled frame produces a model that has
-    not learned the new class, or has forgotten an old one; swapping it into the robot
-    would make perception worse with nothing to say so. Checked on the held-out labelled
-    frames: each new class's IoU, the retention of the old model's predictions
-    (``1 - miou_old`` is the share it lost) and each taught class's IoU drop. A class
-    without a held-out frame cannot be checked and is not refused for it.
-    """
-    problems = []
-    if spec.min_new_iou > 0:
-        for name, iou in sorted(metrics['class_iou'].items()):
-            if math.isfinite(iou) and iou < spec.min_new_iou:
-                problems.append(f'{name} IoU {iou:.3f} < {spec.min_new_iou:.3f}')
-    if spec.max_old_drop < 1:
-        lost = 1.0 - metrics['miou_old']
-        if math.isfinite(lost) and lost > spec.max_old_drop:
-            problems.append(f'old classes keep only {metrics["miou_old"]:.3f} of the old '
-                            f"model's predictions (drop {lost:.3f} > {spec.max_old_drop:.3f})")
-        for name, pair in sorted(metrics['taught_class_iou'].items()):
-            drop = pair['old_model'] - pair['new_model']
-            if math.isfinite(drop) and drop > spec.max_old_drop:
-                problems.append(f'{name} IoU {pair["old_model"]:.3f} -> '
-                                f'{pair["new_model"]:.3f} (drop > {spec.max_old_drop:.3f})')
-    if problems:
-        raise QualityRefused('the quality gate refused the new model: ' + '; '.join(problems)
-                             + '; nothing was published, the serving model stays, the '
-                             'labelled frames stay pending (label more frames or learn '
-                             'longer)')
-
-
 def publish(spec: JobSpec, prep: Prepared, model, bank, onnx_path: Path, engine: tuple,
             metrics: dict, summary: dict, export_info: dict, work: Path,
             report: Reporter, control: StopControl):
@@ -996,7 +525,7 @@ def publish(spec: JobSpec, prep: Prepared, model, bank, onnx_path: Path, engine:
         extra['engine_device'] = engine_device
     manifest = publish_model(
         prep.registry, model, prep.new_classes, ExportedGraph(onnx_path, export_info), work,
-        input_hw=prep.input_hw, parent=_parent_id(prep), step=step, metrics=_finite(metrics),
+        input_hw=prep.input_hw, parent=_parent_id(prep), step=step, metrics=finite(metrics),
         extra=extra, artefacts=artefacts, activate=True,
         checkpoint_meta={'parent_version': _parent_id(prep), 'step': step,
                          'method': spec.method, 'input_hw': list(prep.input_hw),
@@ -1069,31 +598,6 @@ def _fmt(value: float) -> str:
     return 'n/a' if value is None or not math.isfinite(value) else f'{value:.3f}'
 
 
-def _protocol_stream() -> TextIO:
-    """
-    Return a private handle on the real stdout and point fd 1 at stderr.
-
-    Why: torch, timm and the ONNX exporter may print to stdout; the node parses every
-    stdout line as JSON, so everything except the protocol goes to stderr.
-    """
-    sys.stdout.flush()
-    proto = os.fdopen(os.dup(1), 'w', buffering=1, encoding='utf-8')
-    os.dup2(2, 1)
-    return proto
-
-
-def load_spec(path: str | os.PathLike) -> JobSpec:
-    """Read and validate a spec file; FileNotFoundError/ValueError with the reason."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'job spec {path} does not exist')
-    try:
-        data = json.loads(path.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f'job spec {path} is not valid JSON: {exc}') from exc
-    return JobSpec.from_dict(data)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m ldka_ros.app.job``; return the exit code."""
     parser = argparse.ArgumentParser(
@@ -1107,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     # between the registry's publish and mark_learned.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     control = StopControl()
-    report = Reporter(_protocol_stream(), on_broken=lambda: orphan(
+    report = Reporter(protocol_stream(), on_broken=lambda: orphan(
         control, 'the progress pipe is closed: nobody reads this job any more'))
     install_signal_handlers(control)
     try:
@@ -1144,11 +648,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     report.result(result)
     return EXIT_OK
-
-
-def spec_to_json(spec: JobSpec) -> str:
-    """Return the spec as JSON text (what the learner node writes)."""
-    return json.dumps(asdict(spec), indent=2)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-Benchmark: does a model swap cost frames? ``python -m ldka_ros.bench.hotswap``.
+Benchmark: does a model swap cost frames? ``ldka bench-hotswap``.
 
 A camera thread emits real CamVid frames at a fixed rate into a depth-1 mailbox (the
 newest frame replaces an unprocessed one, as a ROS subscription with queue depth 1
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 from copy import deepcopy
-import os
 from pathlib import Path
 import statistics
 import sys
@@ -35,22 +34,10 @@ import threading
 import time
 
 from ldka_ros.bench.record import command_line, start_record, write_record
+from ldka_ros.imaging.resize import resize_ids, resize_image
 from ldka_ros.inference.hotswap import backend_factory_from_registry, HotSwapper
 from ldka_ros.registry import ModelRegistry
 import numpy as np
-
-
-def _camvid_root(arg: str | None) -> Path:
-    candidates = [Path(arg)] if arg else []
-    if os.environ.get('LDKA_CAMVID'):
-        candidates.append(Path(os.environ['LDKA_CAMVID']))
-    here = Path(__file__).resolve().parents[2]
-    candidates += [here.parent / 'shared' / 'data' / 'camvid', Path.cwd() / 'data' / 'camvid']
-    for path in candidates:
-        if (path / 'val' / 'images').is_dir():
-            return path
-    raise FileNotFoundError('CamVid not found: pass --camvid DIR or set LDKA_CAMVID '
-                            f'(looked in {[str(c) for c in candidates]})')
 
 
 def load_frames(root: Path, count: int, hw: tuple[int, int], with_labels: bool = False):
@@ -62,11 +49,11 @@ def load_frames(root: Path, count: int, hw: tuple[int, int], with_labels: bool =
     out = []
     for path in sorted((root / 'val' / 'images').glob('*.jpg'))[:count]:
         image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        image = resize_image(image, hw)
         if with_labels:
             label = cv2.imread(str(root / 'val' / 'labels' / f'{path.stem}.png'),
                                cv2.IMREAD_UNCHANGED)
-            label = cv2.resize(lut[label], (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+            label = resize_ids(lut[label], hw)
             out.append((image, label))
         else:
             out.append(image)
@@ -80,7 +67,8 @@ def build_versions(workdir: Path, hw: tuple[int, int], backbone: str):
     import torch
 
     from ldka_ros.inference.export import export_onnx
-    from ldka_ros.learning.classes import CAMVID_CLASS_NAMES, slot_color
+    from ldka_ros.imaging.colors import slot_color
+    from ldka_ros.learning.classes import CAMVID_CLASS_NAMES
     from ldka_ros.learning.model import ModelConfig, SegModel
     from ldka_ros.learning.pretrained import find_local_weights
 
@@ -224,8 +212,11 @@ class Stream:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
+    """Stream frames, publish and swap versions ``args.swaps`` times; return the figures."""
     hw = (int(args.hw[0]), int(args.hw[1]))
-    root = _camvid_root(args.camvid)
+    from ldka_ros.learning.data import camvid_root
+
+    root = camvid_root(args.camvid)
     frames = load_frames(root, args.frames, hw)
     validation = load_frames(root, args.validation_frames, hw, with_labels=True) \
         if args.validation_frames else None
@@ -249,51 +240,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         lambda ev: events.setdefault((ev.stage, ev.version_id), time.monotonic()))
     time.sleep(args.baseline_s)
     t_first_publish = time.monotonic()
-    swaps, windows = [], []
-    parent = v1
-    for i in range(args.swaps):
-        onnx_path, legend = (step_onnx, step_legend) if i % 2 == 0 else (base_onnx, base_legend)
-        paced = args.pace == 'on' or (args.pace == 'alternate' and i % 2 == 0)
-        swapper.pace_background = paced
-        t_publish_start = time.monotonic()
-        version = registry.publish({'onnx': onnx_path}, legend, parent=parent.id,
-                                   step=i + 1, activate=True)
-        t_published = time.monotonic()
-        future = swapper.swap_to(backend_factory_from_registry(registry, version.id, **kwargs),
-                                 version.id, validation_frames=validation, tolerance=1.0)
-        report = future.result(timeout=300)
-        t_done = time.monotonic()
-        windows.append((t_publish_start, t_done + 1.0))
-        swaps.append({'version': version.id, 'paced': paced, 'report': report.to_dict(),
-                      'publish_s': t_published - t_publish_start,
-                      't_publish_start': t_publish_start, 't_published': t_published,
-                      't_done': t_done})
-        parent = version
-        time.sleep(args.after_s)
+    swaps, windows = _swap_repeatedly(args, registry, swapper, v1, (base_onnx, base_legend),
+                                      (step_onnx, step_legend), validation, kwargs)
     stream.stop()
     t_end = time.monotonic()
     sampler.stop()
     swapper.close()
-
+    _swap_figures(swaps, windows, stream, events, sampler)
     mib = 1 / (1 << 20)
-    for swap, (start, end) in zip(swaps, windows):
-        first = min((t for t, ver in stream.outputs.values() if ver == swap['version']),
-                    default=None)
-        switched = events.get(('switched', swap['version']))
-        swap['published_to_switch_s'] = switched - swap['t_published'] if switched else None
-        swap['published_to_first_output_s'] = (first - swap['t_published']) if first else None
-        swap['window'] = stream.stats(start, end)
-        if switched:
-            # Where in the swap the frames go: publishing, load/warmup/validate, the
-            # switch and release, or the first second on the new backend.
-            swap['phases'] = {
-                'publish': stream.stats(start, swap['t_published']),
-                'load_to_switch': stream.stats(swap['t_published'], switched),
-                'switch_to_done': stream.stats(switched, swap['t_done']),
-                'first_second_after': stream.stats(swap['t_done'], end),
-            }
-        rss = sampler.window(swap['t_publish_start'], swap['t_done'])
-        swap['rss_peak_mib'] = max(rss) * mib if rss else None
     steady_ranges = [(stream.t0, t_first_publish)]
     steady_ranges += [(end, nxt[0]) for (_, end), nxt in zip(windows, windows[1:] + [(t_end,)])]
     rss_before = sampler.window(stream.t0, t_first_publish)
@@ -318,6 +272,57 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         'rss_peak_swap_mib': max((s['rss_peak_mib'] or 0 for s in swaps), default=None),
         'rss_after_mib': statistics.median(rss_after) * mib if rss_after else None,
     }
+
+
+def _swap_repeatedly(args, registry, swapper, first, base, step, validation,
+                     kwargs) -> tuple[list[dict], list[tuple[float, float]]]:
+    """Publish the step and the base version alternately and swap to each; return times."""
+    (base_onnx, base_legend), (step_onnx, step_legend) = base, step
+    swaps, windows = [], []
+    parent = first
+    for i in range(args.swaps):
+        onnx_path, legend = (step_onnx, step_legend) if i % 2 == 0 else (base_onnx, base_legend)
+        paced = args.pace == 'on' or (args.pace == 'alternate' and i % 2 == 0)
+        swapper.pace_background = paced
+        t_publish_start = time.monotonic()
+        version = registry.publish({'onnx': onnx_path}, legend, parent=parent.id,
+                                   step=i + 1, activate=True)
+        t_published = time.monotonic()
+        future = swapper.swap_to(backend_factory_from_registry(registry, version.id, **kwargs),
+                                 version.id, validation_frames=validation, tolerance=1.0)
+        report = future.result(timeout=300)
+        t_done = time.monotonic()
+        windows.append((t_publish_start, t_done + 1.0))
+        swaps.append({'version': version.id, 'paced': paced, 'report': report.to_dict(),
+                      'publish_s': t_published - t_publish_start,
+                      't_publish_start': t_publish_start, 't_published': t_published,
+                      't_done': t_done})
+        parent = version
+        time.sleep(args.after_s)
+    return swaps, windows
+
+
+def _swap_figures(swaps: list[dict], windows, stream, events: dict, sampler) -> None:
+    """Add each swap's frame statistics, switch times and memory peak to its record."""
+    mib = 1 / (1 << 20)
+    for swap, (start, end) in zip(swaps, windows):
+        first = min((t for t, ver in stream.outputs.values() if ver == swap['version']),
+                    default=None)
+        switched = events.get(('switched', swap['version']))
+        swap['published_to_switch_s'] = switched - swap['t_published'] if switched else None
+        swap['published_to_first_output_s'] = (first - swap['t_published']) if first else None
+        swap['window'] = stream.stats(start, end)
+        if switched:
+            # Where in the swap the frames go: publishing, load/warmup/validate, the
+            # switch and release, or the first second on the new backend.
+            swap['phases'] = {
+                'publish': stream.stats(start, swap['t_published']),
+                'load_to_switch': stream.stats(swap['t_published'], switched),
+                'switch_to_done': stream.stats(switched, swap['t_done']),
+                'first_second_after': stream.stats(swap['t_done'], end),
+            }
+        rss = sampler.window(swap['t_publish_start'], swap['t_done'])
+        swap['rss_peak_mib'] = max(rss) * mib if rss else None
 
 
 def _merge(parts: list[dict]) -> dict:
@@ -379,8 +384,8 @@ def print_table(result: dict) -> None:
           f'{result["rss_peak_swap_mib"]:.0f} MiB, after {result["rss_after_mib"]:.0f} MiB')
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip(),
+def main(argv: list[str] | None = None, prog: str = 'ldka bench-hotswap') -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--json', help='write the results to this JSON file')
     parser.add_argument('--rate', type=float, default=30.0, help='camera rate in Hz')
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                         '../shared/data/camvid)')
     parser.add_argument('--workdir', help='where exports and the registry go (default: temp)')
     args = parser.parse_args(argv)
-    header = start_record(command_line('python -m ldka_ros.bench.hotswap', argv))
+    header = start_record(command_line(prog, argv))
     result = run_benchmark(args)
     print_table(result)
     if args.json:

@@ -16,7 +16,7 @@ hyper-parameters on the validation split.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 import io
 import json
 import math
@@ -26,6 +26,7 @@ import time
 from typing import Callable, Sequence
 
 from ldka_ros.fsio import atomic_write_bytes, atomic_write_json
+from ldka_ros.learning.protocols import Protocol
 from ldka_ros.learning.steps import (LDKAConfig, learn_step, METHODS, ProgressEvent,
                                      resolve_device, train_base, TrainConfig)
 import numpy as np
@@ -35,8 +36,18 @@ import torch
 ABLATION_METHODS = {'ldka:pml': '+pml', 'ldka:skd': '+skd', 'ldka:mad': '+mad',
                     'ldka:gfr': '+gfr'}
 #: Variants of the full method (LDKA without feature replay) for measurement.
-VARIANT_METHODS = {'ldka:dss-shrink': {'dss_shrink_only': True}}
-ALL_METHODS = METHODS + tuple(ABLATION_METHODS) + tuple(VARIANT_METHODS)
+VARIANT_METHODS = {
+    'ldka:dss-shrink': {'dss_shrink_only': True},
+    # class-balancing weights from the step's labels (the new class keeps MiB's share)
+    'ldka:bal-step': {'balance_step_labels': True},
+    # without the SKD stabilisers (curvature damping, perturbation)
+    'ldka:no-skd': {'dss': False, 'pert': False},
+    'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False},
+}
+#: The upper bound: every class of the protocol trained at once, from the pretrained
+#: backbone, for the sum of the base and incremental budgets (not a ``learn_step`` method).
+JOINT_OFFLINE = 'joint-offline'
+ALL_METHODS = METHODS + tuple(ABLATION_METHODS) + tuple(VARIANT_METHODS) + (JOINT_OFFLINE,)
 LOW_MARGIN = 1.0
 
 BenchProgress = Callable[[dict, ProgressEvent], None]
@@ -192,6 +203,232 @@ def _cached(path: Path, key: str):
     return model, meta
 
 
+@dataclass
+class _Run:
+    """What every step of one benchmark run shares (data, cache, configs, reporting)."""
+
+    proto: Protocol
+    train: object
+    evalset: object
+    eval_split: str
+    cache: Path
+    registry: object
+    model_config: object
+    mc_key: dict
+    image_size: tuple[int, int]
+    cfg_base: TrainConfig
+    cfg_step: TrainConfig
+    ldka: LDKAConfig | None
+    device: torch.device
+    eval_batch_size: int
+    progress: BenchProgress | None
+    echo: Callable[[str], None]
+
+    def bar(self, seed: int, method: str, step: int) -> Callable[[ProgressEvent], None] | None:
+        if self.progress is None:
+            return None
+        context = {'seed': seed, 'method': method, 'step': step}
+        return lambda event: self.progress(context, event)
+
+    def evaluate(self, model, t: int) -> dict:
+        return _evaluate_row(model, self.evalset, self.proto, t, self.device,
+                             self.eval_batch_size)
+
+
+def _evaluated(run: _Run, path: Path, model, meta: dict, t: int) -> dict:
+    """
+    Return the row fields of a cached model on the run's evaluation split.
+
+    Why evaluations are cached per split: training does not depend on the split that is
+    reported (it always uses train minus the selection part), so a model trained while
+    deciding on the selection split is reported on val without training it again.
+    """
+    from ldka_ros.learning.checkpoint import save_checkpoint
+
+    evals = dict(meta.get('evals') or {})
+    if run.eval_split not in evals:
+        evals[run.eval_split] = run.evaluate(model, t)
+        meta = {**meta, 'evals': evals}
+        save_checkpoint(path, model, run.registry, meta)
+    return {**meta['info'], **evals[run.eval_split]}
+
+
+def _base_model(run: _Run, seed: int):
+    """Return ``(base model, feature bank, row fields, cache key)`` of ``seed``."""
+    from ldka_ros.learning.checkpoint import save_checkpoint
+    from ldka_ros.learning.model import build_model
+    from ldka_ros.learning.protocols import step_train_set
+
+    base_cfg = replace(run.cfg_base, seed=seed)
+    key = json.dumps({'base_classes': run.proto.new_classes(0), 'cfg': base_cfg.key(),
+                      'model': run.mc_key, 'image_size': list(run.image_size),
+                      'train': len(run.train), 'train_stems': _digest(run.train.stems)},
+                     sort_keys=True)
+    path = run.cache / f'base_seed{seed}.pt'
+    hit = _cached(path, key)
+    if hit is not None:
+        model, meta = hit
+        run.echo(f'seed {seed}: base model from cache {path}')
+        return model, _bank_from(meta.get('feature_bank')), _evaluated(
+            run, path, model, meta, 0), key
+    torch.manual_seed(seed)
+    net = build_model(replace(run.model_config))
+    res = train_base(net, step_train_set(run.train, run.proto, 0), run.proto.new_classes(0),
+                     base_cfg, progress=run.bar(seed, 'base', 0),
+                     checkpoint_path=run.cache / f'base_seed{seed}.state.pt')
+    info = {'seconds': res.seconds, 'seconds_per_iter': res.seconds_per_iter}
+    meta = {'key': key, 'feature_bank': _bank_state(res.feature_bank), 'info': info}
+    save_checkpoint(path, res.model, run.registry, meta)
+    return res.model, res.feature_bank, _evaluated(run, path, res.model, meta, 0), key
+
+
+def _digest(stems: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256('\n'.join(stems).encode('utf-8')).hexdigest()[:16]
+
+
+def _learn_cached(run: _Run, method: str, seed: int, t: int, state: dict) -> dict:
+    """
+    Train (or load) step ``t`` of ``method`` from ``state``; return the step's row fields.
+
+    ``state`` carries ``model``, ``bank``, ``key`` (the chain's cache key so far) and
+    ``base`` (the base model, where ``joint`` restarts); it is updated in place.
+    """
+    from ldka_ros.learning.checkpoint import save_checkpoint
+    from ldka_ros.learning.protocols import joint_train_set, step_train_set
+
+    proto = run.proto
+    call, cfg_ldka = method_call(method, run.ldka)
+    step_cfg = replace(run.cfg_step, seed=seed * 1000 + t)
+    state['key'] = json.dumps({'prev': state['key'], 'method': method, 't': t,
+                               'protocol': proto.name, 'new': proto.new_classes(t),
+                               'cfg': step_cfg.key(),
+                               'ldka': cfg_ldka.key() if cfg_ldka else None}, sort_keys=True)
+    path = run.cache / f'{proto.name}_{_slug(method)}_seed{seed}_step{t}.pt'
+    hit = _cached(path, state['key'])
+    if hit is not None:
+        state['model'], meta = hit
+        state['bank'] = _bank_from(meta.get('feature_bank'))
+        return _evaluated(run, path, state['model'], meta, t)
+    if call == 'joint':
+        data = joint_train_set(run.train, proto, t)
+        start = state['base']
+        new_ids = [c for c in proto.seen_classes(t) if c not in proto.seen_classes(0)]
+    else:
+        data = step_train_set(run.train, proto, t)
+        start, new_ids = state['model'], proto.new_classes(t)
+    res = learn_step(start, data, new_ids, call, step_cfg, ldka=cfg_ldka,
+                     feature_bank=state['bank'] if call != 'joint' else None,
+                     progress=run.bar(seed, method, t),
+                     checkpoint_path=path.with_suffix('.state.pt'))
+    state['model'] = res.model
+    if call != 'joint':
+        state['bank'] = res.feature_bank
+    info = {'seconds': res.seconds, 'seconds_per_iter': res.seconds_per_iter,
+            'train_images': len(data)}
+    meta = {'key': state['key'], 'feature_bank': _bank_state(state['bank']), 'info': info}
+    save_checkpoint(path, res.model, run.registry, meta)
+    path.with_suffix('.state.pt').unlink(missing_ok=True)
+    return _evaluated(run, path, res.model, meta, t)
+
+
+def _chain(run: _Run, method: str, seed: int, base: tuple) -> list[dict]:
+    """Return the rows of ``method`` through every step of the protocol for ``seed``."""
+    base_model, bank, base_info, key = base
+    rows = [{'protocol': run.proto.name, 'method': method, 'seed': seed, 'step': 0,
+             **dict(base_info)}]
+    state = {'model': base_model, 'bank': bank, 'key': key, 'base': base_model}
+    for t in range(1, run.proto.num_steps):
+        info = _learn_cached(run, method, seed, t, state)
+        rows.append({'protocol': run.proto.name, 'method': method, 'seed': seed,
+                     'step': t, **info})
+        run.echo(f'seed {seed} {method} step {t}: mIoU all {_pct(info["miou_all"])} '
+                 f'old {_pct(info["miou_old"])} new {_pct(info["miou_new"])} '
+                 f'old-px low-margin {_pct(info["old_px_low_margin"])}')
+    return rows
+
+
+def offline_iterations(proto: Protocol, cfg_base: TrainConfig, cfg_step: TrainConfig) -> int:
+    """Return the upper bound's budget: the base step's plus every incremental step's."""
+    return cfg_base.iterations + (proto.num_steps - 1) * cfg_step.iterations
+
+
+def _joint_offline(run: _Run, seed: int) -> list[dict]:
+    """
+    Return the row of the upper bound: every class of the protocol learned at once.
+
+    Trained like the base step (fresh model, same recipe) on every training image with
+    all the protocol's classes labelled, for the whole incremental budget
+    (``offline_iterations``); reported at the last step so it sits beside the methods.
+    """
+    from ldka_ros.learning.checkpoint import save_checkpoint
+    from ldka_ros.learning.model import build_model
+    from ldka_ros.learning.protocols import joint_train_set
+
+    proto, last = run.proto, run.proto.num_steps - 1
+    cfg = replace(run.cfg_base, seed=seed,
+                  iterations=offline_iterations(proto, run.cfg_base, run.cfg_step))
+    key = json.dumps({'offline_classes': proto.all_classes, 'cfg': cfg.key(),
+                      'model': run.mc_key, 'image_size': list(run.image_size),
+                      'train_stems': _digest(run.train.stems)}, sort_keys=True)
+    path = run.cache / f'joint-offline_{_slug("-".join(map(str, proto.all_classes)))}' \
+        f'_it{cfg.iterations}_seed{seed}.pt'
+    hit = _cached(path, key)
+    if hit is None:
+        torch.manual_seed(seed)
+        res = train_base(build_model(replace(run.model_config)),
+                         joint_train_set(run.train, proto, last), proto.all_classes, cfg,
+                         progress=run.bar(seed, JOINT_OFFLINE, last),
+                         checkpoint_path=path.with_suffix('.state.pt'),
+                         collect_features=False)
+        meta = {'key': key, 'info': {'seconds': res.seconds, 'iterations': cfg.iterations,
+                                     'seconds_per_iter': res.seconds_per_iter}}
+        save_checkpoint(path, res.model, run.registry, meta)
+        path.with_suffix('.state.pt').unlink(missing_ok=True)
+        hit = res.model, meta
+    info = _evaluated(run, path, hit[0], hit[1], last)
+    run.echo(f'seed {seed} {JOINT_OFFLINE} ({cfg.iterations} iterations): mIoU all '
+             f'{_pct(info["miou_all"])} old {_pct(info["miou_old"])} '
+             f'new {_pct(info["miou_new"])}')
+    return [{'protocol': proto.name, 'method': JOINT_OFFLINE, 'seed': seed, 'step': last,
+             **info}]
+
+
+def load_splits(data_root: str | os.PathLike, proto: Protocol, image_size: tuple[int, int],
+                eval_split: str = 'val', max_train_images: int | None = None,
+                max_val_images: int | None = None):
+    """
+    Return ``(training set, evaluation set)``: train minus selection, and the named split.
+
+    Training never sees the selection part (``protocols.SELECTION_SEQUENCES``), whichever
+    split is reported, so decisions made on ``selection`` and figures reported on ``val``
+    come from the same trained models.
+    """
+    from ldka_ros.learning.data import CamVidDataset, Resize
+    from ldka_ros.learning.protocols import EVAL_SPLITS, SELECTION_SEQUENCES, split_selection
+
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f'eval split must be one of {EVAL_SPLITS}, got {eval_split!r}')
+    transform = Resize(tuple(image_size))
+    full = CamVidDataset(data_root, 'train', transform=transform)
+    train, selection = split_selection(full, SELECTION_SEQUENCES[proto.dataset])
+    if eval_split == 'selection':
+        evalset = _subset(selection, max_val_images)
+    else:
+        evalset = _subset(CamVidDataset(data_root, 'val', transform=transform),
+                          max_val_images)
+    return _spread_subset(train, proto, max_train_images), evalset
+
+
+def _default_model_config():
+    from ldka_ros.learning.model import ModelConfig
+    from ldka_ros.learning.pretrained import find_local_weights
+
+    weights = find_local_weights('efficientnet_lite0')
+    return ModelConfig(num_slots=16, pretrained=str(weights) if weights else None)
+
+
 def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Sequence[int],
                  data_root: str | os.PathLike, cfg_base: TrainConfig, cfg_step: TrainConfig,
                  out_dir: str | os.PathLike, ldka: LDKAConfig | None = None,
@@ -199,24 +436,23 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
                  max_train_images: int | None = None, max_val_images: int | None = None,
                  eval_batch_size: int = 8, progress: BenchProgress | None = None,
                  echo: Callable[[str], None] = print,
-                 cache_dir: str | os.PathLike | None = None) -> dict:
+                 cache_dir: str | os.PathLike | None = None,
+                 eval_split: str = 'val') -> dict:
     """
     Run ``methods`` through every step of ``protocol`` for each seed; write results.
 
     The base step is trained once per seed (cached in ``out_dir/cache``) and shared
     by every method; ``joint`` retrains from that base model at each step on every
-    class seen so far. After each step the model is evaluated on the val split.
-    Writes ``results.csv``, ``results.json``, ``miou_curves.png`` and
-    ``margin_histograms.png`` in ``out_dir`` (rewritten after every finished method
+    class seen so far; ``joint-offline`` learns every class at once with the whole
+    budget (the upper bound). Training uses CamVid train minus the selection part;
+    after each step the model is evaluated on ``eval_split`` (``selection`` to decide,
+    ``val`` to report). Writes ``results.csv``, ``results.json``, ``miou_curves.png``
+    and ``margin_histograms.png`` in ``out_dir`` (rewritten after every finished method
     and seed, so a long run leaves usable partial results) and returns the JSON
     document. ``cache_dir`` (default ``out_dir/cache``) may be shared between
     protocols: base models are keyed by their classes, steps by the protocol.
     """
-    from ldka_ros.learning.checkpoint import save_checkpoint
-    from ldka_ros.learning.data import CamVidDataset, Resize
-    from ldka_ros.learning.model import build_model, ModelConfig
-    from ldka_ros.learning.pretrained import find_local_weights
-    from ldka_ros.learning.protocols import get_protocol, joint_train_set, step_train_set
+    from ldka_ros.learning.protocols import get_protocol
 
     proto = get_protocol(protocol)
     methods = parse_methods(methods)
@@ -225,128 +461,59 @@ def run_protocol(protocol: str, methods: Sequence[str] | str, seeds: int | Seque
         raise ValueError('at least one seed is needed')
     if proto.dataset != 'camvid':
         raise ValueError(f'benchmark supports CamVid protocols, not {proto.dataset!r}')
-    if model_config is None:
-        weights = find_local_weights('efficientnet_lite0')
-        model_config = ModelConfig(num_slots=16,
-                                   pretrained=str(weights) if weights else None)
-    out = Path(out_dir)
-    cache = Path(cache_dir) if cache_dir else out / 'cache'
+    model_config = model_config or _default_model_config()
+    train, evalset = load_splits(data_root, proto, image_size, eval_split,
+                                 max_train_images, max_val_images)
+    mc_key = {k: v for k, v in model_config.to_dict().items() if k != 'pretrained'}
+    mc_key['pretrained'] = bool(model_config.pretrained)
+    cache = Path(cache_dir) if cache_dir else Path(out_dir) / 'cache'
     cache.mkdir(parents=True, exist_ok=True)
-    transform = Resize(tuple(image_size))
-    train = _spread_subset(CamVidDataset(data_root, 'train', transform=transform), proto,
-                           max_train_images)
-    val = _subset(CamVidDataset(data_root, 'val', transform=transform), max_val_images)
-    registry = proto.registry(model_config.num_slots)
-    mc = model_config.to_dict()
-    mc_key = {k: v for k, v in mc.items() if k != 'pretrained'}
-    mc_key['pretrained'] = bool(mc['pretrained'])
+    run = _Run(proto, train, evalset, eval_split, cache,
+               proto.registry(model_config.num_slots), model_config, mc_key,
+               tuple(image_size), cfg_base, cfg_step, ldka, resolve_device(cfg_base.device),
+               eval_batch_size, progress, echo)
     rows: list[dict] = []
     t_start = time.perf_counter()
-    device = resolve_device(cfg_base.device)
-
-    def bar(context: dict) -> Callable[[ProgressEvent], None] | None:
-        if progress is None:
-            return None
-        return lambda event: progress(context, event)
-
     for seed in seeds:
-        base_cfg = replace(cfg_base, seed=seed)
-        key = json.dumps({'base_classes': proto.new_classes(0), 'cfg': base_cfg.key(),
-                          'model': mc_key,
-                          'image_size': list(image_size), 'train': len(train)},
-                         sort_keys=True)
-        base_path = cache / f'base_seed{seed}.pt'
-        hit = _cached(base_path, key)
-        if hit is not None:
-            base_model, meta = hit
-            bank = _bank_from(meta.get('feature_bank'))
-            base_info = meta['info']
-            echo(f'seed {seed}: base model from cache {base_path}')
-        else:
-            torch.manual_seed(seed)
-            model = build_model(replace(model_config))
-            res = train_base(model, step_train_set(train, proto, 0), proto.new_classes(0),
-                             base_cfg, progress=bar({'seed': seed, 'method': 'base',
-                                                     'step': 0}),
-                             checkpoint_path=cache / f'base_seed{seed}.state.pt')
-            base_model, bank = res.model, res.feature_bank
-            base_info = {'seconds': res.seconds, 'seconds_per_iter': res.seconds_per_iter}
-            base_info.update(_evaluate_row(base_model, val, proto, 0, device, eval_batch_size))
-            save_checkpoint(base_path, base_model, registry,
-                            {'key': key, 'feature_bank': _bank_state(bank),
-                             'info': base_info})
+        base = None
         for method in methods:
-            rows.append({'protocol': proto.name, 'method': method, 'seed': seed, 'step': 0,
-                         **dict(base_info)})
-            model, step_bank = base_model, bank
-            step_key = key
-            for t in range(1, proto.num_steps):
-                call, cfg_ldka = method_call(method, ldka)
-                step_cfg = replace(cfg_step, seed=seed * 1000 + t)
-                step_key = json.dumps({'prev': step_key, 'method': method, 't': t,
-                                       'protocol': proto.name, 'new': proto.new_classes(t),
-                                       'cfg': step_cfg.key(),
-                                       'ldka': cfg_ldka.key() if cfg_ldka else None},
-                                      sort_keys=True)
-                path = cache / f'{proto.name}_{_slug(method)}_seed{seed}_step{t}.pt'
-                hit = _cached(path, step_key)
-                if hit is not None:
-                    model, meta = hit
-                    step_bank = _bank_from(meta.get('feature_bank'))
-                    info = meta['info']
-                else:
-                    if call == 'joint':
-                        data = joint_train_set(train, proto, t)
-                        start, new_ids = base_model, [c for c in proto.seen_classes(t)
-                                                      if c not in proto.seen_classes(0)]
-                    else:
-                        data = step_train_set(train, proto, t)
-                        start, new_ids = model, proto.new_classes(t)
-                    res = learn_step(start, data, new_ids, call, step_cfg, ldka=cfg_ldka,
-                                     feature_bank=step_bank if call != 'joint' else None,
-                                     progress=bar({'seed': seed, 'method': method, 'step': t}),
-                                     checkpoint_path=path.with_suffix('.state.pt'))
-                    model = res.model
-                    step_bank = res.feature_bank if call != 'joint' else step_bank
-                    info = {'seconds': res.seconds, 'seconds_per_iter': res.seconds_per_iter,
-                            'train_images': len(data)}
-                    info.update(_evaluate_row(model, val, proto, t, device, eval_batch_size))
-                    save_checkpoint(path, model, registry,
-                                    {'key': step_key, 'feature_bank': _bank_state(step_bank),
-                                     'info': info})
-                    state = path.with_suffix('.state.pt')
-                    if state.is_file():
-                        state.unlink()
-                rows.append({'protocol': proto.name, 'method': method, 'seed': seed,
-                             'step': t, **info})
-                echo(f'seed {seed} {method} step {t}: mIoU all {_pct(info["miou_all"])} '
-                     f'old {_pct(info["miou_old"])} new {_pct(info["miou_new"])} '
-                     f'old-px low-margin {_pct(info["old_px_low_margin"])}')
-            doc = _finish(rows, proto, methods, seeds, image_size, train, val, cfg_base,
-                          cfg_step, ldka, mc_key, device, t_start, out)
+            if method == JOINT_OFFLINE:
+                rows.extend(_joint_offline(run, seed))
+            else:
+                base = base or _base_model(run, seed)
+                rows.extend(_chain(run, method, seed, base))
+            doc = _finish(run, rows, methods, seeds, t_start, Path(out_dir))
     echo(format_table(doc))
     return doc
 
 
-def _finish(rows, proto, methods, seeds, image_size, train, val, cfg_base, cfg_step, ldka,
-            mc_key, device, t_start, out: Path) -> dict:
+def _finish(run: _Run, rows: list[dict], methods, seeds, t_start: float, out: Path) -> dict:
     """Write results.json/csv and the plots for the rows so far; return the document."""
     from ldka_ros.learning.evaluate import plot_margin_histograms, plot_miou_curves
+    from ldka_ros.learning.protocols import SELECTION_SEQUENCES
 
+    proto = run.proto
     done = sorted({(r['seed'], r['method']) for r in rows if r['step'] > 0})
     doc = {
         'protocol': proto.name, 'steps': proto.steps, 'methods': methods, 'seeds': seeds,
-        'image_size': list(image_size), 'train_images': len(train), 'val_images': len(val),
-        'cfg_base': cfg_base.key(), 'cfg_step': cfg_step.key(),
-        'ldka': asdict(ldka or LDKAConfig()), 'model': mc_key,
-        'device': str(device),
+        'eval_split': run.eval_split,
+        'selection_sequences': list(SELECTION_SEQUENCES[proto.dataset]),
+        'image_size': list(run.image_size), 'train_images': len(run.train),
+        'eval_images': len(run.evalset), 'val_images': len(run.evalset),
+        'cfg_base': run.cfg_base.key(), 'cfg_step': run.cfg_step.key(),
+        'offline_iterations': offline_iterations(proto, run.cfg_base, run.cfg_step),
+        'ldka': asdict(run.ldka or LDKAConfig()), 'model': run.mc_key,
+        'device': str(run.device), 'torch_threads': torch.get_num_threads(),
+        'deterministic': torch.are_deterministic_algorithms_enabled(),
         'low_margin': LOW_MARGIN, 'seconds_total': time.perf_counter() - t_start,
         'summary': summarize(rows, proto.num_steps - 1),
+        'final': final_by_seed(rows, proto.num_steps - 1),
         'completed': [{'seed': s, 'method': m} for s, m in done], 'rows': rows,
     }
     write_results(doc, out)
-    plot_miou_curves(rows, out / 'miou_curves.png', title=f'{proto.name} (val)')
-    hists = {'base model': rows[0]['old_px_margin_hist']}
+    plot_miou_curves(rows, out / 'miou_curves.png', title=f'{proto.name} ({run.eval_split})')
+    first = next((r for r in rows if r['step'] == 0), rows[0])
+    hists = {'base model': first['old_px_margin_hist']}
     last = proto.num_steps - 1
     for method in methods:
         mine = [r for r in rows if r['method'] == method and r['step'] == last]
@@ -355,7 +522,8 @@ def _finish(rows, proto, methods, seeds, image_size, train, val, cfg_base, cfg_s
             hists[f'{method} after step {last}'] = (mine[0]['old_px_margin_hist'][0],
                                                     counts.tolist())
     plot_margin_histograms(hists, out / 'margin_histograms.png',
-                           title=f'{proto.name}: margins on base-class pixels (val)')
+                           title=f'{proto.name}: margins on base-class pixels '
+                           f'({run.eval_split})')
     return doc
 
 
@@ -376,13 +544,24 @@ SUMMARY_KEYS = ('miou_all', 'miou_old', 'miou_new', 'pixel_accuracy', 'old_px_lo
 
 
 def summarize(rows: list[dict], last_step: int) -> dict:
-    """Return ``{method: {metric: [mean, std]}}`` over seeds at ``last_step``."""
+    """
+    Return ``{method: {metric: [mean, std]}}`` over seeds at ``last_step``.
+
+    With ``joint-offline`` among the rows, each method also gets ``ratio_to_upper_bound``:
+    its all-class mIoU over the upper bound's, per seed (same seed, same training
+    images), then mean and std over the seeds both have.
+    """
     summary: dict = {}
     methods = list(dict.fromkeys(r['method'] for r in rows))
+    finals = final_by_seed(rows, last_step)
+    upper = finals.get(JOINT_OFFLINE, {})
     for method in methods:
         mine = [r for r in rows if r['method'] == method and r['step'] == last_step]
         summary[method] = {k: list(_mean_std([r.get(k) for r in mine])) for k in SUMMARY_KEYS}
         summary[method]['seeds'] = len(mine)
+        ratios = [v['all'] / upper[s]['all'] for s, v in finals.get(method, {}).items()
+                  if s in upper and v['all'] is not None and upper[s]['all']]
+        summary[method]['ratio_to_upper_bound'] = list(_mean_std(ratios))
     base = [r for r in rows if r['step'] == 0]
     seen: set = set()
     uniq = [r for r in base if not (r['seed'] in seen or seen.add(r['seed']))]
@@ -392,16 +571,37 @@ def summarize(rows: list[dict], last_step: int) -> dict:
     return summary
 
 
+def final_by_seed(rows: list[dict], last_step: int) -> dict:
+    """
+    Return ``{method: {seed (str): {'all', 'old', 'new'}}}`` after the last step.
+
+    The stable layout the benchmark pages document: mIoU fractions (None where a split
+    has no pixel of the group), one entry per seed, seeds as strings (JSON keys).
+    """
+    out: dict = {}
+    for r in rows:
+        if r['step'] == last_step:
+            out.setdefault(r['method'], {})[str(r['seed'])] = {
+                'all': r.get('miou_all'), 'old': r.get('miou_old'), 'new': r.get('miou_new')}
+    return out
+
+
 def format_table(doc: dict) -> str:
     """Return the summary as a Markdown table (mIoU in %, mean +- std over seeds)."""
-    lines = [f"{doc['protocol']}: mIoU on CamVid val after the last step, mean ± std over "
-             f"{len(doc['seeds'])} seed(s)", '',
-             '| method | all | old | new | old-px margin<1 | s/iter | seeds |',
-             '| --- | --- | --- | --- | --- | --- | --- |']
+    split = doc.get('eval_split', 'val')
+    with_ub = any(JOINT_OFFLINE == m for m in doc['summary'])
+    lines = [f"{doc['protocol']}: mIoU on CamVid {split} after the last step, mean ± std "
+             f"over {len(doc['seeds'])} seed(s)", '',
+             '| method | all | old | new | old-px margin<1 |'
+             + (' all / upper bound |' if with_ub else '') + ' s/iter | seeds |',
+             '| --- | --- | --- | --- | --- |' + (' --- |' if with_ub else '') + ' --- | --- |']
     for method, stats in doc['summary'].items():
+        keys = ['miou_all', 'miou_old', 'miou_new', 'old_px_low_margin']
+        if with_ub:
+            keys.append('ratio_to_upper_bound')
         cells = []
-        for k in ('miou_all', 'miou_old', 'miou_new', 'old_px_low_margin'):
-            mean, std = stats[k]
+        for k in keys:
+            mean, std = stats.get(k, (None, None))
             cells.append('n/a' if mean is None else f'{100 * mean:.1f} ± {100 * std:.1f}')
         mean, _ = stats['seconds_per_iter']
         cells.append('n/a' if mean is None else f'{mean:.2f}')
@@ -477,3 +677,39 @@ def measure_speed(data_root: str | os.PathLike, methods: Sequence[str] = ('finet
             'threads': torch.get_num_threads(), 'seconds_per_iter': times,
             'median_seconds_per_iter': medians,
             'ratio_to_first': {m: medians[m] / ref for m in methods}}
+
+
+def new_class_balance_share(dataset, protocol: Protocol, t: int, batch_size: int = 8,
+                            draws: int = 200, seed: int = 0) -> dict:
+    """
+    Return the new classes' share of a class-balanced CE in step ``t``, from labels alone.
+
+    Why: with equal weight per present class (``class_balance = 1``, the step recipe)
+    the new classes' share of the CE is ``n_new / n_present`` for each batch. MiB (and
+    LDKA with ``balance_step_labels``) balance over the step's labels, where only the
+    new classes and background are present; LDKA's pseudo-labels bring back every old
+    class the old model recognises. The second share is computed with the old classes
+    present in the ground truth (an old model that pseudo-labels every old class it
+    sees), the limit the real pseudo-labels approach. Random batches of ``batch_size``
+    of the step's training frames, ``draws`` times; returns the means.
+    """
+    from ldka_ros.learning.data import class_presence
+
+    presence = class_presence(dataset)
+    new = protocol.new_classes(t)
+    old = [c for c in protocol.old_classes(t) if c != 0]
+    frames = np.flatnonzero(presence[:, new].any(axis=1))
+    if frames.size == 0:
+        raise ValueError(f'step {t} of {protocol.name} has no training frame')
+    rng = np.random.default_rng(seed)
+    step_labels, pseudo = [], []
+    for _ in range(int(draws)):
+        batch = presence[rng.choice(frames, size=min(batch_size, frames.size),
+                                    replace=False)]
+        n_new = int(batch[:, new].any(axis=0).sum())
+        n_old = int(batch[:, old].any(axis=0).sum())
+        step_labels.append(n_new / (n_new + 1))
+        pseudo.append(n_new / (n_new + n_old + 1))
+    return {'protocol': protocol.name, 'step': t, 'new_classes': new,
+            'frames': int(frames.size), 'step_labels': float(np.mean(step_labels)),
+            'pseudo_labels': float(np.mean(pseudo))}

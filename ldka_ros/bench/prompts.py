@@ -332,6 +332,31 @@ def format_propagation(results: dict) -> str:
     return '\n'.join(lines)
 
 
+def plot_propagation(results: dict, path: Path) -> None:
+    """Plot mask IoU and the kept share against frames ahead (PNG at ``path``)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = results['by_frames_ahead']
+    ks = [r['frames_ahead'] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(ks, [r['warp_iou'] for r in rows], 'o-', label='warp only, unchecked')
+    ax.plot(ks, [r['refined_iou'] for r in rows], 's-', label='warp + GrabCut, unchecked')
+    ax.plot(ks, [r['refined_kept_iou'] for r in rows], '^-',
+            label='warp + GrabCut, masks the check kept')
+    ax.plot(ks, [r['refined_kept_share'] for r in rows], 'k--', label='share still propagating')
+    ax.set_xlabel(f"frames ahead ({results['settings']['dt']} s of camera motion each)")
+    ax.set_ylabel('mean IoU with the exact mask / share')
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc='lower left', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _common(p) -> None:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--width', type=int, default=320)
@@ -364,6 +389,7 @@ def register(subparsers) -> None:
     p.add_argument('--frames', type=int, default=10, help='frames ahead per stream')
     p.add_argument('--dt', type=float, default=0.5, help='scene seconds between frames')
     p.add_argument('--min-consistency', type=float, default=0.5)
+    p.add_argument('--plot', type=Path, help='also plot IoU vs frames ahead (PNG) here')
     p.set_defaults(func=cmd_bench_propagation)
 
 
@@ -374,18 +400,12 @@ def _check_sizes(args) -> None:
 
 
 def cmd_bench_prompts(args) -> int:
-    from ldka_ros.bench.record import start_record, write_record
+    from ldka_ros.bench.record import run_recorded
 
     _check_sizes(args)
     if args.objects < 1 or not 0 <= args.jitter < 0.5:
         raise SystemExit('--objects must be >= 1 and --jitter in [0, 0.5)')
-    header = start_record(args.invocation)
-    results = run_prompts(args)
-    print(format_prompts(results))
-    if args.json:
-        write_record(args.json, header, results)
-        print(f'wrote {args.json}')
-    return 0
+    return run_recorded(args.invocation, args.json, lambda: run_prompts(args), format_prompts)
 
 
 def cmd_bench_propagation(args) -> int:
@@ -397,6 +417,9 @@ def cmd_bench_propagation(args) -> int:
     header = start_record(args.invocation)
     results = run_propagation(args)
     print(format_propagation(results))
+    if args.plot:
+        plot_propagation(results, args.plot)
+        print(f'wrote {args.plot}')
     if args.json:
         write_record(args.json, header, results)
         print(f'wrote {args.json}')

@@ -5,7 +5,7 @@ What every benchmark record says besides its figures: when, where, how, under wh
 Why one module: the JSON files in ``docs/benchmarks/`` are read side by side across
 commits and machines. They only compare if each names its date, machine, exact command
 and the machine's load under the same keys, and if their latency percentiles are
-computed one way. Every benchmark command (``ldka benchmark``, ``ldka learn-speed``,
+computed one way. Every benchmark command (``ldka benchmark``, ``ldka bench-learn-speed``,
 ``ldka bench-inference``, ``ldka bench-step-recipe``, the swap and graph benchmarks)
 builds its record with :func:`start_record` and writes it with :func:`write_record`.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import platform
 import shlex
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -92,6 +92,23 @@ def write_record(path: str | os.PathLike, header: dict, figures: dict) -> dict:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, doc)
     return doc
+
+
+def run_recorded(invocation: str | None, json_path, measure: Callable[[], dict],
+                 table: Callable[[dict], str]) -> int:
+    """
+    Run a benchmark the one way: header first, figures, printed table, ``--json`` record.
+
+    The header is taken before the measurement, so its date and load average describe
+    the machine the figures were measured on.
+    """
+    header = start_record(invocation)
+    results = measure()
+    print(table(results))
+    if json_path:
+        write_record(json_path, header, results)
+        print(f'wrote {json_path}')
+    return 0
 
 
 def _percentile(values: np.ndarray, q: float) -> float:

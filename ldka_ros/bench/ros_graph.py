@@ -16,7 +16,7 @@ script
 3. streams frames at ``--rate`` Hz for ``--soak-seconds`` and samples the node's resident
    memory (``/proc/<pid>/status``), counting masks and the longest gap between them.
 
-Run: ``python -m ldka_ros.bench.ros_graph --json out.json`` (defaults: the demo's cached
+Run: ``ldka bench-graph --json out.json`` (defaults: the demo's cached
 base model and its rendered frames, ONNX Runtime, 30 Hz, 300 s soak).
 """
 from __future__ import annotations
@@ -292,8 +292,8 @@ def format_table(results: dict) -> str:
     return '\n'.join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m ldka_ros.bench.ros_graph',
+def main(argv: list[str] | None = None, prog: str = 'ldka bench-graph') -> int:
+    p = argparse.ArgumentParser(prog=prog,
                                 description=__doc__.split('\n\n')[0])
     p.add_argument('--registry', type=Path, help="model registry (default: the demo's "
                    'cached base model, built if needed)')
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                    '(into a temporary registry)')
     p.add_argument('--json', type=Path, help='write the figures as JSON here')
     args = p.parse_args(argv)
-    args.argv = argv
+    args.argv, args.prog = argv, prog
     if args.rate <= 0 or args.soak_seconds <= 0 or args.pingpong < 1 or args.max_frames < 1:
         p.error('--rate, --soak-seconds, --pingpong and --max-frames must be positive')
     registry, frames_dir = args.registry, args.frames
@@ -340,7 +340,7 @@ def _run(args, registry: Path, frames_dir: Path) -> int:
     frames = _load_frames(frames_dir, args.max_frames)
     print(f'{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} from {frames_dir}; '
           f'registry {registry}', flush=True)
-    header = start_record(command_line('python -m ldka_ros.bench.ros_graph', args.argv))
+    header = start_record(command_line(args.prog, args.argv))
     bare = bare_pipeline(registry, frames, args.threads)
     print(f"bare pipeline p50 {bare['pipeline']['p50_ms']:.1f} ms", flush=True)
     ros = ros_path(args, registry, frames)

@@ -153,8 +153,8 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_step_recipe(args) -> int:
-    from ldka_ros.bench.record import start_record, write_record
-    from ldka_ros.learning.steps import METHODS
+    from ldka_ros.bench.record import run_recorded
+    from ldka_ros.learning.methods import METHODS
 
     bad = [m for m in args.methods if m not in METHODS or m in ('joint', 'ldka+gfr')]
     if bad or not args.methods:
@@ -165,10 +165,4 @@ def cmd_bench_step_recipe(args) -> int:
         raise SystemExit(f'--recipes: unknown {unknown}; use plain, robot')
     if args.seeds < 1 or args.iterations < 1 or args.label_frames < 1 or args.val_frames < 1:
         raise SystemExit('--seeds, --iterations, --label-frames and --val-frames must be >= 1')
-    header = start_record(args.invocation)
-    results = run(args)
-    print(format_table(results))
-    if args.json:
-        write_record(args.json, header, results)
-        print(f'wrote {args.json}')
-    return 0
+    return run_recorded(args.invocation, args.json, lambda: run(args), format_table)

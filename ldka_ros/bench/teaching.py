@@ -58,7 +58,8 @@ class Teacher:
     """The base model, the held-out frames and one learning step, shared by both parts."""
 
     def __init__(self, args, tmp: Path) -> None:
-        from ldka_ros.app.demo.base_model import BaseModelConfig, ensure_base_model
+        from ldka_ros.app.demo.base_model import (BaseModelConfig, ensure_base_model,
+                                                  quick_base_changes)
         from ldka_ros.bench.step_recipe import _render
         from ldka_ros.learning.checkpoint import load_checkpoint
 
@@ -66,8 +67,6 @@ class Teacher:
         self.args = args
         self.cfg = BaseModelConfig()
         if args.base == 'quick':
-            from ldka_ros.cli.demo_commands import quick_base_changes
-
             self.cfg = self.cfg.with_(**quick_base_changes())
         base = ensure_base_model(self.cfg, cache_root=args.cache, progress=False)
         path = base.registry_path / 'versions' / base.version_id / 'checkpoint.pt'
@@ -89,7 +88,8 @@ class Teacher:
                                 self.cfg.input_hw)
         tcfg = steps.step_config(iterations=self.args.iterations,
                                  batch_size=self.args.batch_size, crop=self.cfg.input_hw,
-                                 seed=seed, device='cpu', jitter=0.0)
+                                 seed=seed, device='cpu', jitter=0.0,
+                                 freeze_backbone=self.args.freeze_backbone)
         t0 = time.perf_counter()
         result = steps.learn_step(self.model, dataset, [self.new_id], self.args.method, tcfg)
         seconds = time.perf_counter() - t0
@@ -101,8 +101,9 @@ class Teacher:
 
     def margins(self, model, rgbs: list[np.ndarray], seen: list[int]) -> list[np.ndarray]:
         """Return each frame's margin map (top-1 minus top-2 logit over ``seen``)."""
-        import cv2
         import torch
+
+        from ldka_ros.imaging.resize import resize_image
 
         h, w = self.cfg.input_hw
         seen_t = torch.tensor(sorted(seen))
@@ -110,7 +111,7 @@ class Teacher:
         model.eval()
         with torch.no_grad():
             for rgb in rgbs:
-                x = torch.from_numpy(cv2.resize(rgb, (w, h))).permute(2, 0, 1).float() / 255
+                x = torch.from_numpy(resize_image(rgb, (h, w))).permute(2, 0, 1).float() / 255
                 logits = model(x[None])
                 logits = getattr(logits, 'logits', logits).float().index_select(1, seen_t)
                 top = logits.topk(2, dim=1).values[0]
@@ -201,7 +202,8 @@ def _suggested(teacher: Teacher, model, pool: list, free: list[int], seen: list[
     from ldka_ros.imaging.suggest import UnsureFrameRanker
 
     ranker = UnsureFrameRanker(capacity=count, margin_threshold=teacher.args.margin_threshold,
-                               min_fraction=0.0, duplicate_window_ns=3_000_000_000)
+                               min_fraction=0.0, duplicate_window_ns=3_000_000_000,
+                               max_age_ns=None)  # the pool spans hours of scene time
     margins = teacher.margins(model, [pool[i][1].rgb for i in free], seen)
     for i, margin in zip(free, margins):
         ranker.offer(pool[i][0], str(i), margin)
@@ -364,6 +366,8 @@ def register(subparsers) -> None:
     p.add_argument('--method', default='mib', help='learning-step method (finetune, mib, ldka)')
     p.add_argument('--iterations', type=int, default=60)
     p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--freeze-backbone', action='store_true',
+                   help='learn the decoder only (about 3x faster on a CPU)')
     p.add_argument('--val-frames', type=int, default=16)
     p.add_argument('--stream-frames', type=int, default=9, help='views after the labelled one')
     p.add_argument('--dt', type=float, default=0.5, help='scene seconds between views')
@@ -379,7 +383,7 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_teaching(args) -> int:
-    from ldka_ros.bench.record import start_record, write_record
+    from ldka_ros.bench.record import run_recorded
 
     unknown = [p for p in args.parts if p not in ('propagation', 'suggestions')]
     if unknown or not args.parts:
@@ -389,10 +393,4 @@ def cmd_bench_teaching(args) -> int:
     if min(args.seeds, args.iterations, args.val_frames, args.stream_frames, args.rounds,
            args.per_round, args.pool_layouts, args.pool_views) < 1:
         raise SystemExit('counts (seeds, iterations, frames, rounds, pool) must be >= 1')
-    header = start_record(args.invocation)
-    results = run(args)
-    print(format_table(results))
-    if args.json:
-        write_record(args.json, header, results)
-        print(f'wrote {args.json}')
-    return 0
+    return run_recorded(args.invocation, args.json, lambda: run(args), format_table)

@@ -2,7 +2,7 @@
 ``ldka demo`` and ``ldka demo-base-model``: the whole teach-a-new-object loop in one command.
 
 ``demo-base-model`` only builds (or finds) the cached base model; ``demo`` also starts the
-graph and runs the scenario (see ``ldka_ros.nodes.demo_client``). ``--quick`` is the
+graph and runs the scenario (see ``ldka_ros.app.demo.run``). ``--quick`` is the
 reduced form the test uses: fewer frames, fewer iterations, smaller images.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _hw(text: str) -> tuple[int, int]:
 
 
 def _base_config(args):
-    from ldka_ros.app.demo.base_model import BaseModelConfig
+    from ldka_ros.app.demo.base_model import BaseModelConfig, quick_base_changes
 
     changes = {}
     if args.quick:
@@ -38,13 +38,6 @@ def _base_config(args):
     if getattr(args, 'new_object', None):
         changes['new_object'] = args.new_object
     return BaseModelConfig(**changes)
-
-
-def quick_base_changes() -> dict:
-    """Return the base-model settings of ``--quick`` (small images, few iterations)."""
-    return {'render_hw': (120, 160), 'input_hw': (96, 128), 'crop': (96, 128),
-            'train_frames': 48, 'val_frames': 8, 'iterations': 60, 'batch_size': 6,
-            'decoder_channels': 32, 'freeze_backbone': False, 'lr': 0.03}
 
 
 def _base_args(p: argparse.ArgumentParser) -> None:
@@ -141,7 +134,7 @@ def cmd_demo(args) -> int:
             changes[key] = value
     settings = DemoSettings.quick(**changes) if args.quick else DemoSettings(**changes)
     try:
-        from ldka_ros.nodes.demo_client import DemoOptions, run_demo
+        from ldka_ros.app.demo.run import DemoOptions, run_demo
     except ImportError as exc:
         raise UserError(f'the demo needs ROS 2 (rclpy) and the ldka_ros_interfaces '
                         f'package: {exc}; run `make setup` and `source scripts/env.sh`'

@@ -148,7 +148,12 @@ def _common(parser: argparse.ArgumentParser, training: bool = True) -> None:
 
 
 def register(subparsers) -> None:
-    """Add the learning sub-commands to the ``ldka`` parser."""
+    """
+    Add the learning sub-commands to the ``ldka`` parser.
+
+    Long by design: one flat list of argument declarations, read top to bottom as the
+    command's help; split up, a command's options would be scattered.
+    """
     from ldka_ros.bench import first_model
 
     first_model.register(subparsers)
@@ -192,12 +197,21 @@ def register(subparsers) -> None:
     p.add_argument('--json', help='write the metrics as JSON here')
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser('benchmark', help='protocol x methods x seeds, CSV/JSON/PNG')
+    p = subparsers.add_parser('bench-learning', aliases=['benchmark'],
+                              help='protocol x methods x seeds, CSV/JSON/PNG')
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr,joint',
                    help='comma list of finetune, mib, ldka, ldka+gfr, joint and the '
                    'ablation stages ldka:pml, ldka:skd, ldka:mad, ldka:gfr; the variant '
-                   'ldka:dss-shrink (curvature damping of shrinking margins only)')
+                   'ldka:dss-shrink (curvature damping of shrinking margins only); '
+                   'joint-offline = the upper bound (every class at once, whole budget)')
+    p.add_argument('--eval-split', choices=('selection', 'val'), default='selection',
+                   help='what to evaluate on: selection = the 0001TP drive held out of '
+                   'CamVid train (make decisions here), val = CamVid val (report only); '
+                   'training always uses train without the selection drive')
+    p.add_argument('--threads', type=int, help='CPU threads for torch (default: its own '
+                   'choice); float sums depend on it, so a rerun must use the same count '
+                   '(recorded in the JSON as torch_threads)')
     p.add_argument('--ablation', action='store_true',
                    help='also run the ablation stages ldka:pml and ldka:skd')
     p.add_argument('--seeds', type=int, default=3)
@@ -216,7 +230,8 @@ def register(subparsers) -> None:
     p.add_argument('--pretrained', default='local')
     p.set_defaults(func=cmd_benchmark)
 
-    p = subparsers.add_parser('learn-speed', help='seconds/iteration of methods, interleaved')
+    p = subparsers.add_parser('bench-learn-speed', aliases=['learn-speed'],
+                              help='seconds/iteration of methods, interleaved')
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr')
     p.add_argument('--rounds', type=int, default=4)
@@ -301,7 +316,8 @@ def cmd_learn_step(args) -> int:
     """Learn one step (protocol step or operator folder) on top of a checkpoint."""
     from ldka_ros.learning.checkpoint import load_checkpoint, save_checkpoint
     from ldka_ros.learning.losses import GaussianFeatureBank
-    from ldka_ros.learning.steps import learn_step, METHODS
+    from ldka_ros.learning.methods import METHODS
+    from ldka_ros.learning.steps import learn_step
 
     if args.method not in METHODS:
         raise ValueError(f'unknown method {args.method!r}; known methods: {", ".join(METHODS)}')
@@ -410,6 +426,12 @@ def cmd_benchmark(args) -> int:
         if args.seeds < 1:
             raise ValueError(f'--seeds must be >= 1, got {args.seeds}')
         seeds = list(range(args.seeds))
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f'--threads must be >= 1, got {args.threads}')
+        torch.set_num_threads(args.threads)
     header = start_record(args.invocation)
     bars = _Bars(not args.no_progress)
     doc = run_protocol(args.protocol, methods, seeds, _data_root(args), base_cfg, step_cfg,
@@ -417,7 +439,7 @@ def cmd_benchmark(args) -> int:
                        image_size=settings['image_size'],
                        max_train_images=settings['max_train_images'],
                        max_val_images=settings['max_val_images'], progress=bars,
-                       cache_dir=args.cache,
+                       cache_dir=args.cache, eval_split=args.eval_split,
                        echo=lambda text: (bars.close(), print(text, flush=True)))
     bars.close()
     doc['preset'] = 'quick' if args.quick else 'default'

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     'ldka_ros.cli.ros_commands',
     'ldka_ros.cli.frames_commands',
     'ldka_ros.cli.registry_commands',
+    'ldka_ros.cli.bench_commands',
 )
 
 
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ldka_ros.cli.bench_commands import PASS_THROUGH, run_pass_through
+
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in PASS_THROUGH:  # the benchmark parses its own arguments
+        return run_pass_through(given[0], given[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     # The exact command, for benchmark records (also when called as ``main([...])``).

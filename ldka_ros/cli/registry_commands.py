@@ -449,38 +449,42 @@ def _keep(parser: argparse.ArgumentParser) -> None:
                              f'parent always stay; default {DEFAULT_KEEP}, as the learner)')
 
 
-def register(sub) -> None:
-    """Add ``registry`` and its sub-commands (and ``bench-fleet``) to the ``ldka`` parser."""
-    from ldka_ros.bench import fleet
+def _command(cmds, func, name: str, **kwargs) -> argparse.ArgumentParser:
+    """Add a registry sub-command with the common options, run by ``func``."""
+    p = cmds.add_parser(name, **kwargs)
+    _common(p)
+    p.set_defaults(func=func)
+    return p
 
-    fleet.register(sub)
+
+def register(sub) -> None:
+    """
+    Add ``registry`` and its sub-commands to the ``ldka`` parser.
+
+    Long by design: one flat list of argument declarations, read top to bottom as the
+    command's help; split up, a command's options would be scattered.
+    """
     group = sub.add_parser('registry', help='manage model versions (publish, verify, move)',
                            description='Manage the model registry the nodes read: create, '
                                        'list, show, publish, activate, verify, prune, export, '
                                        'import.')
     cmds = group.add_subparsers(dest='registry_command', metavar='SUBCOMMAND', required=True)
 
-    p = cmds.add_parser('create', help='make an empty registry')
-    _common(p)
-    p.set_defaults(func=cmd_create)
+    _command(cmds, cmd_create, 'create', help='make an empty registry')
 
-    p = cmds.add_parser('list', help='versions: parent, step, classes, artefacts, active')
-    _common(p)
+    p = _command(cmds, cmd_list, 'list', help='versions: parent, step, classes, artefacts, active')
     p.add_argument('--json', action='store_true', help='print JSON instead of a table')
-    p.set_defaults(func=cmd_list)
 
-    p = cmds.add_parser('show', help='one version: manifest, metrics, artefact digests')
-    _common(p)
+    p = _command(cmds, cmd_show, 'show', help='one version: manifest, metrics, artefact digests')
     p.add_argument('version', help='version id (v0003, 3 or "active")')
     p.add_argument('--json', action='store_true', help='print the manifest as JSON')
-    p.set_defaults(func=cmd_show)
 
-    p = cmds.add_parser('publish', help='export a checkpoint to ONNX and publish both',
-                        description='Export the checkpoint to ONNX, check the graph against '
-                                    'torch, and publish checkpoint + graph as a new version '
-                                    "(the learner's own path). Atomic: on any failure the "
-                                    'registry is unchanged.')
-    _common(p)
+    p = _command(cmds, cmd_publish, 'publish',
+                 help='export a checkpoint to ONNX and publish both',
+                 description='Export the checkpoint to ONNX, check the graph against '
+                             'torch, and publish checkpoint + graph as a new version '
+                             "(the learner's own path). Atomic: on any failure the "
+                             'registry is unchanged.')
     p.add_argument('--checkpoint', required=True, help='ldka_ros checkpoint (.pt)')
     p.add_argument('--input-size', type=_size, metavar='HxW',
                    help="graph input HEIGHTxWIDTH (default: the checkpoint's, else the "
@@ -497,33 +501,26 @@ def register(sub) -> None:
     p.add_argument('--check-count', type=int, default=PARITY_FRAMES,
                    help=f'images of the parity check (default {PARITY_FRAMES})')
     _keep(p)
-    p.set_defaults(func=cmd_publish)
 
-    p = cmds.add_parser('activate', help='make a version active (digests checked first)')
-    _common(p)
+    p = _command(cmds, cmd_activate, 'activate',
+                 help='make a version active (digests checked first)')
     p.add_argument('version', help='version id (v0003 or 3)')
-    p.set_defaults(func=cmd_activate)
 
-    p = cmds.add_parser('verify', help='check every manifest and digest; exit 1 if corrupt')
-    _common(p)
+    p = _command(cmds, cmd_verify, 'verify',
+                 help='check every manifest and digest; exit 1 if corrupt')
     p.add_argument('version', nargs='?', help='only this version (default: all)')
-    p.set_defaults(func=cmd_verify)
 
-    p = cmds.add_parser('prune', help='delete old versions (keeps active and its parent)')
-    _common(p)
+    p = _command(cmds, cmd_prune, 'prune',
+                 help='delete old versions (keeps active and its parent)')
     p.add_argument('--keep', type=int, required=True, metavar='N',
                    help='how many of the newest versions to keep')
-    p.set_defaults(func=cmd_prune)
 
-    p = cmds.add_parser('export', help='copy a version to a folder or a .tar/.tar.gz')
-    _common(p)
+    p = _command(cmds, cmd_export, 'export', help='copy a version to a folder or a .tar/.tar.gz')
     p.add_argument('version', help='version id (v0003, 3 or "active")')
     p.add_argument('dest', help='folder, or a file ending in .tar, .tar.gz or .tgz')
-    p.set_defaults(func=cmd_export)
 
-    p = cmds.add_parser('import', help='publish an exported version here under a new id')
-    _common(p)
+    p = _command(cmds, cmd_import, 'import',
+                 help='publish an exported version here under a new id')
     p.add_argument('src', help='folder or tar written by "ldka registry export"')
     p.add_argument('--activate', action='store_true', help='make it the active version')
     _keep(p)
-    p.set_defaults(func=cmd_import)

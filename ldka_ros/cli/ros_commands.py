@@ -6,7 +6,8 @@ Why a client of its own: where ROS 2 comes from pip there is no ``ros2`` command
 ``ros2 service call`` and ``ros2 action send_goal`` are missing and an operator would
 have to write an rclpy program to teach the robot. These sub-commands are that program:
 ``label``, ``learn`` (progress bar from the action feedback, Ctrl-C cancels the goal),
-``versions``, ``rollback``, ``classes``, ``remove-class`` and ``rename-class``.
+``versions``, ``rollback``, ``classes``, ``remove-class``, ``remove-frame`` and
+``rename-class``.
 
 rclpy and the interface package are imported only when a ``ros`` command runs, so the
 rest of ``ldka`` works on a machine without ROS.
@@ -551,6 +552,17 @@ def _cmd_remove_class(client: LearnerClient, args: argparse.Namespace, _request)
     return 0
 
 
+def _cmd_remove_frame(client: LearnerClient, args: argparse.Namespace, _request) -> int:
+    from ldka_ros_interfaces.srv import RemoveFrame
+
+    reply = client.call(RemoveFrame, 'remove_frame', RemoveFrame.Request(frame_id=args.frame))
+    if not reply.success:
+        raise Refused(reply.message)
+    _out(args, {'class_name': reply.class_name, 'frames_left': int(reply.frames_left),
+                'message': reply.message}, reply.message)
+    return 0
+
+
 def _cmd_rename_class(client: LearnerClient, args: argparse.Namespace, _request) -> int:
     from ldka_ros_interfaces.srv import RenameClass
 
@@ -565,7 +577,12 @@ def _cmd_rename_class(client: LearnerClient, args: argparse.Namespace, _request)
 
 # -- parser --------------------------------------------------------------------------
 def register(sub) -> None:
-    """Add ``ros`` and its sub-commands to the ``ldka`` parser."""
+    """
+    Add ``ros`` and its sub-commands to the ``ldka`` parser.
+
+    Long by design: one flat list of argument declarations, read top to bottom as the
+    command's help; split up, a command's options would be scattered.
+    """
     p = sub.add_parser(
         'ros', help='talk to a running learner node: label, learn, classes, versions',
         description='Client of a running learner node (no ros2 command needed). Exit codes: '
@@ -625,6 +642,9 @@ def register(sub) -> None:
     remove = add('remove-class', _cmd_remove_class, 'remove a pending class: its labelled '
                  'frames go to the trash and its slot is freed')
     remove.add_argument('name', metavar='NAME')
+    frame = add('remove-frame', _cmd_remove_frame, 'remove one pending labelled frame (it '
+                'goes to the trash; its class keeps its id)')
+    frame.add_argument('frame', metavar='FRAME_ID')
     rename = add('rename-class', _cmd_rename_class, 'rename a pending class (id and frames '
                  'kept)')
     rename.add_argument('old', metavar='OLD')

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import cv2
 from ldka_ros.imaging.colors import overlay
+from ldka_ros.imaging.resize import resize_ids, resize_image
 import numpy as np
 
 JPEG_QUALITY = 85
@@ -32,10 +33,8 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 def _fit(array: np.ndarray, shape: Sequence[int], nearest: bool) -> np.ndarray:
     """Return ``array`` resized to ``shape`` (H, W) when it differs (masks: nearest)."""
-    if array.shape[:2] == tuple(shape[:2]):
-        return array
-    method = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.resize(array, (int(shape[1]), int(shape[0])), interpolation=method)
+    hw = (int(shape[0]), int(shape[1]))
+    return resize_ids(array, hw) if nearest else resize_image(array, hw)
 
 
 def with_layers(rgb: np.ndarray, layers: Sequence[str], class_ids: np.ndarray | None,

@@ -56,6 +56,7 @@ class Backend(Protocol):
     def labels(self) -> dict: ...  # noqa: D102
     def thumbnail(self, frame_id: str) -> bytes: ...  # noqa: D102
     def remove_class(self, name: str) -> dict: ...  # noqa: D102
+    def remove_frame(self, frame_id: str) -> dict: ...  # noqa: D102
     def versions(self) -> dict: ...  # noqa: D102
     def rollback(self, version_id: str) -> dict: ...  # noqa: D102
     def learn(self, classes: list[str], iterations: int) -> dict: ...  # noqa: D102
@@ -222,6 +223,7 @@ class ConsoleApp:
         get('/api/labels', self.simple('labels'))
         get('/api/thumb/{frame_id}.jpg', self.thumb)
         post('/api/remove_class', self.remove_class)
+        post('/api/remove_frame', self.remove_frame)
         get('/api/versions', self.simple('versions'))
         post('/api/rollback', self.rollback)
         post('/api/learn', self.learn)
@@ -289,6 +291,14 @@ class ConsoleApp:
         body = await read_json(request)
         name = parse_class_name(body.get('name'))
         return web.json_response(await self._call('remove_class', name))
+
+    async def remove_frame(self, request: web.Request) -> web.Response:
+        """Remove one pending labelled frame (the learner's RemoveFrame)."""
+        body = await read_json(request)
+        frame_id = body.get('frame_id')
+        if not isinstance(frame_id, str) or not frame_id or len(frame_id) > 64:
+            raise ConsoleError(422, f'frame_id must be a frame id string, got {frame_id!r}')
+        return web.json_response(await self._call('remove_frame', frame_id))
 
     async def rollback(self, request: web.Request) -> web.Response:
         """Make a version active ('' = the parent of the active one)."""

@@ -15,26 +15,41 @@ from typing import Mapping, Sequence
 import numpy as np
 
 IGNORE_ID = 255
+#: Golden-ratio hue step: consecutive ids land far apart on the colour wheel.
+_GOLDEN = 0.6180339887498949
 
 PaletteLike = np.ndarray | Sequence[Sequence[float]] | Mapping[int, Sequence[float]]
 
 
+def slot_color(class_id: int) -> tuple[int, int, int]:
+    """
+    Return the fixed colour of a class id (background 0 is black).
+
+    Hues step by the golden ratio, so any run of consecutive ids is spread round the
+    colour wheel; saturation and value alternate on a short cycle so that ids whose
+    hues happen to fall close still differ in brightness. Pure function of the id:
+    the same class always gets the same colour, on every machine.
+    """
+    class_id = int(class_id)
+    if class_id == 0:
+        return (0, 0, 0)
+    hue = (class_id * _GOLDEN) % 1.0
+    sat = (0.95, 0.6, 0.8)[class_id % 3]
+    val = (1.0, 0.75)[(class_id // 3) % 2]
+    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+    return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
+
+
 def default_palette(num: int = 256) -> np.ndarray:
     """
-    Return ``num`` distinct, stable RGB colours (uint8, (num, 3)); id 0 is black.
+    Return the colours of ids ``0 .. num-1`` (uint8, (num, 3)) by :func:`slot_color`.
 
-    Hues step by the golden ratio so neighbouring ids never look alike, and the same id
-    always gets the same colour across runs and machines.
+    The one palette: a class registry, a model version's legend and an overlay drawn
+    without a legend all colour an id alike.
     """
     if num < 1:
         raise ValueError(f'palette needs at least one colour, got {num}')
-    palette = np.zeros((num, 3), np.uint8)
-    for idx in range(1, num):
-        hue = (idx * 0.618033988749895) % 1.0
-        sat = 0.65 + 0.35 * ((idx // 7) % 2)
-        val = 0.95 - 0.25 * ((idx // 3) % 2)
-        palette[idx] = np.round(np.array(colorsys.hsv_to_rgb(hue, sat, val)) * 255)
-    return palette
+    return np.array([slot_color(i) for i in range(num)], dtype=np.uint8)
 
 
 def _lut(palette: PaletteLike) -> np.ndarray:

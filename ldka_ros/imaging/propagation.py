@@ -95,7 +95,7 @@ class LabelPropagator:
     GrabCut (the warp is rigid, objects seen from a moving camera are not).
     """
 
-    def __init__(self, max_frames: int = 10, min_consistency: float = 0.6,
+    def __init__(self, max_frames: int = 10, min_consistency: float = 0.5,
                  max_fb_error: float = 1.0, refine: bool = True,
                  max_points: int = 200) -> None:
         if max_frames < 1:

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import warnings
 
 from ldka_ros.fsio import atomic_write_bytes
+from ldka_ros.imaging.resize import resize_image
 import numpy as np
 import torch
 from torch import nn
@@ -145,28 +146,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike,
         raise ValueError(f'export path must end in .onnx, got {path}')
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    wrapper = ExportWrapper(copy.deepcopy(model).cpu().float()).eval()
-    dummy = torch.full((1, h, w, 3), 128, dtype=torch.uint8)
-    dynamic_axes = None
-    if dynamic_batch:
-        dynamic_axes = {name: {0: 'batch'} for name in (INPUT_NAME,) + OUTPUT_NAMES}
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.export.onnx', dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript exporter is deprecated upstream but writes one file and
-            # handles every backbone we ship; its warnings are noise for users.
-            warnings.simplefilter('ignore')
-            torch.onnx.export(wrapper, (dummy,), tmp, input_names=[INPUT_NAME],
-                              output_names=list(OUTPUT_NAMES), opset_version=int(opset),
-                              dynamic_axes=dynamic_axes, do_constant_folding=True,
-                              dynamo=False)
-        proto = onnx.load(tmp)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    proto = _trace(model, path, (h, w), int(opset), dynamic_batch)
     num_slots = getattr(model, 'num_slots', None)
     active = model.active_classes() if hasattr(model, 'active_classes') else None
     meta: dict[str, Any] = {
@@ -197,6 +177,35 @@ def export_onnx(model: nn.Module, path: str | os.PathLike,
                         active_classes=active, sha256=hashlib.sha256(data).hexdigest(),
                         structure_digest=onnx_structure_digest(proto), size_bytes=len(data),
                         seconds=time.perf_counter() - started, metadata=meta)
+
+
+def _trace(model: nn.Module, path: Path, hw: tuple[int, int], opset: int,
+           dynamic_batch: bool):
+    """Trace a CPU copy of ``model`` inside the uint8-in, ids-out wrapper; return the proto."""
+    import onnx
+
+    wrapper = ExportWrapper(copy.deepcopy(model).cpu().float()).eval()
+    dummy = torch.full((1, hw[0], hw[1], 3), 128, dtype=torch.uint8)
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: 'batch'} for name in (INPUT_NAME,) + OUTPUT_NAMES}
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.export.onnx', dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter is deprecated upstream but writes one file and
+            # handles every backbone we ship; its warnings are noise for users.
+            warnings.simplefilter('ignore')
+            torch.onnx.export(wrapper, (dummy,), tmp, input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), opset_version=opset,
+                              dynamic_axes=dynamic_axes, do_constant_folding=True,
+                              dynamo=False)
+        return onnx.load(tmp)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -251,16 +260,6 @@ def onnx_structure_digest(model: Any) -> str:
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
-def resize_for_model(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    """Return ``image`` (uint8 RGB) resized to ``input_hw`` with bilinear interpolation."""
-    import cv2
-
-    h, w = input_hw
-    if image.shape[:2] == (h, w):
-        return image
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def check_parity(model: nn.Module, onnx_path: str | os.PathLike,
                  images: Iterable[np.ndarray] | np.ndarray,
                  providers: Sequence[str] | str = 'cpu',
@@ -289,7 +288,7 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike,
             if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
                 raise ValueError(f'parity images must be uint8 (H, W, 3) RGB, got '
                                  f'{frame.dtype} {frame.shape}')
-            batch = resize_for_model(frame, hw)[None]
+            batch = resize_image(frame, hw)[None]
             ref = torch_backend.infer(batch)
             got = ort_backend.infer(batch)
             agree += int(np.count_nonzero(ref.class_ids == got.class_ids))

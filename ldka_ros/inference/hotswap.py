@@ -38,7 +38,9 @@ import threading
 import time
 from typing import Callable, Iterator, Sequence
 
+from ldka_ros.imaging.resize import resize_ids, resize_image
 from ldka_ros.inference.backends.base import Backend, InferenceResult
+from ldka_ros.learning.metrics import ConfusionMatrix
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -352,8 +354,45 @@ class HotSwapper:
         old_version = self.current_version
         report = SwapReport(False, request.version_id, old_version, '')
         self._emit('started', request.version_id)
+        backend = self._prepare(request, report)
+        if backend is None:
+            report.total_s = time.perf_counter() - start
+            return report
+        with self._cond:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                old = self._slot
+                self._slot = _Slot(backend, request.version_id)
+                old.retired = True
+                report.switched_at = time.time()
+        if closed:
+            _release_quietly(backend)
+            report.reason = 'refused: the HotSwapper was closed during the swap'
+            report.total_s = time.perf_counter() - start
+            return report
+        report.ok = True
+        report.reason = 'swapped'
+        self._emit('switched', request.version_id, report)
+        t0 = time.perf_counter()
+        self._release_when_idle(old)
+        report.release_s = time.perf_counter() - t0
+        report.total_s = time.perf_counter() - start
+        LOG.info('swapped %s -> %s (load %.2f s, warmup %.2f s, validate %.2f s)', old_version,
+                 request.version_id, report.load_s, report.warmup_s, report.validate_s)
+        return report
+
+    def _prepare(self, request: _Request, report: SwapReport) -> Backend | None:
+        """
+        Build, load, warm up and validate the new backend, filling ``report``'s times.
+
+        Returns None (the reason in ``report``, the backend released) when any stage
+        fails: the old backend keeps serving.
+        """
         backend: Backend | None = None
         stage = 'build'
+        t0 = time.perf_counter()
         try:
             backend = request.factory()
             if not isinstance(backend, Backend):
@@ -383,35 +422,11 @@ class HotSwapper:
             if stage == 'validate':
                 report.validate_s = time.perf_counter() - t0
             LOG.warning('swap to %s refused, %s keeps serving: %s', request.version_id,
-                        old_version, report.reason)
+                        report.previous_version, report.reason)
             if backend is not None:
                 _release_quietly(backend)
-            report.total_s = time.perf_counter() - start
-            return report
-        with self._cond:
-            if self._closed:
-                closed = True
-            else:
-                closed = False
-                old = self._slot
-                self._slot = _Slot(backend, request.version_id)
-                old.retired = True
-                report.switched_at = time.time()
-        if closed:
-            _release_quietly(backend)
-            report.reason = 'refused: the HotSwapper was closed during the swap'
-            report.total_s = time.perf_counter() - start
-            return report
-        report.ok = True
-        report.reason = 'swapped'
-        self._emit('switched', request.version_id, report)
-        t0 = time.perf_counter()
-        self._release_when_idle(old)
-        report.release_s = time.perf_counter() - t0
-        report.total_s = time.perf_counter() - start
-        LOG.info('swapped %s -> %s (load %.2f s, warmup %.2f s, validate %.2f s)', old_version,
-                 request.version_id, report.load_s, report.warmup_s, report.validate_s)
-        return report
+            return None
+        return backend
 
     def _release_when_idle(self, slot: _Slot, deadline: float | None = None) -> bool:
         """
@@ -540,24 +555,16 @@ def _release_quietly(backend: Backend) -> None:
 
 
 def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'validation images must be uint8 (H, W, 3) RGB, got {image.dtype} '
                          f'{image.shape}')
-    if tuple(image.shape[:2]) == tuple(hw):
-        return np.ascontiguousarray(image)
-    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(resize_image(image, hw))
 
 
 def _predict(backend: Backend, image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """Class ids of ``image`` by ``backend``, resized (nearest) to ``out_hw``."""
-    import cv2
-
-    ids = backend.infer(_resize_image(image, backend.input_hw)[None]).class_ids[0]
-    if ids.shape != tuple(out_hw):
-        ids = cv2.resize(ids, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
-    return ids
+    return resize_ids(backend.infer(_resize_image(image, backend.input_hw)[None]).class_ids[0],
+                      out_hw)
 
 
 def _smoke_test(backend: Backend, frame: np.ndarray | None) -> None:
@@ -570,16 +577,6 @@ def _smoke_test(backend: Backend, frame: np.ndarray | None) -> None:
         raise SwapRefused(f'output shape {result.class_ids.shape} is not (1, {h}, {w})')
     if not (np.isfinite(result.confidence).all() and np.isfinite(result.margin).all()):
         raise SwapRefused('confidence or margin contains NaN/inf')
-
-
-def _iou_per_class(conf: np.ndarray, classes: Sequence[int]) -> dict[int, float]:
-    out = {}
-    for c in classes:
-        tp = conf[c, c]
-        union = conf[c, :].sum() + conf[:, c].sum() - tp
-        if union > 0:
-            out[int(c)] = float(tp / union)
-    return out
 
 
 def compare_old_class_miou(old: Backend, new: Backend, frames: Sequence,
@@ -611,15 +608,12 @@ def compare_old_class_miou(old: Backend, new: Backend, frames: Sequence,
         predicted = set(np.unique(np.concatenate([p.ravel() for p in old_preds])).tolist())
         old_classes = sorted((in_labels & predicted) - {255})
     old_classes = sorted(int(c) for c in old_classes)
-    conf_old = np.zeros((256, 256), np.int64)
-    conf_new = np.zeros((256, 256), np.int64)
+    conf_old, conf_new = ConfusionMatrix(256), ConfusionMatrix(256)
     for label, p_old, p_new in zip(labels, old_preds, new_preds):
-        valid = label != 255
-        gt = label[valid].astype(np.int64) * 256
-        conf_old += np.bincount(gt + p_old[valid], minlength=65536).reshape(256, 256)
-        conf_new += np.bincount(gt + p_new[valid], minlength=65536).reshape(256, 256)
-    iou_old = _iou_per_class(conf_old, old_classes)
-    iou_new = _iou_per_class(conf_new, old_classes)
+        conf_old.update(p_old, label)
+        conf_new.update(p_new, label)
+    iou_old = conf_old.class_iou(old_classes)
+    iou_new = conf_new.class_iou(old_classes)
     counted = sorted(set(iou_old) | set(iou_new))
 
     def mean(iou: dict[int, float]) -> float:

@@ -23,7 +23,8 @@ import logging
 import time
 from typing import Any, Callable, Iterator
 
-import cv2
+from ldka_ros.imaging import pixels
+from ldka_ros.imaging.resize import resize_ids, resize_image
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -45,37 +46,6 @@ class FrameResult:
     version: str | None
     infer_ms: float
     total_ms: float
-
-
-def _import_colors():
-    try:
-        from ldka_ros.imaging import colors
-    except ImportError:  # pragma: no cover - the imaging package ships with ldka_ros
-        return None
-    return colors
-
-
-def colorize(class_ids: np.ndarray, palette: Any) -> np.ndarray:
-    """Return (H, W, 3) uint8 RGB coloured by class id (``ldka_ros.imaging.colors``)."""
-    colors = _import_colors()
-    if colors is not None:
-        return colors.colorize(class_ids, palette)
-    ids = np.asarray(class_ids)
-    lut = np.zeros((256, 3), np.uint8)
-    pal = np.asarray(palette, dtype=np.uint8)[:256]
-    lut[:len(pal)] = pal
-    return lut[ids.astype(np.uint8)]
-
-
-def overlay(rgb: np.ndarray, class_ids: np.ndarray, palette: Any,
-            alpha: float = 0.5) -> np.ndarray:
-    """Return ``rgb`` blended with the class colours (``ldka_ros.imaging.colors``)."""
-    colors = _import_colors()
-    if colors is not None:
-        return colors.overlay(rgb, class_ids, palette, alpha)
-    tint = colorize(class_ids, palette).astype(np.float32)
-    out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * tint
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 class SegmentationPipeline:
@@ -119,7 +89,10 @@ class SegmentationPipeline:
         """
         Return ``frame`` as uint8 (H, W, 3) RGB; convert grey and RGBA (warned once).
 
-        Raises ValueError for other dtypes/shapes, saying what is expected.
+        An array carries no encoding, so its shape names one (grey ``mono8``, ``rgba8``,
+        ``rgb8``) and ``imaging.pixels.to_rgb`` applies the one conversion rule that ROS
+        messages and bag records go through too. Raises ValueError for other
+        dtypes/shapes, saying what is expected.
         """
         image = np.asarray(frame)
         if image.dtype != np.uint8:
@@ -127,17 +100,19 @@ class SegmentationPipeline:
                              'convert 16-bit or float images to 8-bit RGB first')
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
-        if image.ndim == 2:
-            self._warn_once('grey', 'grey frames are converted to RGB (the model was '
-                                    'trained on colour images; accuracy will suffer)')
-            return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        if image.ndim == 3 and image.shape[2] == 4:
-            self._warn_once('rgba', 'RGBA frames: the alpha channel is dropped')
-            return np.ascontiguousarray(image[:, :, :3])
         if image.ndim == 3 and image.shape[2] == 3:
             return image
-        raise ValueError(f'frame must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey uint8, '
-                         f'got shape {image.shape}')
+        encoding = {2: 'mono8'}.get(image.ndim) or (
+            'rgba8' if image.ndim == 3 and image.shape[2] == 4 else None)
+        if encoding is None:
+            raise ValueError(f'frame must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey '
+                             f'uint8, got shape {image.shape}')
+        if encoding == 'mono8':
+            self._warn_once('grey', 'grey frames are converted to RGB (the model was '
+                                    'trained on colour images; accuracy will suffer)')
+        else:
+            self._warn_once('rgba', 'RGBA frames: the alpha channel is dropped')
+        return pixels.to_rgb(image, encoding)
 
     # -- backend access -----------------------------------------------------------------
     @contextmanager
@@ -176,7 +151,7 @@ class SegmentationPipeline:
                 self._warn_once(f'resize{frame_hw}{hw}',
                                 f'frames of {frame_hw[0]}x{frame_hw[1]} are resized to the '
                                 f'model input {hw[0]}x{hw[1]} (HxW) and results back')
-                net_in = cv2.resize(rgb, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+                net_in = resize_image(rgb, hw)
             else:
                 net_in = rgb
             t0 = time.perf_counter()
@@ -186,10 +161,9 @@ class SegmentationPipeline:
         class_ids, confidence, margin = (result.class_ids[0], result.confidence[0],
                                          result.margin[0])
         if resized:
-            size = (frame_hw[1], frame_hw[0])
-            class_ids = cv2.resize(class_ids, size, interpolation=cv2.INTER_NEAREST)
-            confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_LINEAR)
-            margin = cv2.resize(margin, size, interpolation=cv2.INTER_LINEAR)
+            class_ids = resize_ids(class_ids, frame_hw)
+            confidence = resize_image(confidence, frame_hw)
+            margin = resize_image(margin, frame_hw)
         return FrameResult(class_ids=class_ids, confidence=confidence, margin=margin,
                            frame_hw=frame_hw, input_hw=hw, resized=resized, backend=name,
                            version=version, infer_ms=infer_ms,

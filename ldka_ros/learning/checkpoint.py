@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-import tempfile
 
 from ldka_ros.errors import UserError
-from ldka_ros.fsio import fsync_dir
+from ldka_ros.fsio import atomic_writer
 from ldka_ros.learning.classes import ClassRegistry
 from ldka_ros.learning.model import build_model, ModelConfig, SegModel
 import torch
@@ -69,21 +68,8 @@ def save_checkpoint(path: str | os.PathLike, model: SegModel, classes: ClassRegi
         'meta': meta,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    with atomic_writer(path) as handle:
+        torch.save(payload, handle)
     return path
 
 

@@ -14,7 +14,6 @@ ROS nodes can read a registry without importing torch. Files are written through
 """
 from __future__ import annotations
 
-import colorsys
 from dataclasses import dataclass
 import json
 import os
@@ -23,6 +22,7 @@ import re
 from typing import Iterator
 
 from ldka_ros.fsio import atomic_write_json
+from ldka_ros.imaging.colors import slot_color
 import numpy as np
 
 REGISTRY_FORMAT = 'ldka_ros.classes/1'
@@ -31,26 +31,6 @@ NAME_PATTERN = re.compile(r'^[A-Za-z][A-Za-z0-9_-]{0,63}$')
 #: in this project they become ids 1..11 (0 is background, CamVid's void becomes 255).
 CAMVID_CLASS_NAMES = ('sky', 'building', 'pole', 'road', 'pavement', 'tree',
                       'sign_symbol', 'fence', 'car', 'pedestrian', 'bicyclist')
-_GOLDEN = 0.6180339887498949
-
-
-def slot_color(class_id: int) -> tuple[int, int, int]:
-    """
-    Return the fixed colour of a class id (background 0 is black).
-
-    Hues step by the golden ratio, so any run of consecutive ids is spread round the
-    colour wheel; saturation and value alternate on a short cycle so that ids whose
-    hues happen to fall close still differ in brightness. Pure function of the id:
-    the same class always gets the same colour, on every machine.
-    """
-    class_id = int(class_id)
-    if class_id == 0:
-        return (0, 0, 0)
-    hue = (class_id * _GOLDEN) % 1.0
-    sat = (0.95, 0.6, 0.8)[class_id % 3]
-    val = (1.0, 0.75)[(class_id // 3) % 2]
-    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
-    return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
 
 
 @dataclass(frozen=True)

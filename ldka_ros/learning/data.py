@@ -21,6 +21,7 @@ import warnings
 
 import cv2
 from ldka_ros.fsio import atomic_write_bytes, atomic_write_json
+from ldka_ros.imaging.resize import resize_ids, resize_image
 from ldka_ros.learning.classes import CAMVID_CLASS_NAMES, ClassRegistry
 # Re-exported: the torch-free file helpers are part of this module's interface.
 from ldka_ros.learning.label_files import (  # noqa: F401
@@ -399,9 +400,7 @@ class Augment:
         s = float(rng.uniform(*self.scale))
         h, w = label.shape
         nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
-        if (nh, nw) != (h, w):
-            rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
-            label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        rgb, label = resize_image(rgb, (nh, nw)), resize_ids(label, (nh, nw))
         ch, cw = self.crop
         ph, pw = max(0, ch - nh), max(0, cw - nw)
         if ph or pw:
@@ -441,8 +440,7 @@ class Resize:
         h, w = self.size
         if label.shape == (h, w):
             return rgb, label
-        return (cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR),
-                cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST))
+        return resize_image(rgb, (h, w)), resize_ids(label, (h, w))
 
 
 def default_data_root() -> Path | None:

@@ -1,5 +1,8 @@
 """
-Evaluation: confusion matrix, mIoU (old / new / all / per class) and margin statistics.
+Evaluation of a model on a split: mIoU (old / new / all / per class) and margin statistics.
+
+The counting itself (confusion matrix, IoU) is ``ldka_ros.learning.metrics``, torch-free,
+so the demo, the hot-swap check and the learning job score masks the same way.
 
 mIoU follows MiB / PLOP: one confusion matrix over the whole split, pixels labelled 255
 ignored, IoU per class, averaged over the classes of a group that occur in the ground
@@ -20,87 +23,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ldka_ros.fsio import atomic_write_bytes
+from ldka_ros.learning.metrics import ConfusionMatrix, IGNORE_INDEX
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
 #: Margin histogram bin edges (logit units); the last bin also holds larger margins.
 MARGIN_EDGES = np.linspace(0.0, 20.0, 41)
-
-
-class ConfusionMatrix:
-    """``num_classes`` x ``num_classes`` pixel counts, rows = ground truth, cols = prediction."""
-
-    def __init__(self, num_classes: int) -> None:
-        if int(num_classes) < 1:
-            raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-        self.num_classes = int(num_classes)
-        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-
-    def reset(self) -> None:
-        """Zero all counts."""
-        self.matrix[:] = 0
-
-    def update(self, pred, target) -> None:
-        """
-        Add a batch of predictions and targets (numpy or torch, any equal shapes).
-
-        Target pixels equal to 255 are ignored; any other id outside the matrix, in the
-        target or the prediction, is a ValueError (it means the caller mixed id spaces).
-        """
-        n = self.num_classes
-        if isinstance(pred, torch.Tensor) or isinstance(target, torch.Tensor):
-            pred_t = torch.as_tensor(pred).reshape(-1).long()
-            target_t = torch.as_tensor(target, device=pred_t.device).reshape(-1).long()
-            if pred_t.shape != target_t.shape:
-                raise ValueError(f'pred has {pred_t.numel()} pixels, target {target_t.numel()}')
-            valid = target_t != IGNORE_INDEX
-            pred_t, target_t = pred_t[valid], target_t[valid]
-            if pred_t.numel() == 0:
-                return
-            low = int(torch.minimum(pred_t.min(), target_t.min()))
-            high = int(torch.maximum(pred_t.max(), target_t.max()))
-            if low < 0 or high >= n:
-                raise ValueError(f'class id {low if low < 0 else high} outside 0..{n - 1}')
-            counts = torch.bincount(target_t * n + pred_t, minlength=n * n)
-            self.matrix += counts.cpu().numpy().reshape(n, n)
-            return
-        pred_a = np.asarray(pred).reshape(-1).astype(np.int64)
-        target_a = np.asarray(target).reshape(-1).astype(np.int64)
-        if pred_a.shape != target_a.shape:
-            raise ValueError(f'pred has {pred_a.size} pixels, target {target_a.size}')
-        valid = target_a != IGNORE_INDEX
-        pred_a, target_a = pred_a[valid], target_a[valid]
-        if pred_a.size == 0:
-            return
-        low, high = min(pred_a.min(), target_a.min()), max(pred_a.max(), target_a.max())
-        if low < 0 or high >= n:
-            raise ValueError(f'class id {low if low < 0 else high} outside 0..{n - 1}')
-        self.matrix += np.bincount(target_a * n + pred_a, minlength=n * n).reshape(n, n)
-
-    def iou(self) -> np.ndarray:
-        """Return per-class IoU, NaN where a class is in neither target nor prediction."""
-        tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
-        with np.errstate(invalid='ignore', divide='ignore'):
-            return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-
-    def gt_pixels(self) -> np.ndarray:
-        """Return the number of ground-truth pixels of each class."""
-        return self.matrix.sum(1)
-
-    def pixel_accuracy(self) -> float:
-        """Return the fraction of counted pixels predicted right (NaN if none)."""
-        total = self.matrix.sum()
-        return float(np.trace(self.matrix) / total) if total else math.nan
-
-    def mean_iou(self, classes: Iterable[int] | None = None) -> float:
-        """Return mean IoU over ``classes`` (default all) that occur in the ground truth."""
-        ids = range(self.num_classes) if classes is None else classes
-        present = [int(c) for c in ids if self.gt_pixels()[int(c)] > 0]
-        if not present:
-            return math.nan
-        return float(np.mean(self.iou()[present]))
 
 
 @dataclass

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 from pathlib import Path
+import re
 import shutil
 import tempfile
 import time
@@ -47,7 +48,8 @@ import uuid
 
 from ldka_ros.fsio import atomic_write_json, fsync_dir, locked
 from ldka_ros.learning.classes import ClassRegistry, validate_class_name
-from ldka_ros.learning.label_files import encode_png, read_label, read_manifest, read_rgb
+from ldka_ros.learning.label_files import (check_array, encode_png, read_label, read_manifest,
+                                           read_rgb)
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ JOURNAL_NAME = '.journal.json'
 JOURNAL_FORMAT = 'ldka_ros.frame_journal/1'
 #: Folder inside the store that removed frames are moved to.
 TRASH_NAME = 'trash'
+#: What a frame id may look like (the store makes ``<16 digits>_<8 hex>``).
+FRAME_ID_PATTERN = re.compile(r'[A-Za-z0-9_-]{1,64}')
 
 
 @dataclass
@@ -237,13 +241,10 @@ class FrameStore:
         return record
 
     def _check_inputs(self, rgb, mask, class_name: str, class_id) -> None:
-        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
-                or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-            raise ValueError('rgb must be a uint8 numpy array (H, W, 3), got '
-                             f'{getattr(rgb, "dtype", type(rgb))} {getattr(rgb, "shape", "")}')
-        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 2:
-            raise ValueError('mask must be a bool numpy array (H, W), got '
-                             f'{getattr(mask, "dtype", type(mask))} {getattr(mask, "shape", "")}')
+        check_array(rgb, np.uint8, 3, 'rgb', '(H, W, 3)')
+        if rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+            raise ValueError(f'rgb must be a uint8 numpy array (H, W, 3), got {rgb.shape}')
+        check_array(mask, np.bool_, 2, 'mask', '(H, W)')
         if mask.shape != rgb.shape[:2]:
             raise ValueError(f'mask size {mask.shape} differs from image size {rgb.shape[:2]}')
         if not mask.any():
@@ -290,6 +291,44 @@ class FrameStore:
                        'frame_ids': [r.frame_id for r in records], 'trash': trash}
             self._run_journal(journal)
         return ClassChange(name, class_id, journal['frame_ids'], trash)
+
+    def remove_frame(self, frame_id: str) -> FrameRecord:
+        """
+        Move one pending labelled frame to ``trash/frame-<frame id>/`` and return its record.
+
+        For one bad label among good ones (removing its whole class would be too much).
+        The record moves first, so from then on no reader sees the frame; a crash before
+        the label and image follow leaves them as orphans that ``recover`` removes. The
+        class keeps its id (other frames or the class registry may hold it). ValueError
+        for an unknown or learned frame.
+        """
+        if not isinstance(frame_id, str) or not FRAME_ID_PATTERN.fullmatch(frame_id):
+            raise ValueError(f'invalid frame id {frame_id!r}')
+        with self._locked():
+            try:
+                record = self.get(frame_id)
+            except KeyError:
+                raise ValueError(f'no labelled frame {frame_id!r} in the store') from None
+            if not record.pending:
+                raise ValueError(f'frame {frame_id} was learned by {record.learned_in_version}:'
+                                 ' only pending frames can be removed')
+            self._to_trash(frame_id, self.root / TRASH_NAME / f'frame-{frame_id}')
+        return record
+
+    def _to_trash(self, frame_id: str, trash: Path) -> None:
+        """
+        Move a frame's record, label and image into ``trash`` (what is there; idempotent).
+
+        The record first: from then on no reader sees the frame.
+        """
+        for sub, path in (('frames', self._record_path(frame_id)),
+                          ('labels', self.label_path(frame_id)),
+                          ('images', self.image_path(frame_id))):
+            if path.exists():
+                (trash / sub).mkdir(parents=True, exist_ok=True)
+                os.replace(path, trash / sub / path.name)
+        for sub in ('frames', 'labels', 'images'):
+            fsync_dir(self.root / sub)
 
     def rename_class(self, old: str, new: str) -> 'ClassChange':
         """
@@ -398,15 +437,7 @@ class FrameStore:
         if journal['op'] == 'remove':
             trash = self.root / journal['trash']
             for frame_id in journal['frame_ids']:
-                # The record first: from then on no reader sees the frame.
-                for sub, path in (('frames', self._record_path(frame_id)),
-                                  ('labels', self.label_path(frame_id)),
-                                  ('images', self.image_path(frame_id))):
-                    if path.exists():
-                        (trash / sub).mkdir(parents=True, exist_ok=True)
-                        os.replace(path, trash / sub / path.name)
-            for sub in ('frames', 'labels', 'images'):
-                fsync_dir(self.root / sub)
+                self._to_trash(frame_id, trash)
             self._rename_in_indexes(class_id, name, None)
         elif journal['op'] == 'rename':
             new = str(journal['new_name'])

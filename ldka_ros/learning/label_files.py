@@ -21,25 +21,25 @@ IGNORE_INDEX = 255
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 RGB; FileNotFoundError/ValueError when unreadable."""
+def _imread(path: str | os.PathLike, flags: int, what: str, kind: str) -> np.ndarray:
+    """Read a file with OpenCV; FileNotFoundError/ValueError that name ``what`` it is."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'image {path} does not exist')
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'image {path} could not be decoded (corrupt or not an image)')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise FileNotFoundError(f'{what} {path} does not exist')
+    pixels = cv2.imread(str(path), flags)
+    if pixels is None:
+        raise ValueError(f'{what} {path} could not be decoded (corrupt or not {kind})')
+    return pixels
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB; FileNotFoundError/ValueError when unreadable."""
+    return cv2.cvtColor(_imread(path, cv2.IMREAD_COLOR, 'image', 'an image'), cv2.COLOR_BGR2RGB)
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG as uint8 (H, W); ValueError unless it is single-channel 8-bit."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'label {path} does not exist')
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise ValueError(f'label {path} could not be decoded (corrupt or not a PNG)')
+    label = _imread(path, cv2.IMREAD_UNCHANGED, 'label', 'a PNG')
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f'label {path} must be a single-channel 8-bit PNG of class ids, '
                          f'got shape {label.shape} dtype {label.dtype}')
@@ -77,15 +77,19 @@ def encode_jpg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
+def check_array(value, dtype, ndim: int, what: str, layout: str) -> None:
+    """Raise ValueError unless ``value`` is a numpy array of ``dtype`` with ``ndim`` dims."""
+    if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != ndim:
+        raise ValueError(f'{what} must be a {np.dtype(dtype).name} numpy array {layout}, got '
+                         f'{getattr(value, "dtype", type(value))} {getattr(value, "shape", "")}')
+
+
 def check_sample(rgb: np.ndarray, label: np.ndarray) -> None:
     """Raise ValueError unless ``rgb`` is uint8 (H, W, 3) and ``label`` uint8 (H, W)."""
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
-            or rgb.shape[2] != 3:
-        raise ValueError('image must be a uint8 numpy array (H, W, 3) RGB, got '
-                         f'{getattr(rgb, "dtype", type(rgb))} {getattr(rgb, "shape", "")}')
-    if not isinstance(label, np.ndarray) or label.dtype != np.uint8 or label.ndim != 2:
-        raise ValueError('label must be a uint8 numpy array (H, W), got '
-                         f'{getattr(label, "dtype", type(label))} {getattr(label, "shape", "")}')
+    check_array(rgb, np.uint8, 3, 'image', '(H, W, 3) RGB')
+    if rgb.shape[2] != 3:
+        raise ValueError(f'image must be (H, W, 3) RGB, got shape {rgb.shape}')
+    check_array(label, np.uint8, 2, 'label', '(H, W)')
     if label.shape != rgb.shape[:2]:
         raise ValueError(f'label size {label.shape} differs from image size {rgb.shape[:2]}')
 

@@ -138,6 +138,12 @@ class LDKAConfig:
     variant; see ``losses.curvature_damping``); ``pert``: perturbation stabilisation; ``mad``:
     misclassification-aware decoupling; ``gfr``: Gaussian feature replay. All
     switches off with ``pseudo=False`` and ``kd=True`` is exactly MiB's loss.
+
+    ``balance_step_labels``: take the class-balancing weights of the CE term from the
+    step's own labels (new classes and background) instead of the pseudo-labelled
+    target. With pseudo-labels a batch holds every old class too, so equal weight per
+    present class hands the new class 1/(|old| + 1) of the CE instead of MiB's 1/2;
+    with this switch the pseudo-labelled old pixels share background's part.
     """
 
     pml: bool = True
@@ -158,10 +164,11 @@ class LDKAConfig:
     pseudo: bool = True
     gfr_samples: int = 64
     dss_shrink_only: bool = False
+    balance_step_labels: bool = False
 
     #: Options added after results were first cached: keyed only when not at their
     #: default, so that cached benchmark steps of the unchanged method stay valid.
-    _LATER_OPTIONS = {'dss_shrink_only': False}
+    _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False}
 
     def key(self) -> dict:
         """Return the fields that identify a result (for caches and records)."""
@@ -445,6 +452,7 @@ class _StepLoss:
     def _ldka(self, logits, features, old_logits, target, progress) -> dict[str, torch.Tensor]:
         cfg = self.ldka
         terms: dict[str, torch.Tensor] = {}
+        step_target = target
         if cfg.pseudo:
             target = L.pseudo_label(target, old_logits, self.old, cfg.tau)
             valid = target != L.IGNORE
@@ -452,7 +460,8 @@ class _StepLoss:
         else:
             valid = target != L.IGNORE
             pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
-        pixel = pixel * self._weights(target)  # target is IGNORE exactly where ~valid
+        # invalid pixels are masked below whichever labels the weights were taken from
+        pixel = pixel * self._weights(step_target if cfg.balance_step_labels else target)
         if cfg.pml:
             terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel)
         else:
@@ -519,6 +528,95 @@ def _load_state(path: Path, key: dict) -> dict | None:
 
 
 # -- the loop ---------------------------------------------------------------------------
+class _Loop:
+    """
+    The optimiser, scaler and checkpoint file of one run of ``_train``.
+
+    Why an object: resuming, saving and one iteration all need the same model,
+    optimiser, scaler, loss state and history; keeping them together lets each piece
+    of the loop stay a short method.
+    """
+
+    def __init__(self, model, loss: _StepLoss, cfg: TrainConfig, phase: str, key: dict,
+                 device: torch.device, checkpoint_path) -> None:
+        self.model, self.loss, self.cfg, self.phase, self.key = model, loss, cfg, phase, key
+        self.optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr,
+                                         momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                         weight_decay=cfg.weight_decay)
+        self.use_amp = bool(cfg.amp and device.type == 'cuda')
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.use_amp)
+        self.device = device
+        self.path = Path(checkpoint_path) if checkpoint_path else None
+        self.start, self.history, self.spent = 0, [], 0.0
+        self.t0 = time.perf_counter()
+
+    def restore(self, resume: bool) -> None:
+        """Continue from the checkpoint of the same run, or seed torch for a fresh one."""
+        state = _load_state(self.path, self.key) if (self.path and resume) else None
+        if state is None:
+            torch.manual_seed(self.cfg.seed)
+            return
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scaler.load_state_dict(state['scaler'])
+        self.loss.load_state_dict(state['loss'])
+        torch.set_rng_state(state['torch_rng'])
+        self.start, self.history, self.spent = (state['iteration'], state['history'],
+                                                state['seconds'])
+        log.info('%s: resuming from %s at iteration %d/%d', self.phase, self.path,
+                 self.start, self.cfg.iterations)
+
+    def save(self, iteration: int) -> None:
+        """Write the training state atomically (refused for non-finite weights)."""
+        if self.path is None:
+            return
+        if not _finite_params(self.model):
+            raise Diverged(f'{self.phase}: model parameters became non-finite before '
+                           f'iteration {iteration}; checkpoint {self.path} left untouched')
+        _atomic_torch_save({
+            'format': STATE_FORMAT, 'key': self.key, 'iteration': iteration,
+            'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+            'scaler': self.scaler.state_dict(), 'loss': self.loss.state_dict(),
+            'torch_rng': torch.get_rng_state(), 'history': self.history,
+            'seconds': self.spent + (time.perf_counter() - self.t0),
+            'done': iteration >= self.cfg.iterations}, self.path)
+
+    def cancelled(self, iteration: int) -> Cancelled:
+        """Save the state and return the exception that says where to resume."""
+        self.save(iteration)
+        return Cancelled(f'{self.phase} cancelled at iteration {iteration}/'
+                         f'{self.cfg.iterations}'
+                         + (f'; resume from {self.path}' if self.path else ''))
+
+    def step(self, images: torch.Tensor, target: torch.Tensor, iteration: int) -> dict:
+        """Run one iteration (poly learning rate); return the finite loss values."""
+        cfg = self.cfg
+        lr_now = cfg.lr * (1.0 - iteration / cfg.iterations) ** 0.9
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr_now * group['lr_mult']
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            terms = self.loss(images, target, iteration / max(1, cfg.iterations - 1))
+        values = {}
+        for name, term in terms.items():
+            value = float(term.detach())
+            if not math.isfinite(value):
+                raise Diverged(
+                    f'{self.phase}: loss term {name!r} is {value} at iteration {iteration} '
+                    '(check the data for NaN/inf and lower the learning rate); '
+                    + (f'the last good checkpoint {self.path} is kept' if self.path else
+                       'nothing was saved'))
+            values[name] = value
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(sum(terms.values())).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        values['total'] = float(sum(values.values()))
+        return {'iteration': iteration + 1, 'lr': lr_now, **values}
+
+
 def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: dict,
            device: torch.device, progress: ProgressFn | None,
            cancel: threading.Event | None, checkpoint_path, resume: bool,
@@ -529,103 +627,44 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
     if cfg.freeze_backbone:
         for param in model.backbone.parameters():
             param.requires_grad_(False)
-    optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    use_amp = bool(cfg.amp and device.type == 'cuda')
-    scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
-    path = Path(checkpoint_path) if checkpoint_path else None
-    start, history, spent = 0, [], 0.0
-    state = _load_state(path, key) if (path is not None and resume) else None
-    if state is not None:
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scaler.load_state_dict(state['scaler'])
-        loss.load_state_dict(state['loss'])
-        torch.set_rng_state(state['torch_rng'])
-        start, history, spent = state['iteration'], state['history'], state['seconds']
-        log.info('%s: resuming from %s at iteration %d/%d', phase, path, start,
-                 cfg.iterations)
-    else:
-        torch.manual_seed(cfg.seed)
-
-    def save(iteration: int) -> None:
-        if path is None:
-            return
-        if not _finite_params(model):
-            raise Diverged(f'{phase}: model parameters became non-finite before '
-                           f'iteration {iteration}; checkpoint {path} left untouched')
-        _atomic_torch_save({'format': STATE_FORMAT, 'key': key, 'iteration': iteration,
-                            'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                            'scaler': scaler.state_dict(), 'loss': loss.state_dict(),
-                            'torch_rng': torch.get_rng_state(), 'history': history,
-                            'seconds': spent + (time.perf_counter() - t0),
-                            'done': iteration >= cfg.iterations}, path)
-
+    loop = _Loop(model, loss, cfg, phase, key, device, checkpoint_path)
+    loop.restore(resume)
     loader = torch.utils.data.DataLoader(
         _TrainView(dataset, cfg), batch_sampler=_PlanSampler(
-            len(dataset), cfg.batch_size, cfg.seed, start, cfg.iterations),
+            len(dataset), cfg.batch_size, cfg.seed, loop.start, cfg.iterations),
         num_workers=cfg.num_workers, worker_init_fn=_worker_init,
         pin_memory=device.type == 'cuda', persistent_workers=False)
     _set_train_mode(model, cfg)
-    t0 = time.perf_counter()
-    done_here = 0
-    iteration = start
+    loop.t0 = time.perf_counter()
+    iteration = loop.start
     for images, target in loader:
         if cancel is not None and cancel.is_set():
-            save(iteration)
-            raise Cancelled(f'{phase} cancelled at iteration {iteration}/{cfg.iterations}'
-                            + (f'; resume from {path}' if path else ''))
-        images = images.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True)
-        lr_now = cfg.lr * (1.0 - iteration / cfg.iterations) ** 0.9
-        for group in optimizer.param_groups:
-            group['lr'] = lr_now * group['lr_mult']
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            terms = loss(images, target, iteration / max(1, cfg.iterations - 1))
-        values = {}
-        for name, term in terms.items():
-            value = float(term.detach())
-            if not math.isfinite(value):
-                raise Diverged(
-                    f'{phase}: loss term {name!r} is {value} at iteration {iteration} '
-                    '(check the data for NaN/inf and lower the learning rate); '
-                    + (f'the last good checkpoint {path} is kept' if path else
-                       'nothing was saved'))
-            values[name] = value
-        total = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+            raise loop.cancelled(iteration)
+        record = loop.step(images.to(device, non_blocking=True),
+                           target.to(device, non_blocking=True), iteration)
         iteration += 1
-        done_here += 1
-        values['total'] = float(sum(values.values()))
-        record = {'iteration': iteration, 'lr': lr_now, **values}
         if eval_fn is not None and cfg.eval_every > 0 and iteration % cfg.eval_every == 0:
             model.eval()
             record['eval'] = eval_fn(model)
             _set_train_mode(model, cfg)
-        history.append(record)
-        if path is not None and (iteration % cfg.checkpoint_every == 0
-                                 or iteration == cfg.iterations):
-            save(iteration)
+        loop.history.append(record)
+        if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+            loop.save(iteration)
         if progress is not None:
-            elapsed = time.perf_counter() - t0
-            rate = elapsed / done_here
+            elapsed = time.perf_counter() - loop.t0
+            rate = elapsed / (iteration - loop.start)
+            values = {k: v for k, v in record.items() if k not in ('iteration', 'lr', 'eval')}
             progress(ProgressEvent(phase, iteration, cfg.iterations, values,
-                                   spent + elapsed, rate * (cfg.iterations - iteration)))
+                                   loop.spent + elapsed, rate * (cfg.iterations - iteration)))
     if cancel is not None and cancel.is_set() and iteration < cfg.iterations:
-        save(iteration)
-        raise Cancelled(f'{phase} cancelled at iteration {iteration}/{cfg.iterations}')
-    seconds = time.perf_counter() - t0
+        raise loop.cancelled(iteration)
+    seconds = time.perf_counter() - loop.t0
     if not _finite_params(model):
         raise Diverged(f'{phase}: model parameters became non-finite during training')
+    done_here = iteration - loop.start
     per_iter = seconds / done_here if done_here else (
-        spent / max(1, start) if start else 0.0)
-    return history, spent + seconds, per_iter
+        loop.spent / max(1, loop.start) if loop.start else 0.0)
+    return loop.history, loop.spent + seconds, per_iter
 
 
 # -- feature statistics for replay ------------------------------------------------------

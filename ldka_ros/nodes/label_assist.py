@@ -38,7 +38,7 @@ import numpy as np
 from sensor_msgs.msg import Image, RegionOfInterest
 
 ASSIST_PARAMS = [
-    ParamSpec('click_class', '', "Class that a click in rqt_image_view labels (on "
+    ParamSpec('click_class', '', 'Class that a click in rqt_image_view labels (on '
               "'<image>_mouse_left'); '' = the class of the last accepted label."),
     ParamSpec('propagate_frames', 0, 'Following camera frames an accepted label is carried '
               'to by tracking (each stored as a propagated labelled frame while the '
@@ -46,7 +46,7 @@ ASSIST_PARAMS = [
     ParamSpec('propagate_stride', 3, 'Propagate to every n-th following camera frame '
               '(neighbouring frames of a 30 Hz stream are near duplicates).', minimum=1,
               maximum=100),
-    ParamSpec('margin_topic', 'segmentation/margin', "Margin map (32FC1) whose unsure areas "
+    ParamSpec('margin_topic', 'segmentation/margin', 'Margin map (32FC1) whose unsure areas '
               "rank frames on ~/label_suggestions; '' = no suggestions.", read_only=True),
     ParamSpec('suggest_margin_threshold', 1.0, 'A pixel whose margin is below this counts '
               'as unsure.', minimum=0.0, maximum=100.0),
@@ -141,7 +141,7 @@ class LabelAssist:
             return self._stop('the camera frame size changed')
         mask = prop.step(rgb)
         if mask is None or not np.asarray(mask).any():
-            return self._stop('the tracking consistency check failed')
+            return self._stop(getattr(prop, 'stop_reason', '') or 'the consistency check failed')
         record = self.node.store.add(rgb, np.asarray(mask, bool), info['name'],
                                      info['class_id'], source=f'propagated:{info["source"]}')
         info['stored'] += 1

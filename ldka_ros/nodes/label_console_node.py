@@ -44,11 +44,11 @@ from ldka_ros.nodes.service_guard import guard_callback
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, LabelSuggestions
 from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
-                                     Rollback)
+                                     RemoveFrame, Rollback)
 import numpy as np
 import rclpy
 from rclpy.action import ActionClient
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -58,12 +58,12 @@ PARAMS = [
               'to the network (set access_token then).', read_only=True),
     ParamSpec('port', 8765, 'TCP port of the web server (0 = any free port, logged).',
               minimum=0, maximum=65535, read_only=True),
-    ParamSpec('access_token', '', "When set, every /api call must carry it (header "
+    ParamSpec('access_token', '', 'When set, every /api call must carry it (header '
               "X-Console-Token, 'Authorization: Bearer', or ?token=); '' = none.",
               read_only=True),
     ParamSpec('max_request_bytes', 1 << 20, 'Largest request body accepted (413 above).',
               minimum=1024, maximum=64 << 20, read_only=True),
-    ParamSpec('learner', 'learner', "Learner node name (relative names resolve in this "
+    ParamSpec('learner', 'learner', 'Learner node name (relative names resolve in this '
               "node's namespace): its services and learn action are used.", read_only=True),
     ParamSpec('segmentation', 'segmentation', 'Segmentation node name: its mask, margin and '
               'legend topics feed the overlay and margin layers.', read_only=True),
@@ -233,9 +233,10 @@ class LabelConsoleNode(Node):
             name: self.create_client(srv, f'{learner}/{name}', callback_group=self.group)
             for name, srv in (('label_object', LabelObject), ('list_classes', ListClasses),
                               ('list_versions', ListVersions), ('rollback', Rollback),
-                              ('remove_class', RemoveClass))}
+                              ('remove_class', RemoveClass), ('remove_frame', RemoveFrame))}
+        self.action_group = MutuallyExclusiveCallbackGroup()
         self.learn_client = ActionClient(self, LearnClasses, f'{learner}/learn',
-                                         callback_group=self.group)
+                                         callback_group=self.action_group)
         app = ConsoleApp(self, token=self.values['access_token'],
                          max_request_bytes=int(self.values['max_request_bytes']))
         self.server = ConsoleServer(app, self.values['host'], int(self.values['port']))
@@ -408,7 +409,7 @@ class LabelConsoleNode(Node):
         return found[0]
 
     def classes(self) -> dict:
-        """Return learned classes (active version) and pending ones with frame counts."""
+        """Return the learned classes of the active version and the pending ones."""
         reply = self._call('list_classes', ListClasses.Request())
         legend = reply.legend
         return {'active_version': legend.model_version,
@@ -428,6 +429,16 @@ class LabelConsoleNode(Node):
             self._labels = [x for x in self._labels if x.class_name != name]
         return {'success': True, 'frames_removed': int(reply.frames_removed),
                 'message': reply.message}
+
+    def remove_frame(self, frame_id: str) -> dict:
+        """Remove one pending labelled frame (the learner's remove_frame)."""
+        reply = self._call('remove_frame', RemoveFrame.Request(frame_id=frame_id))
+        if not reply.success:
+            raise ConsoleError(422, reply.message)
+        with self._lock:
+            self._labels = [x for x in self._labels if x.frame_id != frame_id]
+        return {'success': True, 'class_name': reply.class_name,
+                'frames_left': int(reply.frames_left), 'message': reply.message}
 
     # -- versions -----------------------------------------------------------------------
     def versions(self) -> dict:
@@ -460,18 +471,25 @@ class LabelConsoleNode(Node):
             raise ConsoleError(422, 'a learning goal from this console is still running; '
                                     'wait for it or cancel it')
         if not self.learn_client.wait_for_server(timeout_sec=5.0):
-            raise ConsoleError(503, 'the learner\'s learn action is not available')
+            raise ConsoleError(503, "the learner's learn action is not available")
         self.learning.start()
         goal = LearnClasses.Goal(classes=classes, max_iterations=int(iterations))
-        future = self.learn_client.send_goal_async(goal,
-                                                   feedback_callback=self.learning.feedback)
-        handle = self._wait(future, float(self.values['service_timeout_s']), 'learn action')
+        timeout = float(self.values['service_timeout_s'])
+        try:
+            future = self._in_action_group(lambda: self.learn_client.send_goal_async(
+                goal, feedback_callback=self.learning.feedback), timeout)
+            handle = self._wait(future, timeout, 'learn action')
+        except ConsoleError as exc:
+            with self.learning.lock:
+                self.learning.state = 'failed'
+                self.learning.data['result'] = {'success': False, 'message': str(exc)}
+            raise
         with self.learning.lock:
             self.learning.handle = handle
             self.learning.state = 'running' if handle.accepted else 'rejected'
         if not handle.accepted:
             raise ConsoleError(422, 'the learner rejected the learning goal')
-        result = handle.get_result_async()
+        result = self._in_action_group(handle.get_result_async, timeout)
         result.add_done_callback(self._on_result)
         # The learner refuses a goal it cannot start (nothing pending, a job running) by
         # aborting it at once, with the reason: say it now instead of a "running" job.
@@ -480,6 +498,39 @@ class LabelConsoleNode(Node):
         if done.wait(REFUSAL_WAIT_S) and not result.result().result.success:
             raise ConsoleError(422, f'learning refused: {result.result().result.message}')
         return self.learning.snapshot()
+
+    def _in_action_group(self, call, timeout: float):
+        """
+        Run ``call`` on an executor thread in the action client's group; return its value.
+
+        Why: rclpy's ActionClient records a request only after sending it, so a reply that
+        an executor thread takes in between is dropped ("Ignoring unexpected goal
+        response") and the caller waits for ever; requests sent from the web server's
+        threads lost that race under load. Inside the client's mutually exclusive group no
+        reply of the client is handled until the request is recorded.
+        """
+        box: dict = {}
+        done = threading.Event()
+
+        def once() -> None:
+            timer.cancel()
+            try:
+                box['value'] = call()
+            except Exception as exc:  # noqa: B902 - handed to the waiting thread
+                box['error'] = exc
+            finally:
+                done.set()
+
+        timer = self.create_timer(0.0, once, callback_group=self.action_group)
+        try:
+            if not done.wait(timeout):
+                raise ConsoleError(503, f'the node did not send the learn request within '
+                                        f'{timeout:g} s')
+        finally:
+            self.destroy_timer(timer)
+        if 'error' in box:
+            raise box['error']
+        return box['value']
 
     def _on_result(self, future) -> None:
         from action_msgs.msg import GoalStatus
@@ -502,8 +553,8 @@ class LabelConsoleNode(Node):
             handle, state = self.learning.handle, self.learning.state
         if handle is None or state != 'running':
             raise ConsoleError(422, 'no learning goal from this console is running')
-        self._wait(handle.cancel_goal_async(), float(self.values['service_timeout_s']),
-                   'cancel')
+        timeout = float(self.values['service_timeout_s'])
+        self._wait(self._in_action_group(handle.cancel_goal_async, timeout), timeout, 'cancel')
         return self.learning.snapshot()
 
     def job(self) -> dict:
@@ -541,7 +592,7 @@ def _prompt_mask(rgb: np.ndarray, prompt: dict) -> tuple[np.ndarray, str]:
         warnings.simplefilter('always', prompts.PromptFallbackWarning)
         try:
             if 'box' in prompt:
-                mask = prompts.box_to_mask(rgb, prompt['box'])
+                mask = prompts.mask_from_box(rgb, prompt['box'])
             else:
                 mask = prompts.mask_from_points(rgb, prompt['fg'], prompt['bg'])
         except ValueError as exc:

@@ -36,9 +36,12 @@ Why it is built this way:
 
 Interfaces: sub ``image`` (sensor_msgs/Image); services ``~/label_object``,
 ``~/list_classes``, ``~/list_versions``, ``~/rollback``, ``~/remove_class``,
-``~/rename_class`` (pending classes only), ``~/fetch_artefact`` (the registry's files in
-chunks, for robots that keep their own cache); action ``~/learn``; pub
-``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255).
+``~/rename_class`` (pending classes only), ``~/remove_frame`` (one pending frame),
+``~/fetch_artefact`` (the registry's files in chunks, for robots that keep their own
+cache); action ``~/learn``; pub
+``~/model_version`` (latched), ``~/last_label_mask`` (mono8, 0/255). Labelling aids
+(``nodes/label_assist.py``): sub ``<image>_mouse_left`` (rqt_image_view clicks) and the
+margin map (``margin_topic``), pub ``~/label_suggestions`` (latched).
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ import time
 from typing import Any
 import warnings
 
-from ldka_ros.app.job import JobSpec, spec_to_json
+from ldka_ros.app.job_spec import JobSpec, spec_to_json
 from ldka_ros.learning.methods import ROBOT_METHODS
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
@@ -67,7 +70,7 @@ from ldka_ros.nodes.service_guard import guard_callback, guard_service, refuse
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, ModelVersion
 from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
-                                     RenameClass, Rollback)
+                                     RemoveFrame, RenameClass, Rollback)
 import numpy as np
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
@@ -317,7 +320,8 @@ class LearnerNode(LifecycleNode):
                 (ListVersions, 'list_versions', self._on_list_versions, True),
                 (Rollback, 'rollback', self._on_rollback, False),
                 (RemoveClass, 'remove_class', self._on_remove_class, False),
-                (RenameClass, 'rename_class', self._on_rename_class, False)):
+                (RenameClass, 'rename_class', self._on_rename_class, False),
+                (RemoveFrame, 'remove_frame', self._on_remove_frame, False)):
             if not query:
                 handler = self._when_active(name, handler)
             self._own('srv', self.create_service(
@@ -554,7 +558,7 @@ class LearnerNode(LifecycleNode):
 
     def _prompt_mask(self, request, rgb: np.ndarray) -> tuple[np.ndarray, str]:
         """Return the boolean object mask from the request's one prompt, and a note."""
-        from ldka_ros.imaging.prompts import box_to_mask, polygon_to_mask
+        from ldka_ros.imaging.prompts import mask_from_box, polygon_to_mask
 
         height, width = rgb.shape[:2]
         mask_msg, box, polygon = request.mask, request.box, request.polygon
@@ -596,7 +600,7 @@ class LearnerNode(LifecycleNode):
                 raise Refused(f'box (x {box.x_offset}, y {box.y_offset}, {box.width}x'
                               f'{box.height}) goes outside the {width}x{height} image')
             rect = (box.x_offset, box.y_offset, box.width, box.height)
-            return self._with_fallback_note(lambda: box_to_mask(rgb, rect))
+            return self._with_fallback_note(lambda: mask_from_box(rgb, rect))
         points = [(p.x, p.y) for p in polygon.points]
         if len(points) < 3:
             raise Refused(f'polygon has {len(points)} points; it needs at least 3')
@@ -684,6 +688,27 @@ class LearnerNode(LifecycleNode):
         response.frames_renamed = len(change.frame_ids)
         response.message = (f'renamed class {request.old_name!r} to {change.name!r} (id '
                             f'{change.class_id}, {len(change.frame_ids)} labelled frames)')
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_remove_frame(self, request, response):
+        """Move one pending labelled frame to the store's trash (not while a job runs)."""
+        if not self._job_lock.acquire(blocking=False):
+            return _refused(self, 'remove_frame', response, Refused(
+                f'a learning job ({self._job_goal}) is running: wait for it to finish or '
+                'cancel it first'))
+        try:
+            record = self.store.remove_frame(request.frame_id)
+        except ValueError as exc:
+            return _refused(self, 'remove_frame', response, exc)
+        finally:
+            self._job_lock.release()
+        response.success = True
+        response.class_name = record.class_name
+        response.frames_left = len(self.store.frames(class_names=[record.class_name]))
+        response.message = (f'removed frame {record.frame_id} of {record.class_name!r} '
+                            f'({response.frames_left} left); it is in '
+                            f'{self.store_root}/trash/frame-{record.frame_id}')
         self.get_logger().info(response.message)
         return response
 

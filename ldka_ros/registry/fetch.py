@@ -206,6 +206,10 @@ class VersionFetcher:
         self.log = log
         self.incoming = cache.root / INCOMING
         self.progress = FetchProgress()
+        # An import killed half-way leaves its staging folder (links to finished files);
+        # the finished and partial files themselves are kept for the next try.
+        for stale in self.incoming.glob('stage-*'):
+            shutil.rmtree(stale, ignore_errors=True)
 
     # -- lookup ----------------------------------------------------------------------
     def find_local(self, source_id: str, digests: dict[str, str] | None = None) -> str | None:

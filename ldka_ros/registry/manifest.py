@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import hashlib
 import os
 import re
-from typing import Callable
+from typing import Any, BinaryIO, Callable
 
 MANIFEST_SCHEMA = 'ldka_ros.model_version/1'
 MANIFEST_NAME = 'manifest.json'
@@ -62,17 +62,31 @@ def sha256_file(path: str | os.PathLike,
 
     ``on_bytes(n)`` is called after each chunk (progress bars over large artefacts).
     """
+    with open(path, 'rb') as handle:
+        return hash_stream(handle, _HASH_CHUNK, on_bytes)
+
+
+def hash_stream(source: BinaryIO, chunk_size: int,
+                on_bytes: Callable[[int], None] | None = None,
+                sink: Callable[[bytes], Any] | None = None) -> tuple[str, int]:
+    """
+    Return ``(hex sha256, size)`` of what ``source`` yields, read in ``chunk_size`` pieces.
+
+    Each piece also goes to ``sink`` (a copy that is hashed as it is written, never read
+    twice) and its length to ``on_bytes`` (progress over large artefacts).
+    """
     digest = hashlib.sha256()
     size = 0
-    with open(path, 'rb') as handle:
-        while True:
-            chunk = handle.read(_HASH_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
+    while True:
+        chunk = source.read(chunk_size)
+        if not chunk:
+            break
+        if sink is not None:
+            sink(chunk)
+        digest.update(chunk)
+        size += len(chunk)
+        if on_bytes is not None:
+            on_bytes(len(chunk))
     return digest.hexdigest(), size
 
 

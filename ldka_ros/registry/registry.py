@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ import uuid
 
 from ldka_ros.fsio import atomic_write_text, fsync_dir
 from ldka_ros.registry.manifest import (
-    artefact_key, ArtefactEntry, format_version_id, MANIFEST_NAME, parse_version_id,
+    artefact_key, ArtefactEntry, format_version_id, hash_stream, MANIFEST_NAME, parse_version_id,
     sha256_file, validate_classes, VersionManifest,
 )
 
@@ -89,21 +88,11 @@ def copy_and_hash(source, dst: Path,
 
     Returns the sha256 and size of the bytes written; ``on_bytes(n)`` after each chunk.
     """
-    digest = hashlib.sha256()
-    size = 0
     with open(dst, 'xb') as fout:
-        while True:
-            chunk = source.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            fout.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
+        result = hash_stream(source, _COPY_CHUNK, on_bytes, sink=fout.write)
         fout.flush()
         os.fsync(fout.fileno())
-    return digest.hexdigest(), size
+    return result
 
 
 def _copy_and_hash(src: Path, dst: Path) -> tuple[str, int]:
@@ -196,6 +185,28 @@ def check_onnx_matches(onnx_path: Path, classes: list[dict], extra: dict) -> dic
         if key in meta and meta[key] is not None:
             facts.setdefault(f'onnx_{key}', meta[key])
     return facts
+
+
+def _artefact_sources(artefacts: Mapping[str, str | os.PathLike]) -> dict[str, Path]:
+    """
+    Return kind -> source file, refusing unknown kinds, missing files and name clashes.
+
+    Files keep their base names in a version, so two artefacts may not share one, nor
+    take the manifest's name or a hidden name the registry uses for itself.
+    """
+    sources: dict[str, Path] = {}
+    names: dict[str, str] = {}
+    for kind, src in artefacts.items():
+        artefact_key(kind)
+        src = Path(src)
+        if not src.is_file():
+            raise FileNotFoundError(f'artefact {kind!r}: {src} is not a file')
+        if src.name in names or src.name == MANIFEST_NAME or src.name.startswith('.'):
+            raise ValueError(f'artefact {kind!r}: file name {src.name!r} clashes with '
+                             f'{names.get(src.name, "a registry file")}; rename it')
+        names[src.name] = kind
+        sources[kind] = src
+    return sources
 
 
 class ModelRegistry:
@@ -518,18 +529,7 @@ class ModelRegistry:
             raise ValueError('publish needs at least one artefact (e.g. {"onnx": path})')
         classes = validate_classes(classes)
         extra = dict(extra or {})
-        sources: dict[str, Path] = {}
-        names: dict[str, str] = {}
-        for kind, src in artefacts.items():
-            artefact_key(kind)
-            src = Path(src)
-            if not src.is_file():
-                raise FileNotFoundError(f'artefact {kind!r}: {src} is not a file')
-            if src.name in names or src.name == MANIFEST_NAME or src.name.startswith('.'):
-                raise ValueError(f'artefact {kind!r}: file name {src.name!r} clashes with '
-                                 f'{names.get(src.name, "a registry file")}; rename it')
-            names[src.name] = kind
-            sources[kind] = src
+        sources = _artefact_sources(artefacts)
         if 'onnx' in sources:
             for key, value in check_onnx_matches(sources['onnx'], classes, extra).items():
                 extra.setdefault(key, value)

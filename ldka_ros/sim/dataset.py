@@ -47,6 +47,30 @@ def _class_ids(classes: Sequence[str] | Mapping[str, int]) -> dict[str, int]:
     return ids
 
 
+def _check_request(ids: dict[str, int], exclude: tuple[str, ...], n_frames: int,
+                   frames_per_layout: int) -> None:
+    unknown = [n for n in exclude if n not in ids]
+    if unknown:
+        raise ValueError(f'exclude names {unknown} that are not in classes {list(ids)}')
+    if n_frames < 1:
+        raise ValueError(f'n_frames must be >= 1, got {n_frames}')
+    if frames_per_layout < 1:
+        raise ValueError(f'frames_per_layout must be >= 1, got {frames_per_layout}')
+
+
+def _views(scene: TabletopScene, n_frames: int, frames_per_layout: int, lut: np.ndarray,
+           progress: bool) -> Iterator[LabelledSample]:
+    """Yield labelled views: a new layout every ``frames_per_layout``, the camera moving."""
+    for i in tqdm(range(n_frames), desc='render', unit='frame', disable=not progress):
+        if i % frames_per_layout == 0:
+            if i:
+                scene.randomize()
+        else:
+            scene.step(4.0)  # 0.6 rad on the orbit at the default speed
+        frame = scene.render()
+        yield LabelledSample(f'sim_{i:06d}', frame.rgb, lut[frame.class_mask])
+
+
 def render_dataset(
     out_dir: str | os.PathLike,
     n_frames: int,
@@ -72,13 +96,7 @@ def render_dataset(
     """
     ids = _class_ids(classes)
     exclude = tuple(exclude)
-    unknown = [n for n in exclude if n not in ids]
-    if unknown:
-        raise ValueError(f'exclude names {unknown} that are not in classes {list(ids)}')
-    if n_frames < 1:
-        raise ValueError(f'n_frames must be >= 1, got {n_frames}')
-    if frames_per_layout < 1:
-        raise ValueError(f'frames_per_layout must be >= 1, got {frames_per_layout}')
+    _check_request(ids, exclude, n_frames, frames_per_layout)
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f'{out} already exists; choose another folder or overwrite=True')
@@ -91,18 +109,8 @@ def render_dataset(
     try:
         with TabletopScene(width, height, objects=tuple(ids), seed=seed, class_map=ids,
                            distractors=distractors) as scene:
-            def samples() -> Iterator[LabelledSample]:
-                for i in tqdm(range(n_frames), desc='render', unit='frame',
-                              disable=not progress):
-                    if i % frames_per_layout == 0:
-                        if i:
-                            scene.randomize()
-                    else:
-                        scene.step(4.0)  # 0.6 rad on the orbit at the default speed
-                    frame = scene.render()
-                    yield LabelledSample(f'sim_{i:06d}', frame.rgb, lut[frame.class_mask])
-
-            write_folder_dataset(tmp, samples(), labelled)
+            views = _views(scene, n_frames, frames_per_layout, lut, progress)
+            write_folder_dataset(tmp, views, labelled)
             atomic_write_json(tmp / SIM_INFO, {
                 'source': 'ldka_ros.sim.tabletop', 'seed': seed, 'size': [height, width],
                 'n_frames': n_frames, 'objects': list(ids), 'class_ids': ids,

@@ -16,14 +16,9 @@ This module imports no ROS; ``ldka_ros.nodes.sim_camera_node`` wraps it.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-import json
 import math
-import os
 from pathlib import Path
-import sys
-import time
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -362,54 +357,3 @@ class TabletopScene:
 
     def __del__(self) -> None:
         self.close()
-
-
-def benchmark(sizes: list[tuple[int, int]], frames: int, seed: int = 0) -> list[dict]:
-    """Measure ms/frame of ``render()`` (after one warm-up frame) for each size."""
-    rows = []
-    for w, h in sizes:
-        for shadows in (True, False):
-            with TabletopScene(w, h, seed=seed, shadows=shadows) as scene:
-                scene.render()
-                times = []
-                for _ in range(frames):
-                    scene.step(0.1)
-                    t0 = time.perf_counter()
-                    scene.render()
-                    times.append((time.perf_counter() - t0) * 1e3)
-            rows.append({'width': w, 'height': h, 'shadows': shadows, 'frames': frames,
-                         'median_ms': float(np.median(times)),
-                         'p90_ms': float(np.percentile(times, 90)),
-                         'fps': 1e3 / float(np.median(times))})
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Benchmark the renderer: ``python -m ldka_ros.sim.tabletop --frames 30``."""
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument('--sizes', default='320x240,640x480', help='comma-separated WxH list')
-    ap.add_argument('--frames', type=int, default=30)
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--json', type=Path, help='also write the rows to this JSON file')
-    args = ap.parse_args(argv)
-    try:
-        sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes.split(',')]
-    except ValueError:
-        ap.error(f'--sizes must look like 320x240,640x480, got {args.sizes!r}')
-    rows = benchmark(sizes, args.frames, args.seed)
-    print(f'{"size":>9} {"shadows":>7} {"median ms":>9} {"p90 ms":>7} {"fps":>6}')
-    for r in rows:
-        print(f'{r["width"]:>4}x{r["height"]:<4} {str(r["shadows"]):>7} '
-              f'{r["median_ms"]:9.1f} {r["p90_ms"]:7.1f} {r["fps"]:6.1f}')
-    if args.json:
-        tmp = args.json.with_name(args.json.name + '.tmp')
-        with open(tmp, 'w') as f:
-            json.dump({'benchmark': 'sim_render', 'rows': rows}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, args.json)
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

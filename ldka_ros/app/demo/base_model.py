@@ -238,6 +238,13 @@ class _ProgressPrinter:
             self.bar = None
 
 
+def quick_base_changes() -> dict:
+    """Return the base-model settings of ``--quick`` (small images, few iterations)."""
+    return {'render_hw': (120, 160), 'input_hw': (96, 128), 'crop': (96, 128),
+            'train_frames': 48, 'val_frames': 8, 'iterations': 60, 'batch_size': 6,
+            'decoder_channels': 32, 'freeze_backbone': False, 'lr': 0.03}
+
+
 def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
                      progress: bool = False, device: str = 'auto') -> dict:
     """
@@ -249,15 +256,7 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     """
     import torch
 
-    from ldka_ros.inference.export import check_parity, export_onnx
-    from ldka_ros.learning.checkpoint import save_checkpoint
-    from ldka_ros.learning.classes import ClassRegistry
-    from ldka_ros.learning.data import FolderDataset, Resize
-    from ldka_ros.learning.evaluate import evaluate
-    from ldka_ros.learning.model import build_model, ModelConfig
-    from ldka_ros.learning.pretrained import find_local_weights, LOCAL_WEIGHTS_NORMALIZATION
-    from ldka_ros.learning.steps import resolve_device, TrainConfig, train_base
-    from ldka_ros.registry import ModelRegistry
+    from ldka_ros.learning.steps import resolve_device
 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -267,88 +266,18 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     train_dir = _render(cfg, out / 'dataset', cfg.train_frames, cfg.render_seed, progress)
     val_dir = _render(cfg, out / 'val', cfg.val_frames, cfg.val_seed, progress)
     timings['render_s'] = time.perf_counter() - t0
-
-    weights = find_local_weights(cfg.backbone)
-    mean, std = LOCAL_WEIGHTS_NORMALIZATION if weights else (None, None)
-    mcfg = ModelConfig(backbone=cfg.backbone, num_slots=cfg.num_slots,
-                       decoder_channels=cfg.decoder_channels,
-                       pretrained='local' if weights else None)
-    if weights:
-        mcfg.mean, mcfg.std = mean, std
-    else:
-        echo(f'warning: no offline ImageNet weights for {cfg.backbone}; training from '
-             'random initialisation (install requirements/ml.txt for better results)')
-    torch.manual_seed(cfg.seed)
-    model = build_model(mcfg)
-    train = FolderDataset(train_dir, transform=Resize(cfg.input_hw))
-    base_ids = sorted(cfg.base_classes())
-    tcfg = TrainConfig(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr,
-                       crop=cfg.crop, device=device, seed=cfg.seed,
-                       freeze_backbone=cfg.freeze_backbone, class_balance=cfg.class_balance)
-    echo(f'training the base model ({cfg.backbone}, {cfg.iterations} iterations, batch '
-         f'{cfg.batch_size}, crop {cfg.crop[0]}x{cfg.crop[1]}) on '
-         f'{resolve_device(device).type}')
-    printer = _ProgressPrinter(echo, max(1, cfg.iterations // 10), progress)
-    t1, cpu1 = time.perf_counter(), time.process_time()
-    try:
-        result = train_base(model, train, base_ids, tcfg, progress=printer,
-                            checkpoint_path=out / 'train_state.pt',
-                            collect_features=cfg.feature_bank)
-    finally:
-        printer.close()
-    timings['train_s'] = time.perf_counter() - t1
-    # CPU seconds of this process (all threads): unlike wall time, barely affected by
-    # other jobs sharing the machine, so runs on busy and idle machines compare.
-    timings['train_cpu_s'] = time.process_time() - cpu1
-    (out / 'train_state.pt').unlink(missing_ok=True)
-    trained = result.model
-
+    result = _train(cfg, train_dir, out, device, echo, progress, timings)
     t2 = time.perf_counter()
-    val = FolderDataset(val_dir, transform=Resize(cfg.input_hw))
-    ev = evaluate(trained, val, [0, *base_ids], [0, *base_ids], [], batch_size=4)
+    ev, per_class, val = _evaluate(cfg, result.model, val_dir, echo)
     timings['evaluate_s'] = time.perf_counter() - t2
-    names = {0: 'background', **cfg.base_classes()}
-    per_class = {names[c]: v for c, v in ev.per_class_iou.items()}
-    echo(f'held-out mIoU of the base model: {100 * ev.miou_all:.1f} ('
-         + ', '.join(f'{n} {100 * v:.0f}' for n, v in per_class.items() if v == v) + ')')
-
     t3 = time.perf_counter()
-    classes = ClassRegistry(cfg.num_slots)
-    for cid, name in sorted(cfg.base_classes().items()):
-        info = classes.add(name, step=0)
-        if info.id != cid:  # pragma: no cover - ids are 1..N by construction
-            raise RuntimeError(f'class {name} got id {info.id}, expected {cid}')
-    work = out / 'work'
-    work.mkdir(exist_ok=True)
-    bank = result.feature_bank.state_dict() if result.feature_bank is not None else None
-    ckpt = save_checkpoint(work / 'checkpoint.pt', trained, classes, meta={
-        'step': 0, 'method': 'base', 'source': 'ldka_ros.app.demo.base_model',
-        'input_hw': list(cfg.input_hw), 'seconds': result.seconds})
-    artefacts = {'checkpoint': ckpt}
-    if bank is not None:
-        torch.save(bank, work / 'feature_bank.pt')
-        artefacts['feature_bank'] = work / 'feature_bank.pt'
-    onnx_path = work / 'model.onnx'
-    exported = export_onnx(trained, onnx_path, cfg.input_hw, metadata={'step': 0,
-                                                                       'method': 'base'})
-    artefacts['onnx'] = onnx_path
-    val_images = [val.load_raw(i)[0] for i in range(min(4, len(val)))]
-    parity = check_parity(trained, onnx_path, val_images, providers='cpu')
-    if not parity.passed:
-        raise RuntimeError(f'the exported base model disagrees with torch: argmax agreement '
-                           f'{parity.argmax_agreement:.4%}')
-    registry = ModelRegistry(out / 'registry', create=True)
     metrics = {'miou_old': ev.miou_all, 'per_class_iou': {k: (v if v == v else None)
                                                           for k, v in per_class.items()}}
-    manifest = registry.publish(artefacts, [c.to_dict() for c in classes], parent=None,
-                                step=0, metrics=metrics, activate=True,
-                                extra={'input_hw': list(cfg.input_hw), 'method': 'base',
-                                       'source': 'ldka_ros.app.demo.base_model',
-                                       'train_frames': cfg.train_frames})
-    shutil.rmtree(work)
+    manifest, exported, parity = _publish(cfg, out, result, val, metrics)
     shutil.rmtree(val_dir)
     timings['export_publish_s'] = time.perf_counter() - t3
     timings['total_s'] = time.perf_counter() - t0
+    names = {0: 'background', **cfg.base_classes()}
     info = {
         'format': ENTRY_FORMAT, 'key': cfg.key(), 'config': cfg.to_dict(),
         'version_id': manifest.id, 'classes': {str(k): v for k, v in names.items()},
@@ -366,6 +295,116 @@ def build_base_model(cfg: BaseModelConfig, out: Path, echo: Echo = print,
     }
     atomic_write_json(out / INFO_NAME, info)
     return info
+
+
+def _model_config(cfg: BaseModelConfig, echo: Echo):
+    """Return the model config: offline ImageNet weights where installed, else random."""
+    from ldka_ros.learning.model import ModelConfig
+    from ldka_ros.learning.pretrained import find_local_weights, LOCAL_WEIGHTS_NORMALIZATION
+
+    weights = find_local_weights(cfg.backbone)
+    mcfg = ModelConfig(backbone=cfg.backbone, num_slots=cfg.num_slots,
+                       decoder_channels=cfg.decoder_channels,
+                       pretrained='local' if weights else None)
+    if weights:
+        mcfg.mean, mcfg.std = LOCAL_WEIGHTS_NORMALIZATION
+    else:
+        echo(f'warning: no offline ImageNet weights for {cfg.backbone}; training from '
+             'random initialisation (install requirements/ml.txt for better results)')
+    return mcfg
+
+
+def _train(cfg: BaseModelConfig, train_dir: Path, out: Path, device: str, echo: Echo,
+           progress: bool, timings: dict[str, float]):
+    """Train the base step on the rendered frames; return ``steps.train_base``'s result."""
+    import torch
+
+    from ldka_ros.learning.data import FolderDataset, Resize
+    from ldka_ros.learning.model import build_model
+    from ldka_ros.learning.steps import resolve_device, TrainConfig, train_base
+
+    mcfg = _model_config(cfg, echo)
+    torch.manual_seed(cfg.seed)
+    model = build_model(mcfg)
+    train = FolderDataset(train_dir, transform=Resize(cfg.input_hw))
+    tcfg = TrainConfig(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr,
+                       crop=cfg.crop, device=device, seed=cfg.seed,
+                       freeze_backbone=cfg.freeze_backbone, class_balance=cfg.class_balance)
+    echo(f'training the base model ({cfg.backbone}, {cfg.iterations} iterations, batch '
+         f'{cfg.batch_size}, crop {cfg.crop[0]}x{cfg.crop[1]}) on '
+         f'{resolve_device(device).type}')
+    printer = _ProgressPrinter(echo, max(1, cfg.iterations // 10), progress)
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    try:
+        result = train_base(model, train, sorted(cfg.base_classes()), tcfg, progress=printer,
+                            checkpoint_path=out / 'train_state.pt',
+                            collect_features=cfg.feature_bank)
+    finally:
+        printer.close()
+    timings['train_s'] = time.perf_counter() - t1
+    # CPU seconds of this process (all threads): unlike wall time, barely affected by
+    # other jobs sharing the machine, so runs on busy and idle machines compare.
+    timings['train_cpu_s'] = time.process_time() - cpu1
+    (out / 'train_state.pt').unlink(missing_ok=True)
+    return result
+
+
+def _evaluate(cfg: BaseModelConfig, trained, val_dir: Path, echo: Echo):
+    """Return ``(EvalResult, name -> IoU, held-out dataset)`` of the trained model."""
+    from ldka_ros.learning.data import FolderDataset, Resize
+    from ldka_ros.learning.evaluate import evaluate
+
+    base_ids = sorted(cfg.base_classes())
+    val = FolderDataset(val_dir, transform=Resize(cfg.input_hw))
+    ev = evaluate(trained, val, [0, *base_ids], [0, *base_ids], [], batch_size=4)
+    names = {0: 'background', **cfg.base_classes()}
+    per_class = {names[c]: v for c, v in ev.per_class_iou.items()}
+    echo(f'held-out mIoU of the base model: {100 * ev.miou_all:.1f} ('
+         + ', '.join(f'{n} {100 * v:.0f}' for n, v in per_class.items() if v == v) + ')')
+    return ev, per_class, val
+
+
+def _publish(cfg: BaseModelConfig, out: Path, result, val, metrics: dict):
+    """Export, parity-check and publish the model as ``v0001``; return what was made."""
+    import torch
+
+    from ldka_ros.inference.export import check_parity, export_onnx
+    from ldka_ros.learning.checkpoint import save_checkpoint
+    from ldka_ros.learning.classes import ClassRegistry
+    from ldka_ros.registry import ModelRegistry
+
+    trained = result.model
+    classes = ClassRegistry(cfg.num_slots)
+    for cid, name in sorted(cfg.base_classes().items()):
+        info = classes.add(name, step=0)
+        if info.id != cid:  # pragma: no cover - ids are 1..N by construction
+            raise RuntimeError(f'class {name} got id {info.id}, expected {cid}')
+    work = out / 'work'
+    work.mkdir(exist_ok=True)
+    ckpt = save_checkpoint(work / 'checkpoint.pt', trained, classes, meta={
+        'step': 0, 'method': 'base', 'source': 'ldka_ros.app.demo.base_model',
+        'input_hw': list(cfg.input_hw), 'seconds': result.seconds})
+    artefacts = {'checkpoint': ckpt}
+    if result.feature_bank is not None:
+        torch.save(result.feature_bank.state_dict(), work / 'feature_bank.pt')
+        artefacts['feature_bank'] = work / 'feature_bank.pt'
+    onnx_path = work / 'model.onnx'
+    exported = export_onnx(trained, onnx_path, cfg.input_hw, metadata={'step': 0,
+                                                                       'method': 'base'})
+    artefacts['onnx'] = onnx_path
+    val_images = [val.load_raw(i)[0] for i in range(min(4, len(val)))]
+    parity = check_parity(trained, onnx_path, val_images, providers='cpu')
+    if not parity.passed:
+        raise RuntimeError(f'the exported base model disagrees with torch: argmax agreement '
+                           f'{parity.argmax_agreement:.4%}')
+    registry = ModelRegistry(out / 'registry', create=True)
+    manifest = registry.publish(artefacts, [c.to_dict() for c in classes], parent=None,
+                                step=0, metrics=metrics, activate=True,
+                                extra={'input_hw': list(cfg.input_hw), 'method': 'base',
+                                       'source': 'ldka_ros.app.demo.base_model',
+                                       'train_frames': cfg.train_frames})
+    shutil.rmtree(work)
+    return manifest, exported, parity
 
 
 def load_entry(path: Path, cfg: BaseModelConfig) -> BaseModel | None:

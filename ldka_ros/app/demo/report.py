@@ -16,6 +16,7 @@ import time
 from typing import Iterable, Mapping, Sequence
 
 from ldka_ros.fsio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ldka_ros.imaging.resize import resize_ids
 import numpy as np
 
 REPORT_FORMAT = 'ldka_ros.demo_report/1'
@@ -197,11 +198,7 @@ def _titled(image: np.ndarray, title: str, height: int = 22) -> np.ndarray:
 
 
 def _fit(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    if image.shape[:2] == tuple(hw):
-        return image
-    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return resize_ids(image, hw)  # nearest: colour-coded masks must not blend colours
 
 
 def panel(rows: Sequence[Sequence[tuple[str, np.ndarray]]], gap: int = 4) -> np.ndarray:

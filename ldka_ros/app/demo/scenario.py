@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
+import threading
 from typing import Iterable, Mapping
 
-from ldka_ros.learning.evaluate import ConfusionMatrix, IGNORE_INDEX
+from ldka_ros.learning.metrics import ConfusionMatrix, IGNORE_INDEX
 import numpy as np
 
 Box = tuple[int, int, int, int]
@@ -156,13 +157,6 @@ def check_label_candidate(truth: np.ndarray, box: Box | None, class_id: int,
     return LabelCandidate(True, 'ok', (x, y, w, h), area, fill)
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Return the IoU of two boolean masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
-
-
 @dataclass
 class DemoSettings:
     """
@@ -217,3 +211,45 @@ class DemoSettings:
                 'learn_iterations': 80, 'camera_rate_hz': 4.0, 'overlay_frames': 1}
         base.update(changes)
         return cls(**base)
+
+
+@dataclass
+class Scoring:
+    """
+    One scoring phase: masks of frames stamped after ``min_stamp`` are scored.
+
+    The frames with most pixels of the new object are kept (``keep`` of them) for the
+    report's pictures; ``done`` is set once ``target`` masks are scored.
+    """
+
+    meter: IoUMeter
+    min_stamp: int
+    target: int
+    lut: np.ndarray  # model id -> scene id
+    new_id: int
+    keep: int
+    best: list = field(default_factory=list)  # (new-object pixels, stamp, rgb, truth, pred)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def wants(self, stamp: int) -> bool:
+        """Return True if a mask of the frame ``stamp`` is still to be scored."""
+        return not self.done.is_set() and stamp > self.min_stamp
+
+    def add(self, stamp: int, model_ids: np.ndarray, truth: np.ndarray, rgb) -> None:
+        """
+        Score one mask (model ids) against the scene's truth; the caller holds the lock.
+
+        ``rgb`` is a callable that returns the camera frame: converting it is only worth
+        it for frames that show the new object.
+        """
+        pred = self.lut[model_ids]
+        if pred.shape != truth.shape or self.done.is_set():
+            return
+        self.meter.update(pred, truth)
+        new_px = int((truth == self.new_id).sum())
+        if new_px > 0:
+            self.best.append((new_px, stamp, rgb(), truth, pred))
+            self.best.sort(key=lambda item: -item[0])
+            del self.best[self.keep:]
+        if self.meter.frames >= self.target:
+            self.done.set()

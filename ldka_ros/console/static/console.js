@@ -64,6 +64,9 @@ async function pollFrame() {
   if (!state.live || state.busy) return;
   try {
     const snap = await api('/api/snapshot');
+    // The operator may have frozen a frame (a prompt, a suggestion) while this answer was
+    // on its way: then the frame on screen must stay the one the prompt is made on.
+    if (!state.live || state.busy) return;
     $('status').textContent = 'frame ' + snap.frame_id + ' · ' + snap.width + 'x' + snap.height
       + ' · serving ' + (snap.model_version || 'no model');
     showFrame(snap);
@@ -253,13 +256,23 @@ function showClasses(data, labels) {
     thumbs.className = 'thumbs';
     for (const l of labels.filter((x) => x.class_name === c.name)) {
       const img = document.createElement('img');
-      img.src = withToken(l.thumb); img.title = l.frame_id; thumbs.append(img);
+      img.src = withToken(l.thumb);
+      img.title = 'frame ' + l.frame_id + ': click to delete this labelled frame';
+      img.dataset.frame = l.frame_id;
+      img.onclick = () => removeFrame(l.frame_id);
+      thumbs.append(img);
     }
     row.append(c.name + ': ' + c.frames + ' pending frame(s) ', del, thumbs);
     box.append(row);
   }
   if (!data.pending.length) box.textContent = 'no pending labelled frames';
   $('active-version').textContent = data.active_version || 'none';
+}
+
+async function removeFrame(frameId) {
+  if (!confirm('Delete labelled frame ' + frameId + '?')) return;
+  try { say((await api('/api/remove_frame', { frame_id: frameId })).message, 'ok'); refreshLists(); }
+  catch (e) { say(e.message, 'error'); }
 }
 
 async function removeClass(name) {
@@ -319,13 +332,23 @@ function loadSuggestion(s) {
   propose();
 }
 
+// Lists are rebuilt only when their data changed: a button replaced under the pointer
+// between press and release would swallow the operator's click.
+const shown = {};
+function changed(key, data) {
+  const text = JSON.stringify(data);
+  if (shown[key] === text) return false;
+  shown[key] = text;
+  return true;
+}
+
 async function refreshLists() {
   try {
     const [classes, labels, versions, suggestions] = await Promise.all([
       api('/api/classes'), api('/api/labels'), api('/api/versions'), api('/api/suggestions')]);
-    showClasses(classes, labels.labels);
-    showVersions(versions);
-    showSuggestions(suggestions);
+    if (changed('classes', [classes, labels])) showClasses(classes, labels.labels);
+    if (changed('versions', versions)) showVersions(versions);
+    if (changed('suggestions', suggestions)) showSuggestions(suggestions);
   } catch (e) {
     say('learner: ' + e.message, 'error');
   }

@@ -36,17 +36,6 @@ def load_model(checkpoint: str | os.PathLike) -> nn.Module:
     return model.eval()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``'auto'`` -> CUDA when ``torch.cuda.is_available()`` else CPU; others verbatim."""
-    if device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(device)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {device!r} asked for, but torch sees no CUDA GPU; use '
-                         "'auto' or 'cpu'")
-    return dev
-
-
 class TorchBackend(Backend):
     """
     Run a :class:`SegModel` eagerly (CUDA when available) with the graph's post-processing.
@@ -65,6 +54,8 @@ class TorchBackend(Backend):
         if precision not in ('fp32', 'fp16'):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
         self._source = model
+        from ldka_ros.learning.steps import resolve_device
+
         self._device = resolve_device(device)
         if precision == 'fp16' and self._device.type != 'cuda':
             raise ValueError('fp16 eager inference needs a CUDA device')

@@ -1,0 +1,55 @@
+# Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
+"""
+Every benchmark runs as ``ldka bench-*``; the names the benchmark pages used still work.
+
+Each command is run as its own process, as the pages tell a reader to run it: ``--help``
+shows that the command exists and its arguments parse; the simulator benchmark also runs
+for real on two tiny frames and writes the JSON schema its page documents.
+"""
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ('bench-learning', 'benchmark', 'bench-learn-speed', 'learn-speed',
+            'bench-first-model', 'bench-inference', 'bench-step-recipe', 'bench-sim-render',
+            'bench-fleet', 'bench-prompts', 'bench-propagation', 'bench-teaching',
+            'bench-hotswap', 'bench-graph')
+PAGES = Path(__file__).resolve().parents[1] / 'docs' / 'benchmarks'
+
+
+def ldka(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'ldka_ros.cli.main', *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('command', COMMANDS)
+def test_every_benchmark_command_parses_its_arguments(command):
+    proc = ldka(command, '--help')
+    assert proc.returncode == 0, proc.stderr
+    assert '--json' in proc.stdout
+    if command in ('bench-hotswap', 'bench-graph'):  # their own parsers, named as ldka's
+        assert f'usage: ldka {command}' in proc.stdout
+
+
+def test_every_benchmark_page_names_an_ldka_command():
+    for page in sorted(PAGES.glob('*.md')):
+        text = page.read_text(encoding='utf-8')
+        if page.stem == 'robustness':  # its figures come from the test suite
+            continue
+        assert 'python -m ldka_ros' not in text, page.name
+        assert any(f'ldka {c}' in text for c in COMMANDS + ('demo-base-model',)), page.name
+
+
+def test_sim_render_benchmark_writes_its_rows(tmp_path):
+    out = tmp_path / 'render.json'
+    proc = ldka('bench-sim-render', '--sizes', '64x48', '--frames', '2', '--json', str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc['benchmark'] == 'sim_render'
+    assert [(r['width'], r['height'], r['shadows']) for r in doc['rows']] == [
+        (64, 48, True), (64, 48, False)]
+    assert all(r['median_ms'] > 0 and r['frames'] == 2 for r in doc['rows'])
+    assert '64x48' in proc.stdout

@@ -38,6 +38,7 @@ from ldka_ros.console import render
 from ldka_ros.console.web import ConsoleApp, ConsoleError, ConsoleServer
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
+from ldka_ros.nodes.lifecycle import spin_node
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, sensor_qos
 from ldka_ros.nodes.service_guard import guard_callback
@@ -46,10 +47,8 @@ from ldka_ros_interfaces.msg import ClassLegend, LabelSuggestions
 from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
                                      RemoveFrame, Rollback)
 import numpy as np
-import rclpy
 from rclpy.action import ActionClient
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -604,26 +603,8 @@ def _prompt_mask(rgb: np.ndarray, prompt: dict) -> tuple[np.ndarray, str]:
 
 def main(args: list[str] | None = None) -> int:
     """Run the console node until shutdown; return the exit code."""
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = LabelConsoleNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, RuntimeError) as exc:
-        print(f'label_console_node: error: {exc}', file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    return spin_node(args, LabelConsoleNode, name='label_console_node', threads=4,
+                     release=lambda node: node.close(), start=False)
 
 
 if __name__ == '__main__':

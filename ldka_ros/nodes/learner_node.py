@@ -64,6 +64,7 @@ from ldka_ros.learning.methods import ROBOT_METHODS
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
+from ldka_ros.nodes.lifecycle import ManagedNodeMixin, spin_node
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service, refuse
@@ -74,10 +75,8 @@ from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, Rem
 import numpy as np
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
-import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
@@ -179,7 +178,7 @@ def _rgba(color) -> ColorRGBA:
     return ColorRGBA(r=r, g=g, b=b, a=1.0)
 
 
-class LearnerNode(LifecycleNode):
+class LearnerNode(ManagedNodeMixin, LifecycleNode):
     """
     Store labelled frames, run learning jobs, publish model versions; see module docs.
 
@@ -205,48 +204,10 @@ class LearnerNode(LifecycleNode):
         self._job_goal = ''
         self._proc: subprocess.Popen | None = None
         self._slots: dict[str, int] = {}
-        self._active = False
-        self._configure_error = ''
-        self._entities: list[tuple[str, Any]] = []
+        self._init_lifecycle()
         self.group = ReentrantCallbackGroup()
 
     # -- lifecycle -----------------------------------------------------------------------
-    def lifecycle_state(self) -> str:
-        """Return the lifecycle state's label (unconfigured, inactive, active, ...)."""
-        return self._state_machine.current_state[1]
-
-    def _configured(self) -> bool:
-        return self.lifecycle_state() not in ('unconfigured', 'finalized')
-
-    def start(self) -> None:
-        """
-        With ``autostart`` (a plain node), configure and activate now; else wait.
-
-        RuntimeError with the reason when autostart's configure fails: a plain node that
-        cannot start ends with the reason, as before it was managed.
-        """
-        if not self.values['autostart']:
-            self.get_logger().info('unconfigured: waiting for ~/change_state (configure, '
-                                   'then activate)')
-            return
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError(f'configure failed: {self._configure_error}')
-        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError('activate failed (see the log)')
-
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Read parameters, open the registry and the frame store, create the interfaces."""
-        try:
-            self._configure()
-        except Exception as exc:  # noqa: B902 - any failure: stay unconfigured, say why
-            self._configure_error = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'configure failed, staying unconfigured: '
-                                    f'{self._configure_error}')
-            self._release()
-            return TransitionCallbackReturn.FAILURE
-        self._configure_error = ''
-        return TransitionCallbackReturn.SUCCESS
-
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Accept requests; announce the active version (latched) for segmentation nodes."""
         result = super().on_activate(state)
@@ -262,21 +223,6 @@ class LearnerNode(LifecycleNode):
         self.get_logger().info('inactive: labels, goals, rollbacks and class changes are '
                                'refused; listings still answer')
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop a running job, release the registry, the store and the interfaces."""
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release everything, from whichever state the node was in."""
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """After a failed transition: release and go back to unconfigured."""
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
         from ldka_ros.learning.frame_store import FrameStore
@@ -344,24 +290,11 @@ class LearnerNode(LifecycleNode):
             return handler(request, response)
         return callback
 
-    def _own(self, kind: str, entity: Any) -> Any:
-        """Remember an entity made at configure, so that cleanup destroys it."""
-        self._entities.append((kind, entity))
-        return entity
-
     def _release(self) -> None:
         """Stop a job, destroy what configure made, drop registry and store (idempotent)."""
         self._active = False
         self.stop_job()
-        destroy = {'pub': self.destroy_lifecycle_publisher, 'sub': self.destroy_subscription,
-                   'plain_pub': self.destroy_publisher, 'srv': self.destroy_service,
-                   'action': lambda action: action.destroy()}
-        while self._entities:
-            kind, entity = self._entities.pop()
-            try:
-                destroy[kind](entity)
-            except Exception as exc:  # noqa: B902 - release the rest regardless
-                self.get_logger().warning(f'cleanup: could not destroy a {kind}: {exc}')
+        self._destroy_owned()
         with self._latest_lock:
             self._latest = None
         self.registry = None
@@ -1114,27 +1047,9 @@ def _tail(path: Path, chars: int = 2000) -> str:
 
 def main(args: list[str] | None = None) -> int:
     """Run the learner node until shutdown; return the exit code."""
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = LearnerNode()
-        node.start()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f'learner_node: error: {exc}', file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.stop_job()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    return spin_node(args, LearnerNode, name='learner_node', threads=4,
+                     release=lambda node: node.stop_job(),
+                     errors=(ValueError, FileNotFoundError, RuntimeError))
 
 
 if __name__ == '__main__':

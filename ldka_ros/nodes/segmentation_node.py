@@ -52,6 +52,7 @@ from ldka_ros.inference.pipeline import SegmentationPipeline
 from ldka_ros.nodes import diagnostics as diag
 from ldka_ros.nodes.image_conversion import (msg_to_rgb, numpy_to_image, subscribe_camera,
                                              TRANSPORTS)
+from ldka_ros.nodes.lifecycle import ManagedNodeMixin, spin_node
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
@@ -61,9 +62,7 @@ from ldka_ros.registry.fetch import source_of
 from ldka_ros_interfaces.msg import ClassLegend, ModelArtefact, ModelVersion
 from ldka_ros_interfaces.srv import ListVersions, Rollback
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
@@ -191,7 +190,7 @@ def _iso_to_time(text: str) -> Time:
     return Time(sec=int(seconds), nanosec=int(round((seconds % 1.0) * 1e9)) % 1_000_000_000)
 
 
-class SegmentationNode(LifecycleNode):
+class SegmentationNode(ManagedNodeMixin, LifecycleNode):
     """
     Segment the newest camera frame with the current model version; see module docs.
 
@@ -232,10 +231,8 @@ class SegmentationNode(LifecycleNode):
         self._pending: tuple[Image, float] | None = None
         self._last_start: float | None = None
         self._running = False
-        self._active = False
-        self._configure_error = ''
+        self._init_lifecycle()
         self._worker: threading.Thread | None = None
-        self._entities: list[tuple[str, Any]] = []
         # /diagnostics in every state, so an operator sees a node that is not serving.
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         period = self.values['diagnostics_period_s']
@@ -245,42 +242,6 @@ class SegmentationNode(LifecycleNode):
             float(period), guard_callback(self, 'diagnostics', self._publish_diagnostics))
 
     # -- lifecycle -----------------------------------------------------------------------
-    def lifecycle_state(self) -> str:
-        """Return the lifecycle state's label (unconfigured, inactive, active, ...)."""
-        return self._state_machine.current_state[1]
-
-    def _configured(self) -> bool:
-        return self.lifecycle_state() not in ('unconfigured', 'finalized')
-
-    def start(self) -> None:
-        """
-        With ``autostart`` (a plain node), configure and activate now; else wait.
-
-        RuntimeError with the reason when autostart's configure fails: a plain node that
-        cannot start ends with the reason, as before it was managed.
-        """
-        if not self.values['autostart']:
-            self.get_logger().info('unconfigured: waiting for ~/change_state (configure, '
-                                   'then activate)')
-            return
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError(f'configure failed: {self._configure_error}')
-        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError('activate failed (see the log)')
-
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Read parameters, open the registry, load the model, create topics/services."""
-        try:
-            self._configure()
-        except Exception as exc:  # noqa: B902 - any failure: stay unconfigured, say why
-            self._configure_error = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'configure failed, staying unconfigured: '
-                                    f'{self._configure_error}')
-            self._release()
-            return TransitionCallbackReturn.FAILURE
-        self._configure_error = ''
-        return TransitionCallbackReturn.SUCCESS
-
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start segmenting; the legend of the serving version goes out again."""
         result = super().on_activate(state)
@@ -297,23 +258,6 @@ class SegmentationNode(LifecycleNode):
             self._pending = None
         self.get_logger().info('inactive: frames are ignored; the model stays loaded')
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release the backend, the worker thread, topics, services and the registry."""
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release everything, from whichever state the node was in."""
-        self._active = False
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """After a failed transition: release and go back to unconfigured."""
-        self._active = False
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
         self.values.update(read_parameters(self, PARAMS))
@@ -359,11 +303,6 @@ class SegmentationNode(LifecycleNode):
             guard_service(self, 'list_versions', self._on_list_versions),
             callback_group=services))
 
-    def _own(self, kind: str, entity: Any) -> Any:
-        """Remember an entity made at configure, so that cleanup destroys it."""
-        self._entities.append((kind, entity))
-        return entity
-
     def _set_diagnostics_period(self, period_s: float) -> None:
         if abs(self.diag_timer.timer_period_ns - period_s * 1e9) > 1.0:
             self.destroy_timer(self.diag_timer)
@@ -379,14 +318,7 @@ class SegmentationNode(LifecycleNode):
         """Stop the worker, release the backend, destroy what configure made (idempotent)."""
         self._active = False
         self.close()
-        destroy = {'pub': self.destroy_lifecycle_publisher, 'sub': self.destroy_subscription,
-                   'srv': self.destroy_service, 'client': self.destroy_client}
-        while self._entities:
-            kind, entity = self._entities.pop()
-            try:
-                destroy[kind](entity)
-            except Exception as exc:  # noqa: B902 - release the rest regardless
-                self.get_logger().warning(f'cleanup: could not destroy a {kind}: {exc}')
+        self._destroy_owned()
         self.swapper = None
         self.pipeline = None
         self.registry = None
@@ -933,26 +865,9 @@ def main(args: list[str] | None = None) -> int:
     declared range) or, with ``autostart``, cannot be configured; a managed node
     (``autostart`` false) stays up unconfigured instead.
     """
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = SegmentationNode()
-        node.start()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - bad setup: say why and exit non-zero
-        print(f'segmentation_node: {type(exc).__name__}: {exc}', file=sys.stderr)
-        code = 1
-    finally:
-        if node is not None:
-            node.release()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return spin_node(args, SegmentationNode, name='segmentation_node', threads=3,
+                     release=lambda node: node.release(), errors=(Exception,), code=1,
+                     with_type=True)
 
 
 if __name__ == '__main__':

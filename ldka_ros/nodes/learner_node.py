@@ -64,7 +64,7 @@ from ldka_ros.learning.methods import ROBOT_METHODS
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
-from ldka_ros.nodes.lifecycle import ManagedNodeMixin, spin_node
+from ldka_ros.nodes.lifecycle import AUTOSTART_PARAM, ManagedNodeMixin, spin_node
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service, refuse
@@ -158,11 +158,7 @@ PARAMS = [
     ParamSpec('segmentation_node', 'segmentation', 'Name of the segmentation node whose '
               'max_rate_hz is lowered during training (relative names resolve in this '
               "node's namespace).", read_only=True),
-    ParamSpec('autostart', True, 'Configure and activate by itself at start (a plain node; '
-              'a failed configure then ends the process with the reason). False = a '
-              'managed node: it waits unconfigured for lifecycle transitions on '
-              '~/change_state (the launch file and config/graph.yaml set false and drive '
-              'them).', read_only=True),
+    AUTOSTART_PARAM,
     ParamSpec('segmentation_rate_while_training', 0.0, "Segmentation node's max_rate_hz "
               'while a job trains (restored afterwards); 0 = leave it unchanged.',
               minimum=0.0, maximum=1000.0),

@@ -15,10 +15,18 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
+from ldka_ros.nodes.params import ParamSpec
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
+
+# Every managed node declares it: a plain ``ros2 run`` starts serving, a launch drives it.
+AUTOSTART_PARAM = ParamSpec(
+    'autostart', True, 'Configure and activate by itself at start (a plain node; a failed '
+    'configure then ends the process with the reason). False = a managed node: it waits '
+    'unconfigured for lifecycle transitions on ~/change_state (the launch file and '
+    'config/graph.yaml set false and drive them).', read_only=True)
 
 
 class ManagedNodeMixin:

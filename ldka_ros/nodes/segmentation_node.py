@@ -52,7 +52,7 @@ from ldka_ros.inference.pipeline import SegmentationPipeline
 from ldka_ros.nodes import diagnostics as diag
 from ldka_ros.nodes.image_conversion import (msg_to_rgb, numpy_to_image, subscribe_camera,
                                              TRANSPORTS)
-from ldka_ros.nodes.lifecycle import ManagedNodeMixin, spin_node
+from ldka_ros.nodes.lifecycle import AUTOSTART_PARAM, ManagedNodeMixin, spin_node
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
@@ -142,11 +142,7 @@ PARAMS = [
               'to fetch_retry_max_s.', minimum=0.05, maximum=3600.0, read_only=True),
     ParamSpec('fetch_retry_max_s', 60.0, 'Longest wait between fetch tries.', minimum=0.05,
               maximum=86400.0, read_only=True),
-    ParamSpec('autostart', True, 'Configure and activate by itself at start (a plain node; '
-              'a failed configure then ends the process with the reason). False = a '
-              'managed node: it waits unconfigured for lifecycle transitions on '
-              '~/change_state (the launch file and config/graph.yaml set false and drive '
-              'them).', read_only=True),
+    AUTOSTART_PARAM,
     ParamSpec('input_loss_warn', 0.05, '/diagnostics warns when more than this share of '
               'camera frames is estimated lost before reaching the node (gaps in stamps).',
               minimum=0.0, maximum=1.0),

@@ -16,6 +16,7 @@ from pathlib import Path
 import tempfile
 import time
 
+from ldka_ros.bench.cli_args import add_json, add_numbers
 import numpy as np
 
 CAMVID_CAR = 8  # stored label of car in the CamVid folders
@@ -139,9 +140,8 @@ def register(subparsers) -> None:
     p.add_argument('--sizes', type=lambda t: [_size(s) for s in t.split(',')],
                    default=[(240, 320)], help='input sizes HxW, comma separated')
     p.add_argument('--labelled', type=int, default=5, help='labelled train frames (car)')
-    p.add_argument('--iterations', type=int, default=300)
     p.add_argument('--val-frames', type=int, default=20, help='CamVid val frames scored')
     p.add_argument('--threads', type=int, default=0, help='0 = half the CPU cores')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--json', type=Path, help='write the figures here')
+    add_numbers(p, int, iterations=300, seed=0)
+    add_json(p)
     p.set_defaults(func=main)

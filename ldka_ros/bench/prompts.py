@@ -20,6 +20,7 @@ from typing import Iterator
 import warnings
 
 import cv2
+from ldka_ros.bench.cli_args import add_json, add_numbers
 import numpy as np
 
 BOX_BENCH_METHODS = ('box', 'grabcut', 'checked', 'superpixel')
@@ -358,13 +359,11 @@ def plot_propagation(results: dict, path: Path) -> None:
 
 
 def _common(p) -> None:
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--width', type=int, default=320)
-    p.add_argument('--height', type=int, default=240)
+    add_numbers(p, int, seed=0, width=320, height=240)
     p.add_argument('--min-area', type=int, default=150,
                    help='skip objects with fewer visible pixels')
     p.add_argument('--distractors', type=int, default=3, help='unlabelled clutter meshes')
-    p.add_argument('--json', type=Path, help='write the figures as JSON here')
+    add_json(p)
 
 
 def register(subparsers) -> None:
@@ -374,7 +373,7 @@ def register(subparsers) -> None:
         description='Simulated operator prompts on rendered tabletop objects: mask IoU '
                     'with the exact masks and time per prompt for each method.')
     _common(p)
-    p.add_argument('--objects', type=int, default=120)
+    add_numbers(p, int, objects=120)
     p.add_argument('--camvid', type=Path,
                    help='also score real objects of this CamVid folder (val split)')
     p.add_argument('--jitter', type=float, default=0.05,
@@ -385,10 +384,10 @@ def register(subparsers) -> None:
         description='Propagate exact object masks along rendered streams; IoU vs frames '
                     'ahead, with and without refinement, and the consistency check.')
     _common(p)
-    p.add_argument('--layouts', type=int, default=8)
+    add_numbers(p, int, layouts=8)
     p.add_argument('--frames', type=int, default=10, help='frames ahead per stream')
     p.add_argument('--dt', type=float, default=0.5, help='scene seconds between frames')
-    p.add_argument('--min-consistency', type=float, default=0.5)
+    add_numbers(p, float, min_consistency=0.5)
     p.add_argument('--plot', type=Path, help='also plot IoU vs frames ahead (PNG) here')
     p.set_defaults(func=cmd_bench_propagation)
 

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 
+from ldka_ros.bench.cli_args import add_numbers
 from ldka_ros.bench.record import command_line, latency_stats, start_record, write_record
 import numpy as np
 
@@ -299,13 +300,10 @@ def main(argv: list[str] | None = None, prog: str = 'ldka bench-graph') -> int:
                    'cached base model, built if needed)')
     p.add_argument('--frames', type=Path, help='folder of camera images (default: the '
                    "demo base model's rendered frames)")
-    p.add_argument('--max-frames', type=int, default=60)
+    add_numbers(p, int, max_frames=60)
     p.add_argument('--threads', type=int, default=0, help='ONNX Runtime threads (0 = default)')
     p.add_argument('--pingpong', type=int, default=200, help='frames sent one at a time')
-    p.add_argument('--rate', type=float, default=30.0)
-    p.add_argument('--soak-seconds', type=float, default=300.0)
-    p.add_argument('--rss-every', type=float, default=10.0)
-    p.add_argument('--start-timeout', type=float, default=60.0)
+    add_numbers(p, float, rate=30.0, soak_seconds=300.0, rss_every=10.0, start_timeout=60.0)
     p.add_argument('--node-log', default='build/graph_bench_node.log')
     p.add_argument('--input-hw', type=int, nargs=2, metavar=('H', 'W'),
                    help="re-export the registry's active version at this input size first "

@@ -16,6 +16,7 @@ from pathlib import Path
 import tempfile
 import time
 
+from ldka_ros.bench.cli_args import add_json, add_numbers, comma_list
 import numpy as np
 
 
@@ -137,18 +138,13 @@ def register(subparsers) -> None:
         'bench-step-recipe', help='short robot steps: plain vs robot recipe per method',
         description='Learn the demo object from a few rendered labelled frames with each '
                     'method under the plain and the robot recipe; score on held-out frames.')
-    p.add_argument('--methods', default='finetune,mib,ldka',
-                   type=lambda s: [m for m in s.split(',') if m])
-    p.add_argument('--recipes', default='plain,robot',
-                   type=lambda s: [m for m in s.split(',') if m])
+    p.add_argument('--methods', default='finetune,mib,ldka', type=comma_list)
+    p.add_argument('--recipes', default='plain,robot', type=comma_list)
     p.add_argument('--seeds', type=int, default=2, help='label-frame draws (and step seeds)')
-    p.add_argument('--iterations', type=int, default=80)
-    p.add_argument('--batch-size', type=int, default=4)
-    p.add_argument('--label-frames', type=int, default=4)
-    p.add_argument('--val-frames', type=int, default=16)
+    add_numbers(p, int, iterations=80, batch_size=4, label_frames=4, val_frames=16)
     p.add_argument('--device', default='auto')
     p.add_argument('--no-progress', action='store_true')
-    p.add_argument('--json', type=Path, help='write the figures as JSON here')
+    add_json(p)
     p.set_defaults(func=cmd_bench_step_recipe)
 
 

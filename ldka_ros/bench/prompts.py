@@ -358,38 +358,39 @@ def plot_propagation(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _common(p) -> None:
+def _common(subparsers, name: str, func, summary: str, description: str, **counts: int):
+    """Add one simulator benchmark's parser, the options both share and its ``counts``."""
+    p = subparsers.add_parser(name, help=summary, description=description)
+    p.set_defaults(func=func)
+    add_numbers(p, int, **counts)
     add_numbers(p, int, seed=0, width=320, height=240)
     p.add_argument('--min-area', type=int, default=150,
                    help='skip objects with fewer visible pixels')
     p.add_argument('--distractors', type=int, default=3, help='unlabelled clutter meshes')
     add_json(p)
+    return p
 
 
 def register(subparsers) -> None:
     """Add ``bench-prompts`` and ``bench-propagation`` to the ``ldka`` parser."""
-    p = subparsers.add_parser(
-        'bench-prompts', help='box and click prompts -> masks, scored on the simulator',
-        description='Simulated operator prompts on rendered tabletop objects: mask IoU '
-                    'with the exact masks and time per prompt for each method.')
-    _common(p)
-    add_numbers(p, int, objects=120)
+    p = _common(
+        subparsers, 'bench-prompts', cmd_bench_prompts,
+        'box and click prompts -> masks, scored on the simulator',
+        'Simulated operator prompts on rendered tabletop objects: mask IoU with the exact '
+        'masks and time per prompt for each method.', objects=120)
     p.add_argument('--camvid', type=Path,
                    help='also score real objects of this CamVid folder (val split)')
     p.add_argument('--jitter', type=float, default=0.05,
                    help='box sides move by up to this share of the box size')
-    p.set_defaults(func=cmd_bench_prompts)
-    p = subparsers.add_parser(
-        'bench-propagation', help='label propagation along a moving-camera sim stream',
-        description='Propagate exact object masks along rendered streams; IoU vs frames '
-                    'ahead, with and without refinement, and the consistency check.')
-    _common(p)
-    add_numbers(p, int, layouts=8)
+    p = _common(
+        subparsers, 'bench-propagation', cmd_bench_propagation,
+        'label propagation along a moving-camera sim stream',
+        'Propagate exact object masks along rendered streams; IoU vs frames ahead, with '
+        'and without refinement, and the consistency check.', layouts=8)
     p.add_argument('--frames', type=int, default=10, help='frames ahead per stream')
     p.add_argument('--dt', type=float, default=0.5, help='scene seconds between frames')
     add_numbers(p, float, min_consistency=0.5)
     p.add_argument('--plot', type=Path, help='also plot IoU vs frames ahead (PNG) here')
-    p.set_defaults(func=cmd_bench_propagation)
 
 
 def _check_sizes(args) -> None:

@@ -37,15 +37,25 @@ def source_root(tmp_path_factory, camvid_root):
     return build_source(tmp_path_factory.mktemp('fetch_source'), camvid_root)
 
 
-def build_source(work, camvid_root):
-    """Make the source registry of these tests in ``work``; return its root."""
+def build_source(work, camvid_root, children: int = 1):
+    """
+    Make a source registry in ``work``; return its root.
+
+    The base model v0001 (active) and a chain of ``children`` graph-only versions
+    (v0002 child of v0001, v0003 of v0002, ...), each a distinct file.
+    """
     from test_learning_job import base_registry
 
     root = base_registry(work / 'registry', camvid_root)
     registry = ModelRegistry(root)
     base = registry.get('v0001')
-    graph = child_graph(registry.artefact_path('v0001', 'onnx'), work / 'child.onnx', 'v2')
-    registry.publish({'onnx': graph}, base.classes, parent='v0001', step=1)
+    graph = registry.artefact_path('v0001', 'onnx')
+    for number in range(2, children + 2):
+        folder = work / f'v{number}'
+        folder.mkdir()
+        child = child_graph(graph, folder / 'model.onnx', f'v{number}')
+        registry.publish({'onnx': child}, base.classes, parent=f'v{number - 1:04d}',
+                         step=number - 1)
     return root
 
 

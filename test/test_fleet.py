@@ -22,7 +22,7 @@ from ldka_ros.registry.fetch import INCOMING, source_of
 from ldka_ros_interfaces.srv import Rollback
 import pytest
 import ros_harness
-from test_fetch import child_graph
+from test_fetch import build_source
 
 pytestmark = pytest.mark.ros
 
@@ -37,19 +37,8 @@ def learner_source(tmp_path_factory, camvid_root):
 
 
 def make_source(work, camvid_root):
-    """Build the learner's registry of these tests in ``work``; return its root."""
-    from test_learning_job import base_registry
-
-    root = base_registry(work / 'registry', camvid_root)
-    registry = ModelRegistry(root)
-    base = registry.get('v0001')
-    graph = registry.artefact_path('v0001', 'onnx')
-    for number, parent in ((2, 'v0001'), (3, 'v0002')):
-        folder = work / f'v{number}'
-        folder.mkdir()
-        child = child_graph(graph, folder / 'model.onnx', f'v{number}')
-        registry.publish({'onnx': child}, base.classes, parent=parent, step=number - 1)
-    return root
+    """Build the learner's registry of these tests in ``work``: v0001 to v0003."""
+    return build_source(work, camvid_root, children=2)
 
 
 @pytest.fixture(scope='module')

@@ -105,18 +105,28 @@ class ConsoleGraph:
         return box_of(self.car)
 
 
-def start_console_graph(tmp_path, camvid_root, launcher, probe, namespace, token='',
-                        learner_params: dict | None = None) -> ConsoleGraph:
-    """Start segmentation, learner and console processes and stream the camera."""
-    registry = base_registry(tmp_path / 'registry', camvid_root)
-    frames = camvid_car_frames(camvid_root, 2, size=FRAME_HW)
+def start_segmentation_and_learner(launcher, tmp_path, registry, **learner_params) -> None:
+    """
+    Start a segmentation node serving ``registry`` and a learner beside it.
+
+    The learner learns quickly (3 iterations, batch 2, one CPU thread): the graph tests
+    check what the nodes do with a new version, not how good it is.
+    """
     launcher.start_module('segmentation', 'ldka_ros.nodes.segmentation_node', params={
         'registry_path': str(registry), 'backend': 'onnxruntime', 'threads': 1,
         'model_version_topic': 'learner/model_version'})
     launcher.start_module('learner', 'ldka_ros.nodes.learner_node', params={
         'registry_path': str(registry), 'frame_store_path': str(tmp_path / 'frames'),
         'default_iterations': 3, 'batch_size': 2, 'device': 'cpu', 'job_threads': 1,
-        'job_work_dir': str(tmp_path / 'jobs'), **(learner_params or {})})
+        'job_work_dir': str(tmp_path / 'jobs'), **learner_params})
+
+
+def start_console_graph(tmp_path, camvid_root, launcher, probe, namespace, token='',
+                        learner_params: dict | None = None) -> ConsoleGraph:
+    """Start segmentation, learner and console processes and stream the camera."""
+    registry = base_registry(tmp_path / 'registry', camvid_root)
+    frames = camvid_car_frames(camvid_root, 2, size=FRAME_HW)
+    start_segmentation_and_learner(launcher, tmp_path, registry, **(learner_params or {}))
     port = free_port()
     launcher.start_module('label_console', 'ldka_ros.nodes.label_console_node', params={
         'port': port, 'access_token': token})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
+from console_graph import start_segmentation_and_learner
 from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image
 from ldka_ros.nodes.qos import latched_qos, sensor_qos
 import numpy as np
@@ -50,14 +51,9 @@ def test_label_learn_swap_and_rollback_under_a_30hz_stream(
     registry = base_registry(tmp_path / 'registry', camvid_root)
     frames = camvid_car_frames(camvid_root, 5)
     ns = ros_namespace
-    ros_launcher.start_module('segmentation', 'ldka_ros.nodes.segmentation_node', params={
-        'registry_path': str(registry), 'backend': 'onnxruntime', 'threads': 1,
-        'model_version_topic': 'learner/model_version'})
-    ros_launcher.start_module('learner', 'ldka_ros.nodes.learner_node', params={
-        'registry_path': str(registry), 'frame_store_path': str(tmp_path / 'frames'),
-        'default_iterations': 3, 'batch_size': 2, 'device': 'cpu', 'job_threads': 1,
-        'job_work_dir': str(tmp_path / 'jobs'), 'segmentation_node': 'segmentation',
-        'segmentation_rate_while_training': TRAINING_RATE_HZ})
+    start_segmentation_and_learner(
+        ros_launcher, tmp_path, registry, segmentation_node='segmentation',
+        segmentation_rate_while_training=TRAINING_RATE_HZ)
     node = ros_node.node
     legends = ros_harness.TopicCollector(node, ClassLegend, f'{ns}/segmentation/legend',
                                          latched_qos())

@@ -27,7 +27,7 @@ def _png_mask(data: bytes) -> np.ndarray:
 
 @pytest.fixture
 def graph(tmp_path, camvid_root, ros_launcher, ros_node, ros_namespace):
-    """Start the console graph (a token is required) and stop its camera after the test."""
+    """Start the console graph, token required; stop its camera stream after the test."""
     graph = start_console_graph(tmp_path, camvid_root, ros_launcher, ros_node, ros_namespace,
                                 token=TOKEN)
     yield graph

@@ -195,7 +195,20 @@ class _GoalRunner:
         self.done.set()
 
     def wait(self, timeout):
-        assert self.done.wait(timeout), 'no learning result in time'
+        """
+        Return the result; the result is asked for again every 30 s while it is missing.
+
+        Why: on a heavily loaded machine a GetResult answer was seen to get lost (the
+        server logged the goal as finished, the client never heard); the server keeps
+        the result, so asking again gets it, and a goal that never ends still fails.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.done.wait(max(0.0, min(30.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+            if self.handle is not None and self.handle.accepted:
+                self.handle.get_result_async().add_done_callback(self._on_result)
+        assert self.done.is_set(), 'no learning result in time'
         return self.result
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 
 from geometry_msgs.msg import Point32, Polygon
+from ldka_ros.nodes.action_calls import call_on_executor
 from ldka_ros.nodes.image_conversion import image_to_numpy, numpy_to_image
 from ldka_ros.nodes.qos import latched_qos, sensor_qos
 import numpy as np
@@ -175,7 +176,10 @@ class _GoalRunner:
         self.handle = None
         self.accepted = threading.Event()
         self.done = threading.Event()
-        future = client.send_goal_async(goal, feedback_callback=self._on_feedback)
+        # Sent on the spin thread: from this thread the goal reply could be lost to
+        # rclpy's reply race and the test would wait for a result that never comes.
+        future = call_on_executor(client._node, lambda: client.send_goal_async(
+            goal, feedback_callback=self._on_feedback), 30.0)
         future.add_done_callback(self._on_goal)
 
     def _on_feedback(self, msg):
@@ -195,20 +199,8 @@ class _GoalRunner:
         self.done.set()
 
     def wait(self, timeout):
-        """
-        Return the result; the result is asked for again every 30 s while it is missing.
-
-        Why: on a heavily loaded machine a GetResult answer was seen to get lost (the
-        server logged the goal as finished, the client never heard); the server keeps
-        the result, so asking again gets it, and a goal that never ends still fails.
-        """
-        deadline = time.monotonic() + timeout
-        while not self.done.wait(max(0.0, min(30.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                break
-            if self.handle is not None and self.handle.accepted:
-                self.handle.get_result_async().add_done_callback(self._on_result)
-        assert self.done.is_set(), 'no learning result in time'
+        """Return the result (the result request is made by ``_on_goal`` on the spin thread)."""
+        assert self.done.wait(timeout), 'no learning result in time'
         return self.result
 
 

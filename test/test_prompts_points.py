@@ -143,12 +143,32 @@ def test_checked_box_keeps_camvid_masks_that_grabcut_loses(camvid_root):
     assert means['checked'] > means['grabcut'] and means['checked'] >= means['box'], means
 
 
-def test_box_agreement_is_the_bounding_box_iou():
+def test_box_gap_names_the_side_a_mask_stays_away_from():
     mask = np.zeros((40, 50), bool)
     mask[10:20, 5:25] = True
-    assert prompts.box_agreement(mask, (5, 10, 20, 10)) == pytest.approx(1.0)
-    assert prompts.box_agreement(mask, (5, 10, 40, 10)) == pytest.approx(0.5)
-    assert prompts.box_agreement(np.zeros((40, 50), bool), (5, 10, 20, 10)) == 0.0
+    assert prompts.box_gap(mask, (5, 10, 20, 10)) is None
+    assert prompts.box_gap(mask, (3, 8, 24, 14)) is None, 'a 2-pixel margin is an operator'
+    assert 'right' in prompts.box_gap(mask, (5, 10, 40, 10))
+    assert prompts.box_gap(np.zeros((40, 50), bool), (5, 10, 20, 10)) == 'the mask is empty'
+
+
+def test_checked_box_keeps_grabcut_masks_in_loose_boxes(objects):
+    """
+    A loose box (the demo's operator: 6 % of the object's size, at least 2 px each side).
+
+    Before: the bounding-box IoU check read every such box around a small object as a
+    collapsed mask and stored the whole box (mask IoU 0.45 on the demo's duck).
+    """
+    kept, boxed = [], []
+    for rgb, truth, (x, y, w, h) in objects:
+        pad = max(2, int(0.06 * max(w, h)))
+        loose = (x - pad, y - pad, w + 2 * pad, h + 2 * pad)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', prompts.PromptFallbackWarning)
+            kept.append(_iou(prompts.mask_from_box(rgb, loose, 'checked'), truth))
+            boxed.append(_iou(prompts.mask_from_box(rgb, loose, 'box'), truth))
+    assert np.mean(kept) >= BOX_FLOOR['checked'], np.round(kept, 2)
+    assert np.mean(kept) > np.mean(boxed) + 0.1
 
 
 def test_bench_prompts_scores_every_method_on_the_same_prompts(tmp_path):

@@ -292,9 +292,14 @@ BOX_METHODS = ('auto', 'grabcut', 'checked', 'superpixel', 'box')
 POINT_METHODS = ('auto', 'grabcut', 'watershed', 'superpixel')
 #: What ``'auto'`` means, chosen by mean mask IoU on the simulator's exact masks.
 AUTO_BOX_METHOD = 'checked'
-#: ``'checked'`` keeps GrabCut's mask only if its bounding box overlaps the drawn box by
-#: at least this IoU; below it the mask has collapsed or leaked and the box is used.
-BOX_AGREEMENT = 0.8
+#: ``'checked'`` keeps GrabCut's mask only if its bounding box reaches every side of the
+#: drawn box to within this fraction of the box's size (or ``BOX_SLACK_PX``, whichever is
+#: larger); otherwise the mask has collapsed onto a part of the object and the box is used.
+#: Per side and in pixels, not as one IoU, so that an operator's loose box around a small
+#: object (a 2-pixel margin on a 30-pixel duck is a bounding-box IoU of 0.78) is not
+#: mistaken for a collapsed mask.
+BOX_SLACK = 0.12
+BOX_SLACK_PX = 3
 AUTO_POINT_METHOD = 'grabcut'
 
 
@@ -517,7 +522,7 @@ def mask_from_box(rgb: np.ndarray, box: Sequence[float], method: str = 'auto') -
 
     ``method`` is one of ``BOX_METHODS``: ``'grabcut'`` (``box_to_mask``),
     ``'checked'`` (GrabCut, but the box itself when the mask's bounding box does not
-    agree with the drawn box, see ``box_agreement``), ``'superpixel'`` (GrabCut's mask
+    reach every side of the drawn box, see ``box_gap``), ``'superpixel'`` (GrabCut's mask
     snapped to superpixels computed around the box, clipped to the box), ``'box'``
     (the box itself), ``'auto'`` (the best measured, ``AUTO_BOX_METHOD``). Bad boxes
     raise ValueError as in ``clip_box``; every fallback to the whole box warns with
@@ -539,10 +544,9 @@ def mask_from_box(rgb: np.ndarray, box: Sequence[float], method: str = 'auto') -
     if method == 'grabcut' or caught:
         return mask
     if method == 'checked':
-        agreement = box_agreement(mask, (x, y, w, h))
-        if agreement < BOX_AGREEMENT:
-            warnings.warn(f"GrabCut's mask does not span the box (bounding-box IoU "
-                          f'{agreement:.2f} < {BOX_AGREEMENT}); using the whole box',
+        gap = box_gap(mask, (x, y, w, h))
+        if gap is not None:
+            warnings.warn(f"GrabCut's mask does not span the box ({gap}); using the whole box",
                           PromptFallbackWarning, stacklevel=2)
             return box_only_mask(image.shape, (x, y, w, h))
         return mask
@@ -555,22 +559,26 @@ def mask_from_box(rgb: np.ndarray, box: Sequence[float], method: str = 'auto') -
     return snapped if snapped.any() else mask
 
 
-def box_agreement(mask: np.ndarray, box: Sequence[int]) -> float:
+def box_gap(mask: np.ndarray, box: Sequence[int]) -> str | None:
     """
-    Return the IoU of ``mask``'s bounding box with ``box`` = (x, y, w, h); 0 if empty.
+    Say which side of ``box`` = (x, y, w, h) the mask stays away from, or None if it spans it.
 
-    Why this says whether GrabCut worked: an operator draws the box tight around the
-    object, so the object's mask spans the box. A mask that collapsed onto one part of
-    the object, or leaked out of it into a look-alike background, does not; on CamVid's
-    street scenes that was most of GrabCut's failures (docs/benchmarks/prompts.md).
+    Why this says whether GrabCut worked: an operator draws the box around the object,
+    so the object's mask reaches every side of the box, give or take the operator's
+    margin (``BOX_SLACK`` of the box's size, at least ``BOX_SLACK_PX``). A mask that
+    collapsed onto one part of the object does not; on CamVid's street scenes that was
+    most of GrabCut's failures (docs/benchmarks/prompts.md).
     """
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
-        return 0.0
+        return 'the mask is empty'
     cols = np.flatnonzero(mask.any(axis=0))
-    mx0, mx1, my0, my1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
     x, y, w, h = box
-    iw = max(0, min(mx1, x + w) - max(mx0, x))
-    ih = max(0, min(my1, y + h) - max(my0, y))
-    inter = iw * ih
-    return float(inter) / float((mx1 - mx0) * (my1 - my0) + w * h - inter)
+    slack_x = max(BOX_SLACK_PX, BOX_SLACK * w)
+    slack_y = max(BOX_SLACK_PX, BOX_SLACK * h)
+    gaps = {'left': cols[0] - x, 'right': x + w - (cols[-1] + 1),
+            'top': rows[0] - y, 'bottom': y + h - (rows[-1] + 1)}
+    for side, gap in gaps.items():
+        if gap > (slack_x if side in ('left', 'right') else slack_y):
+            return f'{int(gap)} px short of the {side} side'
+    return None

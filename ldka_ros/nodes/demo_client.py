@@ -22,6 +22,7 @@ from typing import Callable
 from diagnostic_msgs.msg import DiagnosticArray
 from ldka_ros.app.demo.graph import DemoTopics
 from ldka_ros.app.demo.scenario import Scoring
+from ldka_ros.nodes.action_calls import call_on_executor
 from ldka_ros.nodes.image_conversion import image_to_numpy, to_rgb
 from ldka_ros.nodes.qos import image_qos, latched_qos, reliable_qos
 from ldka_ros_interfaces.action import LearnClasses
@@ -209,8 +210,20 @@ class DemoClient(Node):
         """Send a ``LearnClasses`` goal; return its goal handle (None if not answered)."""
         goal = LearnClasses.Goal(classes=list(classes), max_iterations=int(iterations),
                                  max_seconds=float(seconds))
-        return wait_future(self.learn_client.send_goal_async(
-            goal, feedback_callback=feedback), timeout, poll)
+        return wait_future(self._on_executor(lambda: self.learn_client.send_goal_async(
+            goal, feedback_callback=feedback)), timeout, poll)
+
+    def learn_result(self, handle, timeout: float, poll: Callable[[], None] | None = None):
+        """Wait for an accepted goal's result; return the response or None on timeout."""
+        return wait_future(self._on_executor(handle.get_result_async), timeout, poll)
+
+    def cancel(self, handle, timeout: float):
+        """Ask the learner to cancel ``handle``'s goal; return the reply or None."""
+        return wait_future(self._on_executor(handle.cancel_goal_async), timeout)
+
+    def _on_executor(self, call):
+        """Make an action request on the spin thread (see ``action_calls``)."""
+        return call_on_executor(self, call, 10.0)
 
 
 def wait_future(future, timeout: float, poll: Callable[[], None] | None = None):

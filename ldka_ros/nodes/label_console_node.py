@@ -36,6 +36,7 @@ import warnings
 
 from ldka_ros.console import render
 from ldka_ros.console.web import ConsoleApp, ConsoleError, ConsoleServer
+from ldka_ros.nodes.action_calls import call_on_executor
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
@@ -503,34 +504,14 @@ class LabelConsoleNode(Node):
         """
         Run ``call`` on an executor thread in the action client's group; return its value.
 
-        Why: rclpy's ActionClient records a request only after sending it, so a reply that
-        an executor thread takes in between is dropped ("Ignoring unexpected goal
-        response") and the caller waits for ever; requests sent from the web server's
-        threads lost that race under load. Inside the client's mutually exclusive group no
-        reply of the client is handled until the request is recorded.
+        Why: requests sent from the web server's threads lost rclpy's reply race under
+        load (see ``action_calls``).
         """
-        box: dict = {}
-        done = threading.Event()
-
-        def once() -> None:
-            timer.cancel()
-            try:
-                box['value'] = call()
-            except Exception as exc:  # noqa: B902 - handed to the waiting thread
-                box['error'] = exc
-            finally:
-                done.set()
-
-        timer = self.create_timer(0.0, once, callback_group=self.action_group)
         try:
-            if not done.wait(timeout):
-                raise ConsoleError(503, f'the node did not send the learn request within '
-                                        f'{timeout:g} s')
-        finally:
-            self.destroy_timer(timer)
-        if 'error' in box:
-            raise box['error']
-        return box['value']
+            return call_on_executor(self, call, timeout, self.action_group)
+        except TimeoutError:
+            raise ConsoleError(503, f'the node did not send the learn request within '
+                                    f'{timeout:g} s') from None
 
     def _on_result(self, future) -> None:
         from action_msgs.msg import GoalStatus

@@ -43,7 +43,7 @@ from ldka_ros.app.demo.scenario import check_label_candidate, DemoSettings, IoUM
 from ldka_ros.bench.record import machine_info
 from ldka_ros.errors import UserError
 from ldka_ros.learning.metrics import mask_iou
-from ldka_ros.nodes.demo_client import ClientSession, DemoClient, wait_future
+from ldka_ros.nodes.demo_client import ClientSession, DemoClient
 from ldka_ros.nodes.image_conversion import image_to_numpy
 import numpy as np
 
@@ -304,7 +304,7 @@ class _Run:
         if handle is None or not handle.accepted:
             raise DemoError('the learner did not accept the LearnClasses goal')
         self.goal_handle = handle
-        response = wait_future(handle.get_result_async(), s.learn_timeout_s, self.check_graph)
+        response = node.learn_result(handle, s.learn_timeout_s, self.check_graph)
         printer.close()
         self.goal_handle = None
         if response is None:
@@ -353,7 +353,7 @@ class _Run:
         if self.goal_handle is not None:
             self.echo('cancelling the learning step ...')
             try:
-                wait_future(self.goal_handle.cancel_goal_async(), 10.0)
+                self.node.cancel(self.goal_handle, 10.0)
             except Exception:  # noqa: B902 - the graph is stopped next anyway
                 pass
         self.graph_cpu_s = _descendant_cpu_seconds()

@@ -49,6 +49,16 @@ from lifecycle_msgs.msg import Transition
 PACKAGE = 'ldka_ros'
 #: Seconds before a dead node is started again (config/graph.yaml: respawn_delay).
 RESPAWN_DELAY_S = 2.0
+# The launch arguments with fixed defaults: name, default, description.
+ARGUMENTS = (
+    ('camera_topic', '/camera/image_raw', 'sensor_msgs/Image topic of the camera'),
+    ('namespace', '', 'namespace of both nodes'),
+    ('registry_path', '~/.ldka_ros/registry', 'model registry directory (base model inside)'),
+    ('backend', 'auto', 'inference backend: auto, tensorrt, onnxruntime, torch'),
+    ('use_rviz', 'false', 'start RViz with config/perception.rviz'),
+    ('use_console', 'false', 'start the browser console (label_console_node)'),
+    ('console_port', '8765', 'TCP port of the console on 127.0.0.1'),
+)
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -59,26 +69,11 @@ def generate_launch_description() -> LaunchDescription:
     registry_path = LaunchConfiguration('registry_path')
     backend = LaunchConfiguration('backend')
     params_file = LaunchConfiguration('params_file')
-    arguments = [
-        DeclareLaunchArgument('camera_topic', default_value='/camera/image_raw',
-                              description='sensor_msgs/Image topic of the camera'),
-        DeclareLaunchArgument('namespace', default_value='',
-                              description='namespace of both nodes'),
-        DeclareLaunchArgument('registry_path', default_value='~/.ldka_ros/registry',
-                              description='model registry directory (base model inside)'),
-        DeclareLaunchArgument('backend', default_value='auto',
-                              description='inference backend: auto, tensorrt, onnxruntime, '
-                                          'torch'),
-        DeclareLaunchArgument('use_rviz', default_value='false',
-                              description='start RViz with config/perception.rviz'),
-        DeclareLaunchArgument('use_console', default_value='false',
-                              description='start the browser console (label_console_node)'),
-        DeclareLaunchArgument('console_port', default_value='8765',
-                              description='TCP port of the console on 127.0.0.1'),
-        DeclareLaunchArgument('params_file',
-                              default_value=os.path.join(share, 'config', 'perception.yaml'),
-                              description='ROS parameters of both nodes'),
-    ]
+    arguments = [DeclareLaunchArgument(name, default_value=default, description=text)
+                 for name, default, text in ARGUMENTS]
+    arguments.append(DeclareLaunchArgument(
+        'params_file', default_value=os.path.join(share, 'config', 'perception.yaml'),
+        description='ROS parameters of both nodes'))
     segmentation = LifecycleNode(
         package=PACKAGE, executable='segmentation_node', name='segmentation',
         namespace=namespace, output='screen', respawn=True, respawn_delay=RESPAWN_DELAY_S,

@@ -86,12 +86,19 @@ def launch_nodes() -> list[dict]:
     return nodes
 
 
+def argument_table() -> dict[str, str]:
+    """Return ``{name: default}`` of the launch file's ``ARGUMENTS`` table."""
+    table = _constants(ast.parse(LAUNCH_FILE.read_text())).get('ARGUMENTS', ())
+    return {name: default for name, default, _ in table}
+
+
 def launch_arguments() -> set[str]:
-    """Return the names of the launch file's DeclareLaunchArgument calls."""
+    """Return the names the launch file declares: literal DeclareLaunchArgument calls, table."""
     tree = ast.parse(LAUNCH_FILE.read_text())
-    return {_literal(call.args[0]) for call in ast.walk(tree)
-            if isinstance(call, ast.Call)
-            and getattr(call.func, 'id', None) == 'DeclareLaunchArgument'}
+    literal = {_literal(call.args[0]) for call in ast.walk(tree)
+               if isinstance(call, ast.Call)
+               and getattr(call.func, 'id', None) == 'DeclareLaunchArgument'}
+    return (literal - {None}) | set(argument_table())
 
 
 def console_scripts() -> dict[str, str]:
@@ -192,7 +199,7 @@ def test_rviz_config_is_valid_yaml_with_the_segmentation_images():
         assert qos['Reliability Policy'] in ('Best Effort', 'Reliable')
         assert qos['Durability Policy'] == 'Volatile' and qos['Depth'] >= 1
     # The camera display matches the launch file's default camera topic.
-    assert "default_value='/camera/image_raw'" in LAUNCH_FILE.read_text()
+    assert argument_table()['camera_topic'] == '/camera/image_raw'
     assert {p['Class'] for p in data['Panels']} >= {'rviz_common/Displays'}
 
 

@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if rclpy.ok():
+            raise
+        # the signal shut the context down under a publishing timer: a requested stop
     finally:
         if node is not None:
             node.destroy_node()

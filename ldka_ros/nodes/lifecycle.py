@@ -138,9 +138,16 @@ def spin_node(args: list[str] | None, make: Callable[[], Node], *, name: str,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except errors as exc:
+        if not rclpy.ok():
+            # SIGINT/SIGTERM shut the context down while the executor was between
+            # callbacks ("context is not valid"): that is the requested stop, not a fault.
+            return status
         said = f'{type(exc).__name__}: {exc}' if with_type else f'error: {exc}'
         print(f'{name}: {said}', file=sys.stderr)
         status = code
+    except RuntimeError:
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             release(node)

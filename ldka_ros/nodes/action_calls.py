@@ -34,8 +34,6 @@ def call_on_executor(node: Node, call: Callable[[], Any], timeout: float,
 
     def once() -> None:
         timer.cancel()
-        if done.is_set():
-            return
         try:
             box['value'] = call()
         except Exception as exc:  # noqa: B902 - handed to the waiting thread

@@ -138,13 +138,12 @@ def spin_node(args: list[str] | None, make: Callable[[], Node], *, name: str,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except errors as exc:
-        if not rclpy.ok():
-            # SIGINT/SIGTERM shut the context down while the executor was between
-            # callbacks ("context is not valid"): that is the requested stop, not a fault.
-            return status
-        said = f'{type(exc).__name__}: {exc}' if with_type else f'error: {exc}'
-        print(f'{name}: {said}', file=sys.stderr)
-        status = code
+        # After SIGINT/SIGTERM shut the context down, an executor between callbacks
+        # raises "context is not valid": that is the requested stop, not a fault.
+        if rclpy.ok():
+            said = f'{type(exc).__name__}: {exc}' if with_type else f'error: {exc}'
+            print(f'{name}: {said}', file=sys.stderr)
+            status = code
     except RuntimeError:
         if rclpy.ok():
             raise

@@ -97,10 +97,11 @@ def run_curve(teacher: Teacher, base: dict) -> list[dict]:
                        'iterations': iterations, **figures, 'old_drop': drops,
                        'largest_old_drop': max(drops.values())}
                 rows.append(row)
-                print(f"seed {seed} {method} {kind} {n} frames, {iterations} it: duck IoU "
-                      f"{100 * row['new_iou']:.1f}, old mIoU {100 * row['old_miou']:.1f}, "
-                      f"largest old drop {100 * row['largest_old_drop']:.1f} "
-                      f"({max(drops, key=drops.get)})", flush=True)
+                worst = max(drops, key=drops.get)
+                print(f'seed {seed} {method} {kind} {n} frames, {iterations} it: duck IoU '
+                      f'{100 * row["new_iou"]:.1f}, old mIoU {100 * row["old_miou"]:.1f}, '
+                      f'largest old drop {100 * row["largest_old_drop"]:.1f} ({worst})',
+                      flush=True)
     return rows
 
 
@@ -195,7 +196,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         'bench-label-efficiency', help='new-object IoU vs labelled frames, LDKA vs MiB',
         description='On the demo scene: learn the duck from 1, 2, 4 and 8 labelled frames '
-                    'with each method; duck IoU and every old class\'s IoU drop on held-out '
+                    "with each method; duck IoU and every old class's IoU drop on held-out "
                     'rendered frames, plus a starved step (few iterations).')
     p.add_argument('--methods', default='ldka,mib',
                    type=lambda s: [m for m in s.split(',') if m])

@@ -38,8 +38,8 @@ class SessionSettings:
     convolutions out in the CPU's blocked format), intra-op threads, the execution mode
     and spinning. ``inter_op_threads`` only matters in ``'parallel'`` mode, which runs
     independent branches at once; this graph is one chain, so the sequential mode is the
-    default (the installed ONNX Runtime runs sequentially whatever is asked:
-    ``describe()['execution_mode_in_use']``). ``None`` thread counts leave ONNX Runtime's
+    default (ONNX Runtime may fall back to sequential anyway, e.g. with one inter-op
+    thread: ``describe()['execution_mode_in_use']`` says what the session runs). ``None`` thread counts leave ONNX Runtime's
     own default (one per core).
     """
 
@@ -237,8 +237,9 @@ class OnnxRuntimeBackend(Backend):
         """
         Return the execution mode the session reports (None before ``load``).
 
-        Why ask: recent ONNX Runtime releases accept ``ORT_PARALLEL`` and run sequentially
-        anyway, so the requested mode alone would misreport what was measured.
+        Why ask: ONNX Runtime can accept ``ORT_PARALLEL`` and still run sequentially (it
+        does with one inter-op thread), so the requested mode alone could misreport what
+        was measured.
         """
         if self._session is None:
             return None

@@ -16,6 +16,7 @@ import pytest
 COMMANDS = ('bench-learning', 'benchmark', 'bench-learn-speed', 'learn-speed',
             'bench-first-model', 'bench-inference', 'bench-step-recipe', 'bench-sim-render',
             'bench-fleet', 'bench-prompts', 'bench-propagation', 'bench-teaching',
+            'bench-label-efficiency',
             'bench-hotswap', 'bench-graph', 'bench-serve-learning')
 PAGES = Path(__file__).resolve().parents[1] / 'docs' / 'benchmarks'
 
@@ -53,3 +54,27 @@ def test_sim_render_benchmark_writes_its_rows(tmp_path):
         (64, 48, True), (64, 48, False)]
     assert all(r['median_ms'] > 0 and r['frames'] == 2 for r in doc['rows'])
     assert '64x48' in proc.stdout
+
+
+def test_label_efficiency_curve_is_nested_and_its_drops_add_up(tmp_path):
+    """Real steps on rendered frames: the rows, the drops against the base model, the plot."""
+    cache = Path(__file__).resolve().parents[1] / 'build' / 'test_cache' / 'demo'
+    out, png = tmp_path / 'eff.json', tmp_path / 'eff.png'
+    proc = ldka('bench-label-efficiency', '--base', 'quick', '--cache', str(cache),
+                '--methods', 'ldka', '--counts', '1,2', '--seed-list', '3', '--iterations',
+                '2', '--starved-iterations', '1', '--val-frames', '3', '--batch-size', '2',
+                '--plot', str(png), '--json', str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    rows = record['rows']
+    assert [(r['kind'], r['frames'], r['iterations']) for r in rows] == [
+        ('curve', 1, 2), ('curve', 2, 2), ('starved', 2, 1)]
+    base = record['base']['per_class']
+    assert set(base) == {'background', 'tray', 'teddy', 'soccerball', 'jenga', 'mug'}
+    for row in rows:
+        assert 0.0 <= row['new_iou'] <= 1.0
+        for name, drop in row['old_drop'].items():
+            assert abs(drop - (base[name] - row['per_class'][name])) < 1e-9
+        assert row['largest_old_drop'] == max(row['old_drop'].values())
+    assert [s['frames'] for s in record['summary']] == [1, 2, 2]
+    assert png.stat().st_size > 5000 and '| ldka | curve | 1 | 2 |' in proc.stdout

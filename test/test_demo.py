@@ -92,6 +92,25 @@ def test_config_key_follows_the_settings_and_round_trips():
         BaseModelConfig.from_dict({'iterationz': 3})
 
 
+def test_run_seed_sets_the_scene_layout_and_the_learning_seed(tmp_path):
+    """``ldka demo --seed N`` must change the table layout and the step's seed, nothing else."""
+    from ldka_ros.app.demo.graph import demo_parameters, DemoPaths, SCENE_SEED
+    from ldka_ros.app.demo.scenario import DemoSettings
+
+    cfg, paths = _config(), DemoPaths(tmp_path)
+    zero = demo_parameters(cfg, DemoSettings(), paths)
+    two = demo_parameters(cfg, DemoSettings(seed=2), paths)
+    assert zero['/**/sim_camera']['ros__parameters']['seed'] == SCENE_SEED
+    assert two['/**/sim_camera']['ros__parameters']['seed'] == SCENE_SEED + 2
+    assert (zero['/**/learner']['ros__parameters']['seed'],
+            two['/**/learner']['ros__parameters']['seed']) == (0, 2)
+    for node in zero:
+        rest = {k: v for k, v in two[node]['ros__parameters'].items() if k != 'seed'}
+        assert rest == {k: v for k, v in zero[node]['ros__parameters'].items() if k != 'seed'}
+    with pytest.raises(ValueError, match='seed'):
+        DemoSettings(seed=-1)
+
+
 def test_iou_meter_scores_old_and_new_classes_on_rendered_frames():
     from ldka_ros.app.demo.scenario import IoUMeter
 

@@ -175,7 +175,7 @@ def test_wrapper_takes_raw_uint8_nhwc(model):
     rng = np.random.default_rng(1)
     frame = rng.integers(0, 256, size=(1, 64, 96, 3), dtype=np.uint8)
     with torch.no_grad():
-        ids, _, margin = ExportWrapper(model).eval()(torch.from_numpy(frame))
+        ids, _, margin = ExportWrapper(model, 'full').eval()(torch.from_numpy(frame))
         logits = model(torch.from_numpy(frame).permute(0, 3, 1, 2).float() / 255.0).logits
     assert torch.equal(ids.long(), logits.argmax(dim=1))
     top2 = logits.topk(2, dim=1).values

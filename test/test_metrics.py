@@ -27,3 +27,13 @@ def test_mask_overlap_and_iou():
     assert overlap(a, b) == (4, 12)
     assert math.isclose(mask_iou(a, b), 4 / 12)
     assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+
+
+def test_boundary_mask_marks_pixels_near_a_class_change():
+    from ldka_ros.learning.metrics import boundary_mask
+
+    ids = np.zeros((8, 12), np.uint8)
+    ids[:, 6:] = 3
+    near = boundary_mask(ids, radius=2)
+    assert near[:, 4:8].all() and not near[:, :4].any() and not near[:, 8:].any()
+    assert not boundary_mask(np.full((5, 5), 7, np.uint8)).any()

@@ -56,11 +56,12 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add ``demo``, ``demo-base-model`` and the demo-scene benchmarks to the ``ldka`` parser."""
-    from ldka_ros.bench import prompts, step_recipe, teaching
+    from ldka_ros.bench import label_efficiency, prompts, step_recipe, teaching
 
     step_recipe.register(subparsers)
     prompts.register(subparsers)
     teaching.register(subparsers)
+    label_efficiency.register(subparsers)
     p = subparsers.add_parser(
         'demo-base-model', help='build (or find) the cached base model of the demo',
         description='Render tabletop frames (the duck labelled background), train the base '
@@ -83,6 +84,8 @@ def register(subparsers) -> None:
     p.add_argument('--iterations', type=int, help='training iterations of the learning step')
     p.add_argument('--max-seconds', type=float, help='wall-clock budget of the learning step')
     p.add_argument('--camera-rate', type=float, help='sim camera frames per second')
+    p.add_argument('--seed', type=int, help='run seed: table layout and learning step '
+                   '(default 0)')
     p.add_argument('--launcher', choices=('auto', 'launch', 'process'), default='auto',
                    help="'launch' = ros2 launch, 'process' = the process starter, 'auto' = "
                         'ros2 launch where it exists')
@@ -128,7 +131,7 @@ def cmd_demo(args) -> int:
     changes = {'new_object': args.new_object}
     for key, attr in (('eval_frames', 'eval_frames'), ('label_frames', 'label_frames'),
                       ('learn_iterations', 'iterations'), ('learn_seconds', 'max_seconds'),
-                      ('camera_rate_hz', 'camera_rate')):
+                      ('camera_rate_hz', 'camera_rate'), ('seed', 'seed')):
         value = getattr(args, attr)
         if value is not None:
             changes[key] = value

@@ -1,6 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-``ldka export | bench-inference | probe-backends``: the inference side from a shell.
+``ldka export | quantize | bench-inference | probe-backends``: the inference side from a shell.
 
 Sizes are HEIGHTxWIDTH everywhere (as in the other ``ldka`` commands and ``input_hw``
 in the API): ``240x320`` is a 320-pixel-wide, 240-pixel-high frame.
@@ -16,8 +16,13 @@ import os
 from pathlib import Path
 
 from ldka_ros.errors import UserError
+from ldka_ros.inference.modes import DEFAULT_POSTPROCESS, POSTPROCESS_MODES
+import numpy as np
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
+
+
+DEFAULT_BENCH_BACKENDS = 'torch@full,torch,onnxruntime@full,onnxruntime'
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -77,7 +82,8 @@ def cmd_export(args) -> int:
     candidate = out.with_name(f'.{out.stem}.candidate.onnx')
     try:
         report = export_onnx(model, candidate, input_hw=args.input_size, opset=args.opset,
-                             dynamic_batch=args.dynamic_batch, metadata=extra)
+                             dynamic_batch=args.dynamic_batch, metadata=extra,
+                             postprocess=args.postprocess)
         result = {'export': report.to_dict()}
         print(f'exported {out} ({report.size_bytes / 1e6:.1f} MB, {report.seconds:.1f} s): '
               f'input uint8 1x{args.input_size[0]}x{args.input_size[1]}x3, '
@@ -97,6 +103,31 @@ def cmd_export(args) -> int:
     finally:
         candidate.unlink(missing_ok=True)
     result['export']['path'] = str(out)
+    if args.json:
+        _write_json(args.json, result)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    """Quantise an exported float graph to INT8, calibrated on a folder of real frames."""
+    from ldka_ros.inference.quantize import (calibration_images, graph_agreement,
+                                             quantize_static_int8)
+    from ldka_ros.learning.data import read_rgb
+
+    frames = calibration_images(args.calibration, args.count)
+    report = quantize_static_int8(args.onnx, args.out, frames,
+                                  calibration_source=str(args.calibration),
+                                  method=args.method)
+    result = {'quantize': report.to_dict()}
+    print(f'wrote {args.out} ({report.size_bytes / 1e6:.1f} MB, {report.seconds:.1f} s): INT8 '
+          f'QDQ, calibrated on {report.calibration_frames} frames of {args.calibration}')
+    if args.check_images:
+        images = [read_rgb(p) for p in find_images(args.check_images, args.check_count)]
+        agree = graph_agreement(args.onnx, args.out, images)
+        result['agreement_vs_float'] = agree
+        print(f'class-id agreement with the float graph on {len(images)} images: '
+              f'{agree["agreement"] * 100:.2f}% (boundary pixels '
+              f'{agree["boundary_agreement"] * 100:.2f}%)')
     if args.json:
         _write_json(args.json, result)
     return 0
@@ -132,6 +163,10 @@ def _bench_command(args) -> str:
     else:
         parts += ['--backbone', args.backbone, '--num-slots', str(args.num_slots),
                   '--active', str(args.active)]
+    if args.camvid:
+        parts += ['--camvid', str(args.camvid), '--eval-count', str(args.eval_count)]
+    if args.calibration:
+        parts += ['--calibration', str(args.calibration)]
     parts += ['--backends', args.backends,
               '--sizes', ','.join(f'{h}x{w}' for h, w in args.sizes),
               '--iters', str(args.iters), '--warmup', str(args.warmup),
@@ -144,12 +179,14 @@ def _bench_command(args) -> str:
 
 
 def cmd_bench(args) -> int:
-    from ldka_ros.bench.inference import format_table, run_benchmark
+    from ldka_ros.bench.inference import format_table, run_benchmark, split_specs
 
     model, info = _bench_model(args)
-    record = run_benchmark(model, _names(args.backends), args.sizes, iters=args.iters,
+    eval_set, calibration, source = _bench_frames(args)
+    record = run_benchmark(model, split_specs(args.backends), args.sizes, iters=args.iters,
                            warmup=args.warmup, threads=args.threads, batch=args.batch,
-                           model_info=info, command=_bench_command(args))
+                           model_info=info, command=_bench_command(args), eval_set=eval_set,
+                           calibration=calibration, calibration_source=source)
     print(f'model: {info["source"]}, {info["backbone"]}, {info["num_slots"]} slots; '
           f'{args.iters} iterations after {args.warmup} warm-up, interleaved; load average '
           f'{record.get("load_average_start")} -> {record.get("load_average_end")}')
@@ -157,6 +194,31 @@ def cmd_bench(args) -> int:
     if args.json:
         _write_json(args.json, record)
     return 0
+
+
+def _bench_frames(args) -> tuple[list, list | None, str]:
+    """
+    Return (labelled eval frames, calibration frames, where calibration came from).
+
+    Eval frames are spread over CamVid ``val``; calibration frames come from
+    ``--calibration`` or else CamVid ``train``, never from the frames scored.
+    """
+    from ldka_ros.inference.quantize import calibration_images
+
+    eval_set: list = []
+    calibration, source = None, ''
+    if args.camvid:
+        from ldka_ros.learning.data import CamVidDataset
+
+        val = CamVidDataset(args.camvid, 'val')
+        picks = sorted(set(np.linspace(0, len(val) - 1, num=min(args.eval_count, len(val)))
+                           .round().astype(int)))
+        eval_set = [val.load_raw(int(i)) for i in picks]
+    folder = args.calibration or (Path(args.camvid) / 'train' if args.camvid else None)
+    if folder is not None and 'onnxruntime-int8' in args.backends:
+        calibration = calibration_images(folder, args.calibration_count)
+        source = str(folder)
+    return eval_set, calibration, source
 
 
 def cmd_probe(args) -> int:
@@ -188,8 +250,14 @@ def register(sub) -> None:
     p.add_argument('--check-count', type=int, default=8, help='images used (default 8)')
     p.add_argument('--min-agreement', type=float, default=0.999,
                    help='argmax agreement the parity check needs (default 0.999)')
+    p.add_argument('--postprocess', choices=POSTPROCESS_MODES, default=DEFAULT_POSTPROCESS,
+                   help='where the top-2 is taken: full = all slot logits upsampled to the '
+                        'input size first; decoder[-x2|-x4] = at (2x/4x) the decoder '
+                        f'resolution, ids resized nearest (default {DEFAULT_POSTPROCESS})')
     p.add_argument('--json', metavar='PATH', help='write the export/parity report here')
     p.set_defaults(func=cmd_export)
+
+    _register_quantize(sub)
 
     b = sub.add_parser('bench-inference', help='latency of backends side by side',
                        description='Benchmark inference backends side by side (interleaved '
@@ -200,11 +268,20 @@ def register(sub) -> None:
     b.add_argument('--num-slots', type=int, default=32, help='for the random model')
     b.add_argument('--active', type=int, default=12,
                    help='active classes of the random model (default 12: CamVid + background)')
-    b.add_argument('--backends', default='torch,onnxruntime',
-                   help='comma list of torch, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, '
-                        'tensorrt (default torch,onnxruntime)')
-    b.add_argument('--sizes', type=_sizes, default=[(240, 320), (360, 480), (512, 512)],
-                   metavar='HxW[,HxW...]', help='input sizes (default 240x320,360x480,512x512)')
+    b.add_argument('--backends', default=DEFAULT_BENCH_BACKENDS,
+                   help='comma list of NAME[@POSTPROCESS][[opt=..:intra=..:inter=..:mode=..:'
+                        'spin=..]], NAME one of torch, onnxruntime, onnxruntime-cpu, '
+                        'onnxruntime-cuda, onnxruntime-int8, tensorrt; the first is the '
+                        f'reference of speed-ups and agreement (default {DEFAULT_BENCH_BACKENDS})')
+    b.add_argument('--sizes', type=_sizes, default=[(144, 192), (240, 320), (480, 640)],
+                   metavar='HxW[,HxW...]', help='input sizes (default 144x192,240x320,480x640)')
+    b.add_argument('--camvid', metavar='ROOT',
+                   help='CamVid root: time on val frames and score agreement, boundary '
+                        'agreement and mIoU on them; calibrate INT8 on train')
+    b.add_argument('--eval-count', type=int, default=16, help='val frames scored (default 16)')
+    b.add_argument('--calibration', metavar='DIR',
+                   help='frames to calibrate onnxruntime-int8 on (default: CamVid train)')
+    b.add_argument('--calibration-count', type=int, default=32)
     b.add_argument('--iters', type=int, default=50)
     b.add_argument('--warmup', type=int, default=5)
     b.add_argument('--batch', type=int, default=1)
@@ -218,3 +295,22 @@ def register(sub) -> None:
                    help='TensorRT precision to probe')
     r.add_argument('--json', metavar='PATH')
     r.set_defaults(func=cmd_probe)
+
+
+def _register_quantize(sub) -> None:
+    """Add ``ldka quantize``: INT8 static quantisation of an exported graph."""
+    q = sub.add_parser('quantize', help='INT8 static quantisation of an exported graph',
+                       description='Quantise an exported float ONNX graph to INT8 (QDQ, ONNX '
+                                   'Runtime static quantisation) calibrated on real frames '
+                                   '(a frame store, a dataset split or a folder of images).')
+    q.add_argument('--onnx', required=True, help='float graph written by ldka export')
+    q.add_argument('--out', required=True, help='INT8 graph to write (.onnx)')
+    q.add_argument('--calibration', required=True, metavar='DIR',
+                   help='folder of frames (or a folder with images/) to calibrate on')
+    q.add_argument('--count', type=int, default=32, help='calibration frames (default 32)')
+    q.add_argument('--method', choices=('minmax', 'entropy', 'percentile'), default='minmax')
+    q.add_argument('--check-images', metavar='DIR',
+                   help='real images on which to report agreement with the float graph')
+    q.add_argument('--check-count', type=int, default=8, help='images used (default 8)')
+    q.add_argument('--json', metavar='PATH', help='write the report here')
+    q.set_defaults(func=cmd_quantize)

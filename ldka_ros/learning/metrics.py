@@ -116,3 +116,18 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Return the IoU of two boolean masks (1.0 when both are empty)."""
     inter, union = overlap(a, b)
     return 1.0 if union == 0 else inter / union
+
+
+def boundary_mask(ids: np.ndarray, radius: int = 2) -> np.ndarray:
+    """
+    Return the pixels of a class-id map that have another class within ``radius`` px.
+
+    Why: two predictions that differ only in where a boundary runs disagree on these
+    pixels first (resizing, quantisation); scoring them apart from the rest tells a
+    shifted boundary from a wrong region. The window is square (Chebyshev distance).
+    """
+    import cv2
+
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    kernel = np.ones((2 * int(radius) + 1, 2 * int(radius) + 1), np.uint8)
+    return cv2.dilate(ids, kernel) != cv2.erode(ids, kernel)

@@ -107,7 +107,7 @@ def demo_parameters(cfg: BaseModelConfig, settings: DemoSettings, paths: DemoPat
     wanted = {
         '/**/sim_camera': {
             'width': w, 'height': h, 'rate_hz': float(settings.camera_rate_hz),
-            'seed': SCENE_SEED, 'objects': list(cfg.objects),
+            'seed': SCENE_SEED + int(settings.seed), 'objects': list(cfg.objects),
             'class_map': cfg.sim_class_map(), 'camera_speed': float(settings.camera_speed)},
         '/**/segmentation': {
             'registry_path': str(paths.registry), 'backend': backend,
@@ -119,6 +119,7 @@ def demo_parameters(cfg: BaseModelConfig, settings: DemoSettings, paths: DemoPat
             'default_iterations': int(settings.learn_iterations),
             'learning_rate': float(settings.learn_lr),
             'job_work_dir': str(paths.work), 'segmentation_node': 'segmentation',
+            'seed': int(settings.seed),
             # The demo lowers the segmentation rate while training instead of renicing
             # the job: on a shared CPU a reniced job would wait behind every other process.
             'job_nice': 0,

@@ -193,6 +193,9 @@ class DemoSettings:
     swap_timeout_s: float = 180.0
     eval_timeout_s: float = 240.0
     overlay_frames: int = 3
+    #: Run seed: the sim camera's table layout (``SCENE_SEED + seed``) and the learning
+    #: step's seed, so repeated runs measure the spread of the whole scenario.
+    seed: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -203,6 +206,8 @@ class DemoSettings:
             raise ValueError(f'camera_rate_hz must be > 0, got {self.camera_rate_hz}')
         if self.learn_seconds < 0:
             raise ValueError(f'learn_seconds must be >= 0, got {self.learn_seconds}')
+        if int(self.seed) < 0:
+            raise ValueError(f'seed must be >= 0, got {self.seed}')
 
     @classmethod
     def quick(cls, **changes) -> 'DemoSettings':

@@ -11,6 +11,8 @@ raises :class:`BackendUnavailable` when the session did not get it.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +23,66 @@ import numpy as np
 
 CUDA_EP = 'CUDAExecutionProvider'
 CPU_EP = 'CPUExecutionProvider'
+#: ONNX Runtime graph optimisation levels by name (``GraphOptimizationLevel``).
+OPTIMIZATION_LEVELS = ('disable', 'basic', 'extended', 'all')
+EXECUTION_MODES = ('sequential', 'parallel')
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """
+    How an ONNX Runtime session is set up; the defaults are the measured choice.
+
+    Measured on the 2-core CPU (docs/benchmarks/inference_latency.md, session options in
+    ``ldka bench-inference`` backend specs): the optimisation level (``'all'`` also lays
+    convolutions out in the CPU's blocked format), intra-op threads, the execution mode
+    and spinning. ``inter_op_threads`` only matters in ``'parallel'`` mode, which runs
+    independent branches at once; this graph is one chain, so the sequential mode is the
+    default (the installed ONNX Runtime runs sequentially whatever is asked:
+    ``describe()['execution_mode_in_use']``). ``None`` thread counts leave ONNX Runtime's
+    own default (one per core).
+    """
+
+    optimization: str = 'all'
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    execution_mode: str = 'sequential'
+    allow_spinning: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise ValueError(f'optimization must be one of {OPTIMIZATION_LEVELS}, got '
+                             f'{self.optimization!r}')
+        if self.execution_mode not in EXECUTION_MODES:
+            raise ValueError(f'execution_mode must be one of {EXECUTION_MODES}, got '
+                             f'{self.execution_mode!r}')
+        for name in ('intra_op_threads', 'inter_op_threads'):
+            value = getattr(self, name)
+            if value is not None and int(value) < 0:
+                raise ValueError(f'{name} must be >= 0, got {value}')
+
+    def session_options(self, ort):
+        """Return ``ort.SessionOptions`` for these settings (``ort``: the module)."""
+        options = ort.SessionOptions()
+        levels = {'disable': ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  'basic': ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  'extended': ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  'all': ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        options.graph_optimization_level = levels[self.optimization]
+        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL
+                                  if self.execution_mode == 'parallel'
+                                  else ort.ExecutionMode.ORT_SEQUENTIAL)
+        if self.intra_op_threads is not None:
+            options.intra_op_num_threads = int(self.intra_op_threads)
+        if self.inter_op_threads is not None:
+            options.inter_op_num_threads = int(self.inter_op_threads)
+        if not self.allow_spinning:
+            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+            options.add_session_config_entry('session.inter_op.allow_spinning', '0')
+        return options
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def available_providers() -> list[str]:
@@ -72,19 +134,27 @@ class OnnxRuntimeBackend(Backend):
     core); set it when other processes (the learner) share the CPU. ``allow_spinning``:
     ONNX Runtime's worker threads busy-wait for a while after each run (lower latency);
     turn it off when the CPU is shared with a learner step or another framework.
+    ``settings``: the remaining session settings (:class:`SessionSettings`); the two
+    arguments above override its fields of the same names when given.
     """
 
     name = 'onnxruntime'
 
     def __init__(self, onnx_path: str | os.PathLike, providers: str | Sequence[str] = 'auto',
-                 intra_op_threads: int | None = None, allow_spinning: bool = True) -> None:
+                 intra_op_threads: int | None = None, allow_spinning: bool = True,
+                 settings: SessionSettings | None = None) -> None:
         super().__init__(None)
         self._path = Path(onnx_path)
-        if intra_op_threads is not None and int(intra_op_threads) < 0:
-            raise ValueError(f'intra_op_threads must be >= 0, got {intra_op_threads}')
+        settings = settings or SessionSettings()
+        if intra_op_threads is not None:
+            settings = replace(settings, intra_op_threads=int(intra_op_threads))
+        if not allow_spinning:
+            settings = replace(settings, allow_spinning=False)
+        self._settings = SessionSettings(**settings.to_dict())  # validates the overrides
         self._providers_arg = providers
-        self._threads = None if intra_op_threads is None else int(intra_op_threads)
-        self._spinning = bool(allow_spinning)
+        self._threads = self._settings.intra_op_threads
+        self._spinning = self._settings.allow_spinning
+        self._graph_meta: dict = {}
         self._requested: list[str] = []
         self._session = None
         self._fixed_batch: int | None = None
@@ -97,12 +167,7 @@ class OnnxRuntimeBackend(Backend):
         if not self._path.is_file():
             raise FileNotFoundError(f'ONNX file {self._path} does not exist')
         self._requested = resolve_providers(self._providers_arg)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self._threads is not None:
-            options.intra_op_num_threads = self._threads
-        if not self._spinning:
-            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        options = self._settings.session_options(ort)
         options.log_severity_level = 3  # errors only; provider fallbacks are reported below
         try:
             session = ort.InferenceSession(str(self._path), sess_options=options,
@@ -128,6 +193,7 @@ class OnnxRuntimeBackend(Backend):
                              'expected uint8 (N, H, W, 3) with fixed H, W')
         self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self._input_hw = (int(shape[1]), int(shape[2]))
+        self._graph_meta = _custom_metadata(session)
         self._session = session
 
     def _infer(self, batch: np.ndarray) -> InferenceResult:
@@ -159,11 +225,50 @@ class OnnxRuntimeBackend(Backend):
         except ImportError:
             version = None
         return {'device': device, 'providers': used, 'requested_providers': self._requested,
-                'precision': 'fp32', 'artefact': str(self._path),
+                'precision': self._graph_meta.get('precision', 'fp32'),
+                'postprocess': self._graph_meta.get('postprocess', 'full'),
+                'artefact': str(self._path),
                 'intra_op_threads': self._threads, 'allow_spinning': self._spinning,
+                'session': self._settings.to_dict(),
+                'execution_mode_in_use': self._mode_in_use(),
                 'onnxruntime_version': version}
+
+    def _mode_in_use(self) -> str | None:
+        """
+        Return the execution mode the session reports (None before ``load``).
+
+        Why ask: recent ONNX Runtime releases accept ``ORT_PARALLEL`` and run sequentially
+        anyway, so the requested mode alone would misreport what was measured.
+        """
+        if self._session is None:
+            return None
+        mode = str(self._session.get_session_options().execution_mode)
+        return 'parallel' if mode.endswith('PARALLEL') else 'sequential'
+
+    @property
+    def settings(self) -> SessionSettings:
+        """Return the session settings this backend loads with."""
+        return self._settings
 
     @property
     def session(self):
         """Return the underlying ``onnxruntime.InferenceSession`` (None until loaded)."""
         return self._session
+
+
+def _custom_metadata(session) -> dict:
+    """
+    Return the graph's ``metadata_props`` (JSON values decoded) from a loaded session.
+
+    Why from the session: the precision (an INT8 graph) and the post-processing mode are
+    recorded there by the export and the quantiser, and ``describe()`` must say what runs
+    without reading the file a second time.
+    """
+    raw = session.get_modelmeta().custom_metadata_map
+    out: dict = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

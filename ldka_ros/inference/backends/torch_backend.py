@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from ldka_ros.inference.backends.base import Backend, InferenceResult
-from ldka_ros.inference.export import DEFAULT_INPUT_HW, ExportWrapper
+from ldka_ros.inference.export import (check_postprocess, DEFAULT_INPUT_HW,
+                                       DEFAULT_POSTPROCESS, ExportWrapper)
 import numpy as np
 import torch
 from torch import nn
@@ -42,15 +43,18 @@ class TorchBackend(Backend):
 
     ``model``: a module or a checkpoint path. The module is copied on ``load`` so that a
     learner that keeps training the original cannot change what this backend serves.
-    ``precision``: ``'fp32'`` or ``'fp16'`` (autocast, CUDA only).
+    ``precision``: ``'fp32'`` or ``'fp16'`` (autocast, CUDA only). ``postprocess``: the
+    export's post-processing mode (``export.POSTPROCESS_MODES``), so that this backend
+    computes what a graph exported with the same mode computes.
     """
 
     name = 'torch'
 
     def __init__(self, model: nn.Module | str | os.PathLike, device: str = 'auto',
                  input_hw: tuple[int, int] = DEFAULT_INPUT_HW, precision: str = 'fp32',
-                 copy_model: bool = True) -> None:
+                 copy_model: bool = True, postprocess: str = DEFAULT_POSTPROCESS) -> None:
         super().__init__(input_hw)
+        self._postprocess = check_postprocess(postprocess)
         if precision not in ('fp32', 'fp16'):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
         self._source = model
@@ -68,7 +72,7 @@ class TorchBackend(Backend):
             model = copy.deepcopy(self._source) if self._copy else self._source
         else:
             model = load_model(self._source)
-        self._wrapper = ExportWrapper(model).to(self._device).eval()
+        self._wrapper = ExportWrapper(model, self._postprocess).to(self._device).eval()
 
     def _infer(self, batch: np.ndarray) -> InferenceResult:
         assert self._wrapper is not None
@@ -92,4 +96,5 @@ class TorchBackend(Backend):
                     if isinstance(self._source, nn.Module) else str(self._source))
         return {'device': device, 'providers': [f'torch-{self._device.type}'],
                 'precision': self._precision, 'artefact': artefact,
+                'postprocess': self._postprocess,
                 'torch_version': torch.__version__, 'threads': torch.get_num_threads()}

@@ -4,16 +4,20 @@ Small real nodes that tests start as separate processes (``python test/ros_test_
 
 - ``camera``: publishes one real image file as a camera stream (sensor-data QoS, fresh
   stamps, a frame_id), like a driver would.
+- ``throttler``: lowers a node's ``max_rate_hz`` the way the learner does while it trains
+  (``nodes.rate_throttle.RateThrottle``) and keeps running until it is stopped or killed.
 
-Usage: ``python test/ros_test_nodes.py camera --ros-args -p ...``.
+Usage: ``python test/ros_test_nodes.py camera|throttler --ros-args -p ...``.
 """
 from __future__ import annotations
 
 import sys
+import threading
 
 import cv2
 from ldka_ros.nodes.image_conversion import numpy_to_image
 from ldka_ros.nodes.qos import image_qos
+from ldka_ros.nodes.rate_throttle import RateThrottle
 import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
@@ -48,10 +52,30 @@ class CameraNode(Node):
         self.count += 1
 
 
+class ThrottlerNode(Node):
+    """Lower ``target``'s max_rate_hz to ``rate_hz`` once, from a thread (calls block)."""
+
+    def __init__(self) -> None:
+        super().__init__('test_throttler')
+        self.target = self.declare_parameter('target', 'segmentation').value
+        self.rate = float(self.declare_parameter('rate_hz', 2.0).value)
+        self.throttle = RateThrottle(self, self.target)
+        threading.Thread(target=self._lower, daemon=True).start()
+
+    def _lower(self) -> None:
+        problem = 'not tried'
+        for _ in range(20):
+            problem = self.throttle.lower(self.rate, wait_s=2.0)
+            if not problem:
+                self.get_logger().info(f'throttled {self.target} to {self.rate} Hz')
+                return
+        self.get_logger().error(f'throttle failed: {problem}')
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the node named by the first argument until SIGINT/SIGTERM."""
     argv = list(sys.argv if argv is None else argv)
-    roles = {'camera': CameraNode}
+    roles = {'camera': CameraNode, 'throttler': ThrottlerNode}
     if len(argv) < 2 or argv[1] not in roles:
         print(f'usage: {argv[0]} {"|".join(roles)} --ros-args ...', file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ COMMANDS = ('bench-learning', 'benchmark', 'bench-learn-speed', 'learn-speed',
             'bench-first-model', 'bench-inference', 'bench-step-recipe', 'bench-sim-render',
             'bench-fleet', 'bench-prompts', 'bench-propagation', 'bench-teaching',
             'bench-label-efficiency',
-            'bench-hotswap', 'bench-graph')
+            'bench-hotswap', 'bench-graph', 'bench-serve-learning')
 PAGES = Path(__file__).resolve().parents[1] / 'docs' / 'benchmarks'
 
 
@@ -31,7 +31,7 @@ def test_every_benchmark_command_parses_its_arguments(command):
     proc = ldka(command, '--help')
     assert proc.returncode == 0, proc.stderr
     assert '--json' in proc.stdout
-    if command in ('bench-hotswap', 'bench-graph'):  # their own parsers, named as ldka's
+    if command in ('bench-hotswap', 'bench-graph', 'bench-serve-learning'):  # own parsers
         assert f'usage: ldka {command}' in proc.stdout
 
 

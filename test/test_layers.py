@@ -72,7 +72,7 @@ def test_the_application_layer_imports_no_ros():
 
 
 #: Benchmarks that measure the ROS path itself (graph latency; model versions over ROS).
-ROS_BENCHMARKS = ('ros_graph.py', 'fleet.py')
+ROS_BENCHMARKS = ('ros_graph.py', 'fleet.py', 'serve_learning.py')
 
 
 def test_benchmarks_use_ros_only_in_the_ros_benchmarks():

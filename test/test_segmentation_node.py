@@ -328,3 +328,98 @@ def test_rate_latency_stats_window():
     assert snap['frames'] == 10 and stats.total == 21
     with pytest.raises(ValueError, match='window_s'):
         RateLatencyStats(window_s=0)
+
+
+def test_frames_are_read_in_place_gc_is_frozen_and_each_frame_is_traced(
+        ros_launcher, ros_node, model_registry, camera_frame, tmp_path):
+    """The hand-off guards: no copy of an rgb8 frame, a frozen heap, a full trace per frame."""
+    import json
+
+    registry, _ = model_registry
+    ns = ros_launcher.namespace
+    masks = ros_harness.TopicCollector(ros_node.node, Image, f'{ns}/segmentation/mask', 10)
+    diags = ros_harness.TopicCollector(ros_node.node, DiagnosticArray, '/diagnostics', 10)
+    trace_path = tmp_path / 'trace.json'
+    node = _start(ros_launcher, camera_frame, registry, trace_path=str(trace_path))
+    masks.wait_for(5, timeout=60.0, launcher=ros_launcher)
+    _, values = _diagnostics(diags, ros_launcher, lambda v: int(v['frames_processed']) >= 5)
+    assert int(values['frames_input_copied']) == 0, values
+    assert int(values['gc_frozen_objects']) > 10000, values
+    assert node.stop(20.0) == 0, ros_launcher.logs()
+    trace = json.loads(trace_path.read_text())
+    assert trace['notes']['gc_frozen_objects'] > 10000
+    assert trace['notes']['gc_gen0_threshold'] == 10000
+    fields = trace['fields']
+    done = [dict(zip(fields, r)) for r in trace['frames'] if r[fields.index('published_ns')]]
+    assert len(done) >= 5
+    order = ('callback_ns', 'locked_ns', 'worker_ns', 'converted_ns', 'inferred_ns',
+             'published_ns')
+    for rec in done:
+        times = [rec[k] for k in order]
+        assert times == sorted(times) and rec['source_rt_ns'] > 0, rec
+
+
+def test_a_bgr8_frame_is_counted_as_copied(rclpy_context):
+    """The copy counter is not always zero: bgr8 must be reordered, so it is a copy."""
+    from ldka_ros.nodes.image_conversion import numpy_to_image
+    from ldka_ros.nodes.segmentation_node import SegmentationNode
+
+    node = SegmentationNode(context=rclpy_context)
+    try:
+        pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+        rgb = node._convert(numpy_to_image(pixels, 'rgb8'))
+        assert np.array_equal(rgb, pixels) and node._counts['input_copied'] == 0
+        rgb = node._convert(numpy_to_image(pixels, 'bgr8'))
+        assert np.array_equal(rgb, pixels[:, :, ::-1]) and node._counts['input_copied'] == 1
+    finally:
+        node.gc_pauses.close()
+        node.destroy_node()
+
+
+def _wait_status(collector, predicate, timeout, launcher):
+    """
+    Return the values of the first segmentation status matching ``predicate``.
+
+    Unlike ``_diagnostics`` it does not fail when a child died: here one is killed on purpose.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with collector._cond:
+            messages = list(collector.messages)
+        for msg in messages:
+            for status in msg.status:
+                values = status_values(status)
+                if status.name.endswith('segmentation') and predicate(values):
+                    return values
+        time.sleep(0.2)
+    raise TimeoutError('no matching diagnostics\n' + launcher.logs())
+
+
+def test_a_killed_throttler_gets_its_rate_restored(ros_launcher, ros_node, model_registry,
+                                                   camera_frame):
+    """A learner killed while it had lowered max_rate_hz: the node restores the rate itself."""
+    import signal
+
+    registry, _ = model_registry
+    ns = ros_launcher.namespace
+    diags = ros_harness.TopicCollector(ros_node.node, DiagnosticArray, '/diagnostics', 10)
+    _start(ros_launcher, camera_frame, registry, max_rate_hz=7.0,
+           throttle_owner_timeout_s=1.0)
+    _diagnostics(diags, ros_launcher, lambda v: int(v['frames_processed']) >= 2)
+    throttler = ros_launcher.start_script(
+        'throttler', ros_harness.TEST_DIR / 'ros_test_nodes.py', 'throttler',
+        params={'target': f'{ns}/segmentation', 'rate_hz': 2.0})
+    _, values = _diagnostics(diags, ros_launcher,
+                             lambda v: v['throttled_by'] == f'{ns}/test_throttler')
+    assert float(values['max_rate_hz']) == 2.0
+    time.sleep(3.0)  # the throttler alive in the graph: nothing is restored
+    with diags._cond:
+        diags.messages.clear()
+    _, values = _diagnostics(diags, ros_launcher, lambda v: True)
+    assert values['throttled_by'] == f'{ns}/test_throttler', values
+    throttler.signal_group(signal.SIGKILL)  # no restore from the throttler itself
+    with diags._cond:  # only statuses sent after the kill count from here
+        diags.messages.clear()
+    values = _wait_status(diags, lambda v: v['throttled_by'] == '', 90.0, ros_launcher)
+    assert float(values['max_rate_hz']) == 7.0, values
+    assert 'restored max_rate_hz to 7.0' in ros_launcher.logs()

@@ -598,6 +598,21 @@ def _fmt(value: float) -> str:
     return 'n/a' if value is None or not math.isfinite(value) else f'{value:.3f}'
 
 
+def lower_priority(niceness: int) -> None:
+    """
+    Add ``niceness`` to this process's niceness before torch starts its threads.
+
+    Why here and not in the parent: on Linux a niceness set from outside applies to one
+    thread only, and torch's OpenMP threads inherit the niceness of the thread that
+    creates them; set first thing in the job, every thread of the job has it.
+    """
+    if niceness > 0:
+        try:
+            os.nice(niceness)
+        except OSError as exc:  # a container may forbid it: train anyway, and say so
+            print(f'learning job: niceness not changed: {exc}', file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m ldka_ros.app.job``; return the exit code."""
     parser = argparse.ArgumentParser(
@@ -622,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         report.result({'success': False, 'message': f'bad job spec: {exc}'})
         return EXIT_BAD_INPUT
     watch_parent(control, int(spec.parent_pid))
+    lower_priority(int(spec.niceness))
     try:
         result = run_job(spec, report, control)
     except JobCancelled as exc:

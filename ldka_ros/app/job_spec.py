@@ -28,7 +28,9 @@ class JobSpec:
     know yet. ``input_hw`` empty = the parent version's input size. ``crop`` empty = the
     input size. ``engine``: ``auto`` builds a TensorRT engine where possible, ``tensorrt``
     requires it, ``none`` skips it. ``parent_pid`` > 0: stop when that process dies.
-    ``num_threads`` 0 = half the CPU cores.
+    ``num_threads`` 0 = half the CPU cores. ``niceness`` is added to the job's own
+    niceness by the job itself (``os.nice``) before any worker thread exists, so every
+    torch/OpenMP thread inherits it.
     """
 
     registry_path: str
@@ -54,6 +56,7 @@ class JobSpec:
     keep_work_dir: bool = False
     parent_pid: int = 0
     num_threads: int = 0
+    niceness: int = 0
     mark_learned: bool = True
     #: Quality gate (see ``quality_gate``): the lowest held-out IoU a new class may have,
     #: and the largest drop of an old class (retention or a taught class's IoU) allowed
@@ -92,6 +95,8 @@ class JobSpec:
             raise ValueError(f'max_iterations must be >= 1, got {self.max_iterations}')
         if float(self.max_seconds) < 0 or not math.isfinite(float(self.max_seconds)):
             raise ValueError(f'max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}')
+        if not 0 <= int(self.niceness) <= 19:
+            raise ValueError(f'niceness must be in 0..19, got {self.niceness}')
         if int(self.batch_size) < 1:
             raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
         if not float(self.lr) > 0 or not math.isfinite(float(self.lr)):

@@ -1,6 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """
-``ldka bench-sim-render | bench-fleet | bench-hotswap | bench-graph``: benchmarks without a group.
+``ldka bench-sim-render | bench-fleet | bench-hotswap | bench-graph | bench-serve-learning``.
 
 ``bench-hotswap`` and ``bench-graph`` keep their own argument parsers (they also run as
 ``ldka bench-hotswap`` / ``ldka_ros.bench.ros_graph``): ``ldka`` passes
@@ -17,6 +17,9 @@ PASS_THROUGH = {
                       'frame gaps and drops while versions are hot-swapped under a stream'),
     'bench-graph': ('ldka_ros.bench.ros_graph',
                     'ROS path vs bare pipeline latency; soak with node memory (needs ROS)'),
+    'bench-serve-learning': ('ldka_ros.bench.serve_learning',
+                             'segmentation rate before/during/after a CPU learning step, '
+                             'per job setting (needs ROS)'),
 }
 
 

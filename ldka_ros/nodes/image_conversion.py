@@ -136,19 +136,21 @@ def msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     return to_rgb(image_to_numpy(msg), msg.encoding)
 
 
-def subscribe_camera(node, transport: str, callback, qos, **kwargs):
+def subscribe_camera(node, transport: str, callback, qos, topic: str | None = None,
+                     **kwargs):
     """
-    Subscribe ``node`` to its camera topic ``image`` with ``transport``.
+    Subscribe ``node`` to its camera topic ``image`` (or ``topic``) with ``transport``.
 
     ``raw``: ``sensor_msgs/Image`` on ``image``. ``compressed``: ``CompressedImage`` on
     ``<image>/compressed``, image_transport's convention, where ``<image>`` is the
     resolved (remapped) name, so ``image:=/camera/image_raw`` listens on
-    ``/camera/image_raw/compressed``. Decoding is left to the caller's worker
-    (``msg_to_rgb``): a callback only stores the message.
+    ``/camera/image_raw/compressed``. ``topic``: an already resolved name to use instead
+    of ``image`` (a helper node subscribing for another one). Decoding is left to the
+    caller's worker (``msg_to_rgb``): a callback only stores the message.
     """
     if transport == 'raw':
-        return node.create_subscription(Image, 'image', callback, qos, **kwargs)
+        return node.create_subscription(Image, topic or 'image', callback, qos, **kwargs)
     if transport == 'compressed':
-        topic = node.resolve_topic_name('image') + '/compressed'
+        topic = (topic or node.resolve_topic_name('image')) + '/compressed'
         return node.create_subscription(CompressedImage, topic, callback, qos, **kwargs)
     raise ValueError(f'image_transport {transport!r} is not one of {", ".join(TRANSPORTS)}')

@@ -67,14 +67,13 @@ from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
 from ldka_ros.nodes.lifecycle import AUTOSTART_PARAM, ManagedNodeMixin, spin_node
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos, reliable_qos
+from ldka_ros.nodes.rate_throttle import RateThrottle
 from ldka_ros.nodes.service_guard import guard_callback, guard_service, refuse
 from ldka_ros_interfaces.action import LearnClasses
 from ldka_ros_interfaces.msg import ClassLegend, ModelVersion
 from ldka_ros_interfaces.srv import (LabelObject, ListClasses, ListVersions, RemoveClass,
                                      RemoveFrame, RenameClass, Rollback)
 import numpy as np
-from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
-from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -788,7 +787,7 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
             min_new_iou=float(values['min_new_class_iou']),
             max_old_drop=float(values['max_old_class_drop']),
             work_dir=str(work / 'work'), parent_pid=os.getpid(),
-            num_threads=int(values['job_threads']),
+            num_threads=int(values['job_threads']), niceness=int(values['job_nice']),
             # Only a first model (empty registry) takes its size from here.
             input_hw=[] if self._serving() is not None else [
                 int(values['first_model_input_height']),
@@ -870,19 +869,12 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
     def _run_job(self, goal_handle, work: Path, log_path: Path) -> tuple[int, dict | None]:
         """Run the job process, forward its progress as feedback; return (code, result)."""
         python = self.values['python_executable'] or sys.executable
-        nice = int(self.values['job_nice'])
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         with open(log_path, 'wb') as log:
             proc = subprocess.Popen(
                 [python, '-m', 'ldka_ros.app.job', '--spec', str(work / 'spec.json')],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
         self._proc = proc
-        if nice:
-            try:
-                os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(
-                    os.PRIO_PROCESS, 0) + nice)
-            except OSError as exc:
-                self.get_logger().warning(f'could not renice the learning job: {exc}')
         lines: queue.Queue = queue.Queue()
 
         def pump() -> None:
@@ -952,55 +944,32 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
 
     # -- segmentation node throttling ----------------------------------------------------
     def _throttle_segmentation(self):
-        """Lower the segmentation node's max_rate_hz; return a function restoring it."""
+        """
+        Lower the segmentation node's max_rate_hz; return a function restoring it.
+
+        The learner names itself in the segmentation node's ``throttled_by``, so a
+        learner killed before the restore gets its rate back from the segmentation
+        node (``nodes.rate_throttle``).
+        """
         rate = float(self.values['segmentation_rate_while_training'])
         target = self.values['segmentation_node'].rstrip('/')
         if rate <= 0 or not target:
             return None
-        getter = self.create_client(GetParameters, f'{target}/get_parameters',
-                                    callback_group=self.group)
-        setter = self.create_client(SetParameters, f'{target}/set_parameters',
-                                    callback_group=self.group)
-
-        def call(client, request):
-            done = threading.Event()
-            future = client.call_async(request)
-            future.add_done_callback(lambda _f: done.set())
-            if not done.wait(5.0):
-                client.remove_pending_request(future)
-                return None
-            return future.result()
-
-        def set_rate(value: float) -> bool:
-            param = ParameterMsg(name='max_rate_hz', value=ParameterValue(
-                type=ParameterType.PARAMETER_DOUBLE, double_value=float(value)))
-            reply = call(setter, SetParameters.Request(parameters=[param]))
-            return bool(reply and reply.results and reply.results[0].successful)
-
-        def cleanup() -> None:
-            self.destroy_client(getter)
-            self.destroy_client(setter)
-
-        if not getter.wait_for_service(timeout_sec=1.0):
-            self.get_logger().info(f'no segmentation node {target!r} to throttle')
-            cleanup()
+        throttle = RateThrottle(self, target, callback_group=self.group)
+        problem = throttle.lower(rate)
+        if problem:
+            self.get_logger().info(problem)
+            throttle.close()
             return None
-        reply = call(getter, GetParameters.Request(names=['max_rate_hz']))
-        if reply is None or not reply.values:
-            cleanup()
-            return None
-        previous = reply.values[0].double_value
-        if not set_rate(rate):
-            self.get_logger().warning(f'could not set {target} max_rate_hz to {rate}')
-            cleanup()
-            return None
-        self.get_logger().info(f'{target} max_rate_hz {previous} -> {rate} while training')
+        self.get_logger().info(f'{throttle.target} max_rate_hz {throttle.previous} -> {rate} '
+                               'while training')
 
         def restore() -> None:
-            if not set_rate(previous):
-                self.get_logger().warning(f'could not restore {target} max_rate_hz '
+            previous = throttle.previous
+            if not throttle.restore():
+                self.get_logger().warning(f'could not restore {throttle.target} max_rate_hz '
                                           f'to {previous}')
-            cleanup()
+            throttle.close()
 
         return restore
 

@@ -50,11 +50,14 @@ from ldka_ros.inference.hotswap import (backend_factory_from_registry, HotSwappe
                                         SwapEvent)
 from ldka_ros.inference.pipeline import SegmentationPipeline
 from ldka_ros.nodes import diagnostics as diag
+from ldka_ros.nodes.camera_reader import CameraReader
+from ldka_ros.nodes.frame_trace import FrameTrace, freeze_heap, GcPauses
 from ldka_ros.nodes.image_conversion import (msg_to_rgb, numpy_to_image, subscribe_camera,
                                              TRANSPORTS)
 from ldka_ros.nodes.lifecycle import AUTOSTART_PARAM, ManagedNodeMixin, spin_node
 from ldka_ros.nodes.params import declare_parameters, ParamSpec, read_parameters
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, latched_qos
+from ldka_ros.nodes.rate_throttle import graph_node_names, ThrottleWatch
 from ldka_ros.nodes.service_guard import guard_callback, guard_service
 from ldka_ros.nodes.vision_info import VisionInfoPublisher
 from ldka_ros.registry import ModelRegistry, RegistryError
@@ -64,6 +67,7 @@ from ldka_ros_interfaces.srv import ListVersions, Rollback
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA
 
@@ -143,6 +147,31 @@ PARAMS = [
     ParamSpec('fetch_retry_max_s', 60.0, 'Longest wait between fetch tries.', minimum=0.05,
               maximum=86400.0, read_only=True),
     AUTOSTART_PARAM,
+    ParamSpec('trace_path', '', 'Write per-frame timestamps (received, worker start, '
+              'inference done, published) and GC pauses as JSON to this file when the node '
+              "stops; '' = off. For benchmarks (ldka bench-graph).", read_only=True),
+    ParamSpec('gc_freeze', True, 'After the model is loaded, move the objects alive then '
+              "into Python's permanent GC generation (gc.freeze) so that collections no "
+              'longer walk them while frames are served.', read_only=True),
+    ParamSpec('gc_gen0_threshold', 10000, "Python's generation-0 GC threshold set with "
+              "gc_freeze (fewer young collections per frame); 0 = keep the interpreter's.",
+              minimum=0, maximum=1_000_000, read_only=True),
+    ParamSpec('camera_executor', 'own', "Who takes camera frames from DDS: 'own' = a "
+              'single-threaded executor of a helper node (<name>_camera) that holds only the '
+              "camera subscription, in its own thread (measured faster); 'shared' = this "
+              "node's executor, with its services and timers.", choices=('own', 'shared'),
+              read_only=True),
+    ParamSpec('gil_switch_interval_ms', 1.0, "Python's thread switch interval "
+              '(sys.setswitchinterval) in this process; 0 = keep the interpreter default (5 '
+              'ms). A frame needs the GIL in the executor thread, then in the worker: a '
+              'shorter interval shortens each wait for it.', minimum=0.0, maximum=100.0,
+              read_only=True),
+    ParamSpec('throttle_owner_timeout_s', 30.0, 'When max_rate_hz was lowered by a node '
+              '(the learner, via throttled_by) that has left the graph for this long, the '
+              'rate it replaced is restored: a learner killed while training must not '
+              'leave segmentation slowed.', minimum=1.0, maximum=3600.0),
+    ParamSpec('throttled_by', '', 'Fully qualified name of the node that lowered '
+              "max_rate_hz ('' = nobody); set by the learner together with max_rate_hz."),
     ParamSpec('input_loss_warn', 0.05, '/diagnostics warns when more than this share of '
               'camera frames is estimated lost before reaching the node (gaps in stamps).',
               minimum=0.0, maximum=1.0),
@@ -201,7 +230,12 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('segmentation', **kwargs)
-        self.values = declare_parameters(self, PARAMS, in_use=self._configured)
+        self.throttle_watch = ThrottleWatch(lambda: self.values['max_rate_hz'])
+        self.values = declare_parameters(self, PARAMS, on_change=self.throttle_watch.on_param,
+                                         in_use=self._configured)
+        self.gc_pauses = GcPauses()
+        self.trace = FrameTrace('', self.gc_pauses)
+        self._heap: dict[str, int] = {}
         self.registry: ModelRegistry | None = None
         self._manifests: dict[str, Any] = {}
         self._palettes: dict[str, dict[int, tuple[int, int, int]]] = {}
@@ -211,7 +245,7 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
         self.drop_stats = diag.RateLatencyStats(window_s=10.0)
         self.gaps = diag.StampGapEstimator(window_s=10.0)
         self._counts = {'received': 0, 'processed': 0, 'skipped': 0, 'dropped': 0,
-                        'bad_frames': 0, 'no_model': 0, 'inactive': 0}
+                        'bad_frames': 0, 'no_model': 0, 'inactive': 0, 'input_copied': 0}
         self._last_received: float | None = None
         self._last_error = ''
         self._last_bad = ''
@@ -224,11 +258,12 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
         self.follower = None
         self._announced = ''
         self._cond = threading.Condition()
-        self._pending: tuple[Image, float] | None = None
+        self._pending: tuple[Image, float, list | None] | None = None
         self._last_start: float | None = None
         self._running = False
         self._init_lifecycle()
         self._worker: threading.Thread | None = None
+        self._camera: CameraReader | None = None
         # /diagnostics in every state, so an operator sees a node that is not serving.
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         period = self.values['diagnostics_period_s']
@@ -271,6 +306,13 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
         self.vision_info = VisionInfoPublisher(self, own=lambda pub: self._own('pub', pub))
         self._load_first(self._candidates())
         self._create_interfaces()
+        self.trace = FrameTrace(self.values['trace_path'], self.gc_pauses)
+        if self.values['gil_switch_interval_ms'] > 0:
+            sys.setswitchinterval(self.values['gil_switch_interval_ms'] / 1000.0)
+        self.trace.notes['switch_interval_s'] = sys.getswitchinterval()
+        if self.values['gc_freeze']:
+            self._heap = freeze_heap(self.values['gc_gen0_threshold'])
+            self.trace.notes.update(self._heap)
         self._running = True
         self._worker = threading.Thread(target=self._work, name='segmentation', daemon=True)
         self._worker.start()
@@ -278,9 +320,14 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
 
     def _create_interfaces(self) -> None:
         """Create the subscriptions, services and the owner client (at configure)."""
-        self.image_sub = self._own('sub', subscribe_camera(
-            self, self.values['image_transport'], guard_callback(self, 'image', self._on_image),
-            image_qos(self.values['qos'])))
+        if self.values['camera_executor'] == 'own':
+            self._camera = CameraReader(self, self.values['image_transport'],
+                                        self._image_callback(), image_qos(self.values['qos']))
+            self.image_sub = self._camera
+        else:
+            self.image_sub = self._own('sub', subscribe_camera(
+                self, self.values['image_transport'], self._image_callback(),
+                image_qos(self.values['qos'])))
         self.version_sub = self._own('sub', self.create_subscription(
             ModelVersion, self.values['model_version_topic'],
             guard_callback(self, 'model_version', self._on_model_version), latched_qos()))
@@ -655,21 +702,43 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
         return response
 
     # -- frames ------------------------------------------------------------------------
-    def _on_image(self, msg: Image) -> None:
+    def _image_callback(self):
+        """
+        Return the camera callback: two parameters, so rclpy passes DDS's message info.
+
+        Why not ``guard_callback``: its ``*args`` signature makes rclpy drop the message
+        info, and the info's source/reception timestamps are what tells DDS delay from
+        executor delay in a trace. Failures are still logged, never raised.
+        """
+        def on_image(msg: Image, info: Any) -> None:
+            try:
+                self._on_image(msg, info)
+            except Exception as exc:  # noqa: B902 - one message must not end the node
+                self.get_logger().error(f'image failed: {exc!r}', throttle_duration_sec=5.0)
+        return on_image
+
+    def _on_image(self, msg: Image, info: Any = None) -> None:
+        called = time.monotonic_ns()
         if not self._active:  # inactive: frames are ignored, only counted
             with self._cond:
                 self._counts['inactive'] += 1
             return
-        self.gaps.add(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+        stamp = msg.header.stamp
+        self.gaps.add(stamp.sec + stamp.nanosec * 1e-9)
         with self._cond:
-            self._last_received = time.monotonic()
+            locked = time.monotonic_ns()
+            record = self.trace.received(stamp.sec * 1_000_000_000 + stamp.nanosec, info,
+                                         called, locked)
+            self._last_received = locked * 1e-9
             self._counts['received'] += 1
             if self._pending is not None:
                 self._counts['skipped'] += 1
-            self._pending = (msg, time.monotonic())
+                if self._pending[2] is not None:
+                    self._pending[2][9] = 1
+            self._pending = (msg, locked * 1e-9, record)
             self._cond.notify()
 
-    def _take_newest(self) -> tuple[Image, float] | None:
+    def _take_newest(self) -> tuple[Image, float, list | None] | None:
         """Wait for a frame (respecting max_rate_hz) and return the newest one."""
         with self._cond:
             while self._running and self._pending is None:
@@ -691,6 +760,8 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
             if item is None:
                 return
             self._last_start = time.monotonic()
+            if item[2] is not None:
+                item[2][5] = time.monotonic_ns()
             try:
                 self._process(*item)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
@@ -703,7 +774,14 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
                 self.get_logger().error(f'frame dropped: {self._last_error}',
                                         throttle_duration_sec=5.0)
 
-    def _process(self, msg: Image, received: float) -> None:
+    def _convert(self, msg: Image) -> np.ndarray | None:
+        """
+        Return the frame as RGB, or None after counting a bad frame.
+
+        rgb8 frames are read in place (a view of ``msg.data``, no copy); a frame that
+        had to be copied is counted (``frames_input_copied`` on /diagnostics), which is
+        expected for bgr8, mono and compressed frames only.
+        """
         try:
             rgb = msg_to_rgb(msg)  # raw or compressed; decoding happens here, not in the callback
         except ValueError as exc:  # the camera sent something that is not an image
@@ -712,15 +790,31 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
             self.bad_stats.record(0.0)
             self._last_bad = str(exc)
             self.get_logger().warning(f'bad camera frame: {exc}', throttle_duration_sec=5.0)
+            return None
+        if not isinstance(msg, Image) or not np.may_share_memory(
+                rgb, np.frombuffer(msg.data, dtype=np.uint8)):
+            with self._cond:
+                self._counts['input_copied'] += 1
+        return rgb
+
+    def _process(self, msg: Image, received: float, record: list | None = None) -> None:
+        rgb = self._convert(msg)
+        if rgb is None:
             return
         pipeline = self.pipeline
         if pipeline is None:
             with self._cond:
                 self._counts['no_model'] += 1
             return
+        if record is not None:
+            record[6] = time.monotonic_ns()
         result = pipeline.process(rgb)
+        if record is not None:
+            record[7] = time.monotonic_ns()
         header = msg.header
         self.mask_pub.publish(numpy_to_image(result.class_ids, 'mono8', header))
+        if record is not None:
+            record[8] = time.monotonic_ns()
         if self.values['publish_overlay'] and self.overlay_pub.get_subscription_count() > 0:
             tinted = overlay(rgb, result.class_ids, self._palette(result.version),
                              alpha=self.values['overlay_alpha'])
@@ -732,6 +826,21 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
         self.infer_stats.record(result.infer_ms / 1000.0)
         with self._cond:
             self._counts['processed'] += 1
+
+    def _watch_throttle(self) -> None:
+        """Restore max_rate_hz when the node that lowered it left the graph (see rate_throttle)."""
+        if not self.throttle_watch.owner:
+            return
+        rate = self.throttle_watch.check(graph_node_names(self),
+                                         self.values['throttle_owner_timeout_s'])
+        if rate is None:
+            return
+        owner = self.throttle_watch.owner
+        results = self.set_parameters([Parameter('max_rate_hz', value=float(rate)),
+                                       Parameter('throttled_by', value='')])
+        if all(r.successful for r in results):
+            self.get_logger().warning(f'{owner} lowered max_rate_hz and left the graph; '
+                                      f'restored max_rate_hz to {rate}')
 
     # -- diagnostics -------------------------------------------------------------------
     def _backend_info(self) -> dict:
@@ -780,6 +889,7 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
         return diag.OK, f'segmenting at {snap["rate_hz"]:.1f} Hz'
 
     def _publish_diagnostics(self) -> None:
+        self._watch_throttle()
         snap = self.stats.snapshot()
         infer = self.infer_stats.snapshot()
         gaps = self.gaps.snapshot()
@@ -808,6 +918,12 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
             'swaps_ok': state.get('swaps_ok', 0), 'swaps_failed': state.get('swaps_failed', 0),
             'last_swap': self._last_swap, 'last_error': self._last_error,
             'last_bad_frame': self._last_bad,
+            'frames_input_copied': counts['input_copied'],
+            'gc_pauses': self.gc_pauses.count,
+            'gc_pause_max_ms': self.gc_pauses.max_ns / 1e6,
+            'gc_frozen_objects': self._heap.get('gc_frozen_objects', 0),
+            'max_rate_hz': self.values['max_rate_hz'],
+            'throttled_by': self.throttle_watch.owner,
         }
         values.update(self._fleet_values(values['model_version']))
         if level == diag.OK and values['lag_reason'].startswith(('refused', 'unreachable')):
@@ -843,12 +959,19 @@ class SegmentationNode(ManagedNodeMixin, LifecycleNode):
         follower, self.follower = self.follower, None
         if follower is not None:
             follower.close()
+        camera, self._camera = self._camera, None
+        if camera is not None:
+            camera.close()
         with self._cond:
             self._running = False
             self._cond.notify_all()
         worker, self._worker = self._worker, None
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=10.0)
+        try:
+            self.trace.write()
+        except Exception as exc:  # noqa: B902 - a trace must never fail a shutdown
+            self.get_logger().error(f'frame trace not written: {exc}')
         if self.swapper is not None:
             self.swapper.close(timeout=10.0)
 

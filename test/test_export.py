@@ -236,13 +236,14 @@ def test_cli_export_with_parity_check(camvid_root, tmp_path, capsys):
     out, report = tmp_path / 'out' / 'model.onnx', tmp_path / 'export.json'
     rc = main(['export', '--checkpoint', str(ckpt), '--out', str(out), '--input-size', '96x128',
                '--check-images', str(camvid_root / 'val'), '--check-count', '2',
-               '--json', str(report)])
+               '--postprocess', 'decoder-x2', '--json', str(report)])
     assert rc == 0
     data = json.loads(report.read_text(encoding='utf-8'))
     assert data['parity']['passed'] and data['parity']['num_images'] == 2
     assert data['export']['path'] == str(out)
     meta = read_metadata(out)
     assert meta['input_hw'] == [96, 128]
+    assert meta['postprocess'] == data['parity']['postprocess'] == 'decoder-x2'
     assert meta['classes']['1'] == 'sky' and meta['checkpoint_sha256'] == file_sha256(ckpt)
     assert 'agreement' in capsys.readouterr().out
     # An unreachable agreement fails the command and leaves the good file untouched.

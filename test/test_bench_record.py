@@ -79,17 +79,34 @@ def test_step_recipe_summary_counts_diverged_runs():
 
 def test_ros_graph_bench_table_reads_the_record_it_writes():
     pytest.importorskip('rclpy', reason='bench.ros_graph needs rclpy')
-    from ldka_ros.bench.ros_graph import format_table
+    from argparse import Namespace
 
-    bare = {'pipeline': latency_stats([0.010, 0.012]),
-            'backend_infer': latency_stats([0.008, 0.009])}
-    ros = {'pingpong': {'latency': latency_stats([0.013, 0.015]), 'lost': 1},
-           'soak': {'seconds': 10.0, 'rate_hz': 30.0, 'sent': 300, 'masks': 290,
-                    'served_rate_hz': 29.0, 'gap': latency_stats([0.033, 0.050]),
-                    'rss_mib': {'start': 300.0, 'end': 301.0, 'max': 302.0,
-                                'growth_q2_to_q4': 0.5}}}
-    table = format_table({'bare': bare, 'ros': ros, 'overhead_ratio_p50': 14.0 / 11.0})
-    assert '| ROS: publish -> ~/mask received | 14.0 |' in table
-    assert '| SegmentationPipeline.process (bare) | 11.0 |' in table
-    assert 'ROS path / bare pipeline (p50): 1.273; lost in ping-pong: 1' in table
-    assert 'longest gap 50 ms' in table and 'growth (2nd to 4th quarter) +0.5' in table
+    from ldka_ros.bench import ros_graph
+
+    # A 30 Hz soak of 3 s: one mask lost and one 250 ms stall with the sender still sending.
+    ms = 1_000_000
+    sent = {k: 1_000 * ms + k * 33 * ms for k in range(1, 91)}
+    received = {k: t + 20 * ms for k, t in sent.items() if k != 60}
+    for k in range(61, 91):
+        received[k] += 217 * ms
+    arrivals = sorted((t, k) for k, t in received.items())
+    args = Namespace(soak_seconds=3.0, rate=30.0, stall_ms=100.0)
+    soak = ros_graph._soak_figures(args, arrivals, sent, received,
+                                   {'trace': None, 'canary': []})
+    soak['rss_mib'] = ros_graph._rss_summary([(0, 300.0), (1, 301.0), (2, 301.5), (3, 302.0)])
+    assert soak['delivered'] == 88 and soak['sent_after_first_mask'] == 89
+    # frames kept coming but no node callback was traced in the gap: the node did not take them
+    assert soak['gaps_over_stall_ms'] == 1 and soak['stall_causes'] == {'not_taken': 1}
+    assert 280 < soak['stalls'][0]['gap_ms'] < 285 and soak['stalls'][0]['frames_sent'] == 9
+
+    bare = {'pipeline': latency_stats([0.010, 0.012])}
+    ros = {'latency': latency_stats([0.013, 0.015]), 'lost': 1,
+           'stages': {'inference': {'p50_ms': 9.0, 'p99_ms': 11.0}}}
+    row = {'bare': bare, 'ros': ros, 'added_p50_ms': 3.0, 'added_p99_ms': 3.0,
+           'ratio_p50': 14.0 / 11.0}
+    table = ros_graph.format_table({'sizes': {'240x320': row}, 'soak': soak,
+                                    'soak_size': '240x320'})
+    assert '| 240x320 | 11.0 / 12.0 | 14.0 / 15.0 | 3.0 / 3.0 | 1.27 | 1 |' in table
+    assert '9.00 / 11.0' in table and table.count('n/a') == len(ros_graph.attribution.STAGES) - 1
+    assert 'delivered 88/89 (98.88 %)' in table
+    assert 'gaps > stall: 1' in table and 'growth (2nd to 4th quarter) +' in table

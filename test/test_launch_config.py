@@ -287,9 +287,15 @@ def test_every_parameter_in_the_params_file_is_declared_by_its_node(
     # The wiring the launch file relies on, on the running nodes.
     topics = {}
 
+    def subscriptions(name):
+        # The segmentation node takes camera frames on a helper node, <name>_camera.
+        nodes = {n for n, ns in node.get_node_names_and_namespaces() if ns == ros_namespace}
+        return [t for n in (name, f'{name}_camera') if n in nodes
+                for t in node.get_subscriber_names_and_types_by_node(n, ros_namespace)]
+
     def wired():
         for name in params:
-            subs = node.get_subscriber_names_and_types_by_node(name, ros_namespace)
+            subs = subscriptions(name)
             pubs = node.get_publisher_names_and_types_by_node(name, ros_namespace)
             topics[name] = ({t for t, _ in subs}, {t for t, _ in pubs})
         return all(f'{ros_namespace}/image' in topics[n][0] for n in params) and \

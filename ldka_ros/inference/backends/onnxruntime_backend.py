@@ -39,8 +39,8 @@ class SessionSettings:
     and spinning. ``inter_op_threads`` only matters in ``'parallel'`` mode, which runs
     independent branches at once; this graph is one chain, so the sequential mode is the
     default (ONNX Runtime may fall back to sequential anyway, e.g. with one inter-op
-    thread: ``describe()['execution_mode_in_use']`` says what the session runs). ``None`` thread counts leave ONNX Runtime's
-    own default (one per core).
+    thread: ``describe()['execution_mode_in_use']`` says what the session runs). ``None``
+    thread counts leave ONNX Runtime's own default (one per core).
     """
 
     optimization: str = 'all'

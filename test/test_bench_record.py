@@ -106,7 +106,7 @@ def test_ros_graph_bench_table_reads_the_record_it_writes():
            'ratio_p50': 14.0 / 11.0}
     table = ros_graph.format_table({'sizes': {'240x320': row}, 'soak': soak,
                                     'soak_size': '240x320'})
-    assert '| 240x320 | 11.0 / 12.0 | 14.0 / 15.0 | 3.0 / 3.0 | 1.27 | 1 |' in table
+    assert '| 240x320 | 11.0 / 12.0 | 14.0 / 15.0 | 3.0 / 3.0 | 1.27 | 5.0 / 4.0 | 1 |' in table
     assert '9.00 / 11.0' in table and table.count('n/a') == len(ros_graph.attribution.STAGES) - 1
     assert 'delivered 88/89 (98.88 %)' in table
     assert 'gaps > stall: 1' in table and 'growth (2nd to 4th quarter) +' in table

@@ -118,7 +118,8 @@ def start_segmentation_and_learner(launcher, tmp_path, registry, **learner_param
     launcher.start_module('learner', 'ldka_ros.nodes.learner_node', params={
         'registry_path': str(registry), 'frame_store_path': str(tmp_path / 'frames'),
         'default_iterations': 3, 'batch_size': 2, 'device': 'cpu', 'job_threads': 1,
-        'job_work_dir': str(tmp_path / 'jobs'), **learner_params})
+        'job_work_dir': str(tmp_path / 'jobs'), 'min_new_class_iou': 0.0,
+        'max_old_class_drop': 1.0, **learner_params})
 
 
 def start_console_graph(tmp_path, camvid_root, launcher, probe, namespace, token='',

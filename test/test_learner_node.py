@@ -30,7 +30,9 @@ def _start_learner(launcher, tmp_path, **params):
     values = {'registry_path': str(tmp_path / 'registry'),
               'frame_store_path': str(tmp_path / 'frames'), 'default_iterations': 3,
               'batch_size': 2, 'device': 'cpu', 'seed': 1, 'job_threads': 1,
-              'job_work_dir': str(tmp_path / 'jobs')}
+              'job_work_dir': str(tmp_path / 'jobs'),
+              # 3-iteration steps: the gate (measured defaults) would refuse them.
+              'min_new_class_iou': 0.0, 'max_old_class_drop': 1.0}
     values.update(params)
     return launcher.start_module('learner', 'ldka_ros.nodes.learner_node', params=values)
 

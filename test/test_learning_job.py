@@ -334,3 +334,26 @@ def test_quality_gate_refuses_a_starved_model_and_publishes_a_trained_one(tmp_pa
     result = lines[-1]['result']
     assert code == 0 and result['success'], err[-2000:]
     assert result['class_iou'][0] >= 0.04 and registry.active_id() == 'v0002'
+
+
+def test_quality_gate_refuses_one_collapsed_old_class_that_the_mean_hides():
+    """
+    The starved demo step's figures: background kept 0.385 of the old model's pixels.
+
+    The mean retention over six old classes was still 0.827, so a gate on the mean alone
+    (ceiling 0.3) published that model; the per-class check refuses it and names the class.
+    """
+    from ldka_ros.app.job_spec import JobSpec
+    from ldka_ros.app.job_validation import quality_gate, QualityRefused
+
+    spec = JobSpec(registry_path='/r', frame_store_path='/f', min_new_iou=0.0,
+                   max_old_drop=0.3)
+    kept = {'background': 0.385, 'tray': 0.95, 'teddy': 0.9, 'soccerball': 0.96,
+            'jenga': 0.88, 'mug': 0.885}
+    metrics = {'class_iou': {'duck': 0.5}, 'miou_old': float(np.mean(list(kept.values()))),
+               'old_class_retention': kept, 'taught_class_iou': {}}
+    assert metrics['miou_old'] > 0.8
+    with pytest.raises(QualityRefused, match=r'background keeps only 0\.385 .*drop 0\.615'):
+        quality_gate(spec, metrics)
+    metrics['old_class_retention'] = {**kept, 'background': 0.75}
+    quality_gate(spec, metrics)  # every class within the ceiling: published

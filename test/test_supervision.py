@@ -411,6 +411,7 @@ def test_learner_killed_mid_training_is_respawned_while_segmentation_keeps_going
     params = {'registry_path': registry, 'frame_store_path': tmp_path / 'frames',
               'backend': 'onnxruntime', 'threads': 1, 'default_iterations': 300,
               'batch_size': 2, 'device': 'cpu', 'job_threads': 1,
+              'min_new_class_iou': 0.0, 'max_old_class_drop': 1.0,
               'job_work_dir': tmp_path / 'jobs', 'path': _frames(camvid_root, tmp_path),
               'rate_hz': 10.0}
     # The README's command, plus a replay camera and this test's registry and sizes.

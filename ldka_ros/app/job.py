@@ -566,8 +566,8 @@ def run_job(spec: JobSpec, report: Reporter, control: StopControl) -> dict:
     names = sorted(prep.step_ids)
     origin = _parent_id(prep) or 'none: first model'
     message = (f'learned {names} in {manifest.id} (parent {origin}): miou_new '
-               f'{_fmt(metrics["miou_new"])}, miou_old {_fmt(metrics["miou_old"])}; '
-               f'engine {engine[1]}')
+               f'{_fmt(metrics["miou_new"])}, miou_old {_fmt(metrics["miou_old"])}'
+               + _lowest_retention(metrics) + f'; engine {engine[1]}')
     if prep.notes:
         message += '; ' + '; '.join(prep.notes)
     taught = metrics['taught_class_iou']
@@ -582,6 +582,14 @@ def run_job(spec: JobSpec, report: Reporter, control: StopControl) -> dict:
         'frames_learned': len(prep.train_ids) + len(prep.heldout_ids),
         'message': message,
     }
+
+
+def _lowest_retention(metrics: dict) -> str:
+    kept = metrics.get('old_class_retention') or {}
+    if not kept:
+        return ''
+    name = min(kept, key=kept.get)
+    return f' (lowest old class: {name} {kept[name]:.3f})'
 
 
 def _parent_id(prep: Prepared) -> str | None:

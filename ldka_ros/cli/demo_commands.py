@@ -86,6 +86,10 @@ def register(subparsers) -> None:
     p.add_argument('--camera-rate', type=float, help='sim camera frames per second')
     p.add_argument('--seed', type=int, help='run seed: table layout and learning step '
                    '(default 0)')
+    p.add_argument('--min-new-class-iou', type=float, help="learner's quality gate: new-class "
+                   'floor (default: config/perception.yaml; 0 = off)')
+    p.add_argument('--max-old-class-drop', type=float, help="learner's quality gate: old-class "
+                   'ceiling (default: config/perception.yaml; 1 = off)')
     p.add_argument('--launcher', choices=('auto', 'launch', 'process'), default='auto',
                    help="'launch' = ros2 launch, 'process' = the process starter, 'auto' = "
                         'ros2 launch where it exists')
@@ -131,7 +135,9 @@ def cmd_demo(args) -> int:
     changes = {'new_object': args.new_object}
     for key, attr in (('eval_frames', 'eval_frames'), ('label_frames', 'label_frames'),
                       ('learn_iterations', 'iterations'), ('learn_seconds', 'max_seconds'),
-                      ('camera_rate_hz', 'camera_rate'), ('seed', 'seed')):
+                      ('camera_rate_hz', 'camera_rate'), ('seed', 'seed'),
+                      ('min_new_class_iou', 'min_new_class_iou'),
+                      ('max_old_class_drop', 'max_old_class_drop')):
         value = getattr(args, attr)
         if value is not None:
             changes[key] = value

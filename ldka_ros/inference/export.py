@@ -172,6 +172,19 @@ class ParityReport:
         return d
 
 
+def set_metadata(proto, meta: dict[str, Any]) -> None:
+    """Replace ``proto``'s ``metadata_props`` with ``meta`` (JSON values); name the producer."""
+    from ldka_ros import __version__
+
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key = str(key)
+        entry.value = json.dumps(value)
+    proto.producer_name = 'ldka_ros'
+    proto.producer_version = __version__
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike,
                 input_hw: tuple[int, int] = DEFAULT_INPUT_HW, opset: int = 17,
                 dynamic_batch: bool = False, metadata: dict[str, Any] | None = None,
@@ -219,13 +232,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike,
     if hasattr(model, 'config') and hasattr(model.config, 'to_dict'):
         meta['model_config'] = model.config.to_dict()
     meta.update(metadata or {})
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key = str(key)
-        entry.value = json.dumps(value)
-    proto.producer_name = 'ldka_ros'
-    proto.producer_version = __version__
+    set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     atomic_write_bytes(path, data)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-import json
 import logging
 import os
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ldka_ros.fsio import atomic_write_bytes
 from ldka_ros.imaging.resize import resize_image
-from ldka_ros.inference.export import file_sha256, INPUT_NAME, read_metadata
+from ldka_ros.inference.export import file_sha256, INPUT_NAME, read_metadata, set_metadata
 import numpy as np
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp')
@@ -219,16 +218,8 @@ def _with_metadata(path: Path, meta: dict[str, Any]) -> bytes:
     """Return the serialised graph at ``path`` with ``metadata_props`` set to ``meta``."""
     import onnx
 
-    from ldka_ros import __version__
-
     proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key = str(key)
-        entry.value = json.dumps(value)
-    proto.producer_name = 'ldka_ros'
-    proto.producer_version = __version__
+    set_metadata(proto, meta)
     return proto.SerializeToString()
 
 

@@ -125,6 +125,9 @@ def demo_parameters(cfg: BaseModelConfig, settings: DemoSettings, paths: DemoPat
             'job_nice': 0,
             'segmentation_rate_while_training': float(settings.seg_rate_while_learning)},
     }
+    for name in ('min_new_class_iou', 'max_old_class_drop'):
+        if getattr(settings, name) is not None:
+            wanted['/**/learner'][name] = float(getattr(settings, name))
     out: dict = {}
     for node, values in wanted.items():
         params = dict(((base.get(node) or {}).get('ros__parameters') or {}))

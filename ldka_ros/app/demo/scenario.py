@@ -196,6 +196,9 @@ class DemoSettings:
     #: Run seed: the sim camera's table layout (``SCENE_SEED + seed``) and the learning
     #: step's seed, so repeated runs measure the spread of the whole scenario.
     seed: int = 0
+    #: The learner's quality gate; None = the shipped configuration's (perception.yaml).
+    min_new_class_iou: float | None = None
+    max_old_class_drop: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -212,8 +215,11 @@ class DemoSettings:
     @classmethod
     def quick(cls, **changes) -> 'DemoSettings':
         """Return the reduced settings used by the test (fewer frames and iterations)."""
+        # The gate's defaults are measured on the full demo; the quick scenario's tiny
+        # base model and four labelled frames (one held out) are not what they judge.
         base = {'eval_frames': 16, 'label_frames': 4, 'label_spacing_s': 1.0,
-                'learn_iterations': 80, 'camera_rate_hz': 4.0, 'overlay_frames': 1}
+                'learn_iterations': 80, 'camera_rate_hz': 4.0, 'overlay_frames': 1,
+                'min_new_class_iou': 0.0, 'max_old_class_drop': 1.0}
         base.update(changes)
         return cls(**base)
 

@@ -36,7 +36,8 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import (DeclareLaunchArgument, EmitEvent, RegisterEventHandler,
+                            SetEnvironmentVariable)
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessStart
 from launch.events import matches_action
@@ -74,6 +75,16 @@ def generate_launch_description() -> LaunchDescription:
     arguments.append(DeclareLaunchArgument(
         'params_file', default_value=os.path.join(share, 'config', 'perception.yaml'),
         description='ROS parameters of both nodes'))
+    # Fast DDS drops most best-effort images over 512 KB (640x480 rgb8) with its default
+    # transports; the shipped profile's larger shared-memory segment carries them
+    # (docs/benchmarks/graph.md). Other RMWs ignore the variable.
+    arguments.append(DeclareLaunchArgument(
+        'fastdds_profile', default_value=os.environ.get(
+            'FASTRTPS_DEFAULT_PROFILES_FILE',
+            os.path.join(share, 'config', 'fastdds_large_images.xml')),
+        description="Fast DDS XML profile of the started nodes ('' = Fast DDS defaults)"))
+    arguments.append(SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE',
+                                            LaunchConfiguration('fastdds_profile')))
     segmentation = LifecycleNode(
         package=PACKAGE, executable='segmentation_node', name='segmentation',
         namespace=namespace, output='screen', respawn=True, respawn_delay=RESPAWN_DELAY_S,

@@ -17,6 +17,9 @@ if [[ -f "$_ldka_root/install/setup.bash" ]]; then
   [[ -n "$_ldka_nounset" ]] && set -u
   unset _ldka_nounset
 fi
+# Fast DDS loses most best-effort images over 512 KB (640x480 rgb8) with its default
+# transports; this profile's larger shared-memory segment carries them (graph.md).
+export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$_ldka_root/config/fastdds_large_images.xml}"
 export ROS_LOG_DIR="${ROS_LOG_DIR:-$_ldka_root/build/ros_log}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 unset _ldka_root _ldka_venv

@@ -27,7 +27,7 @@ PARAMS_FILE = REPO_ROOT / 'config' / 'perception.yaml'
 GRAPH_FILE = REPO_ROOT / 'config' / 'graph.yaml'
 RVIZ_FILE = REPO_ROOT / 'config' / 'perception.rviz'
 LAUNCH_ARGUMENTS = {'camera_topic', 'namespace', 'registry_path', 'backend', 'use_rviz',
-                    'params_file', 'use_console', 'console_port'}
+                    'params_file', 'use_console', 'console_port', 'fastdds_profile'}
 
 
 # -- reading the launch file ---------------------------------------------------------------

@@ -47,3 +47,13 @@ def test_a_spec_with_an_out_of_range_niceness_is_refused(value):
     with pytest.raises(ValueError, match='niceness must be in 0..19'):
         spec.validate()
     JobSpec(registry_path='/r', frame_store_path='/f', niceness=19).validate()
+
+
+def test_node_and_job_split_the_cores_by_default():
+    from ldka_ros.cpu import half_the_cores, resolve_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert half_the_cores() == max(1, cores // 2)
+    assert resolve_threads(0) == half_the_cores() and resolve_threads(3) == 3
+    with pytest.raises(ValueError, match='>= 0'):
+        resolve_threads(-1)

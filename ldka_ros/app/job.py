@@ -80,6 +80,7 @@ from ldka_ros.app.job_protocol import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAIL
                                        StopControl, watch_parent)
 from ldka_ros.app.job_spec import JobSpec, load_spec
 from ldka_ros.app.job_validation import quality_gate, validate
+from ldka_ros.cpu import resolve_threads
 import numpy as np
 
 #: Frames used for the ONNX parity check.
@@ -547,7 +548,7 @@ def run_job(spec: JobSpec, report: Reporter, control: StopControl) -> dict:
     torch.manual_seed(spec.seed)
     # 0 = half the cores: the segmentation node serves the camera on the other half, and
     # OpenMP threads spinning against it made a step several times slower on 2 cores.
-    torch.set_num_threads(int(spec.num_threads) or max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(resolve_threads(int(spec.num_threads)))
     own_work = not spec.work_dir
     work = Path(spec.work_dir) if spec.work_dir else Path(tempfile.mkdtemp(prefix='ldka-job-'))
     work.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ import time
 from ldka_ros.bench import graph_attribution as attribution
 from ldka_ros.bench.cli_args import add_numbers
 from ldka_ros.bench.record import command_line, latency_stats, start_record, write_record
+from ldka_ros.cpu import resolve_threads
 import numpy as np
 
 
@@ -106,7 +107,7 @@ def bare_pipeline(registry_path: Path, frames: list[np.ndarray], threads: int,
     registry = ModelRegistry(registry_path)
     version = registry.active_id()
     backend = backend_factory_from_registry(
-        registry, version, 'onnxruntime', intra_op_threads=threads or None)()
+        registry, version, 'onnxruntime', intra_op_threads=resolve_threads(threads))()
     backend.load()
     pipeline = SegmentationPipeline(backend)
     try:

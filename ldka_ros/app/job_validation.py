@@ -93,13 +93,9 @@ def _class_retention(prep: 'Prepared', retention) -> dict[str, float]:
     96.9 -> 38.5 %) while the mean over six old classes still kept 0.83.
     """
     pixels = retention.gt_pixels()
-    iou = retention.iou()
-    out = {}
-    for info in prep.old_classes:
-        if info.id < len(pixels) and pixels[info.id] >= MIN_RETENTION_PIXELS \
-                and math.isfinite(iou[info.id]):
-            out[info.name] = float(iou[info.id])
-    return out
+    iou = retention.class_iou(info.id for info in prep.old_classes if info.id < len(pixels))
+    return {info.name: iou[info.id] for info in prep.old_classes
+            if info.id in iou and pixels[info.id] >= MIN_RETENTION_PIXELS}
 
 
 def _taught_frames(prep: 'Prepared') -> dict[str, list[str]]:

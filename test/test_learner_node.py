@@ -247,7 +247,7 @@ def test_learn_action_runs_every_phase_publishes_and_rolls_back(
     second = _GoalRunner(client, LearnClasses.Goal())
     refused = second.wait(60)
     assert second.status == GoalStatus.STATUS_ABORTED and not refused.success
-    assert 'still running' in refused.message
+    assert 'learning job (' in refused.message and 'is running' in refused.message
     # Services answer while the job trains.
     listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request(), 10.0)
     assert listing.pending_classes == ['car']

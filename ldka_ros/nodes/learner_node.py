@@ -85,6 +85,8 @@ BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
 EXIT_CANCELLED = 3
 #: Seconds a cancelled job gets to stop before it is killed.
 CANCEL_GRACE_S = 60.0
+#: Seconds a request waits for a store edit (rename, remove, rollback) to finish.
+STORE_EDIT_WAIT_S = 5.0
 MAX_CLASS_NAME = 64
 #: Most clicked points one point prompt may carry.
 MAX_PROMPT_POINTS = 64
@@ -624,10 +626,9 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
 
     def _on_remove_frame(self, request, response):
         """Move one pending labelled frame to the store's trash (not while a job runs)."""
-        if not self._job_lock.acquire(blocking=False):
-            return _refused(self, 'remove_frame', response, Refused(
-                f'a learning job ({self._job_goal}) is running: wait for it to finish or '
-                'cancel it first'))
+        busy = self._hold_store()
+        if busy is not None:
+            return _refused(self, 'remove_frame', response, Refused(busy))
         try:
             record = self.store.remove_frame(request.frame_id)
         except ValueError as exc:
@@ -660,9 +661,9 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
         taken = self._versions_knowing(new) if new is not None else []
         if taken:
             raise Refused(f'class name {new!r} is taken by a class of {", ".join(taken)}')
-        if not self._job_lock.acquire(blocking=False):
-            raise Refused(f'a learning job ({self._job_goal}) is running: wait for it to '
-                          'finish or cancel it first')
+        busy = self._hold_store()
+        if busy is not None:
+            raise Refused(busy)
         try:
             with self._class_lock:
                 if new is None:
@@ -678,6 +679,23 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
         return [m.id for m in self.registry.list_versions()
                 if any(c['name'] == name for c in m.classes)]
 
+    def _hold_store(self) -> str | None:
+        """
+        Take the job lock for a short store or registry edit; return why not, or None.
+
+        The lock is held for minutes by a learning job and for milliseconds by an edit
+        (rename, remove, rollback). A request that meets an edit waits for it instead of
+        being refused with a job that does not exist; one that meets a job is refused at
+        once, naming the goal.
+        """
+        if self._job_goal:
+            return (f'a learning job ({self._job_goal}) is running: wait for it to finish '
+                    'or cancel it first')
+        if self._job_lock.acquire(timeout=STORE_EDIT_WAIT_S):
+            return None
+        return (f'a learning job ({self._job_goal or "starting"}) is running: wait for it '
+                'to finish or cancel it first')
+
     def _on_list_versions(self, request, response):
         good, broken = self.registry.scan()
         response.versions = [_version_message(m, self.registry.root) for m in good]
@@ -691,11 +709,11 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
         return response
 
     def _on_rollback(self, request, response):
-        if self._job_lock.locked():
+        busy = self._hold_store()
+        if busy is not None:
             response.success = False
             response.active_version = self.registry.active_id() or ''
-            response.message = (f'a learning job ({self._job_goal}) is running; cancel it or '
-                                'wait for it before rolling back')
+            response.message = busy
             return response
         try:
             before, target = self._roll_back_to(request.version_id)
@@ -704,6 +722,8 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
             response.active_version = self.registry.active_id() or ''
             response.message = f'rollback failed: {exc}'
             return response
+        finally:
+            self._job_lock.release()
         self._publish_active()
         response.success = True
         response.active_version = target.id
@@ -747,10 +767,10 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
             result.message = (f'refused: the learner is {self.lifecycle_state()} (activate '
                               'it through ~/change_state first)')
             return result
-        if not self._job_lock.acquire(blocking=False):
+        busy = self._hold_store()
+        if busy is not None:
             goal_handle.abort()
-            result.message = (f'refused: learning job {self._job_goal} is still running; '
-                              'wait for it to finish or cancel it')
+            result.message = f'refused: {busy}'
             self.get_logger().warning(f'goal {goal_id} {result.message}')
             return result
         try:

@@ -403,7 +403,10 @@ def test_bench_specs_parse_modes_and_session_options():
     assert ort_spec.session == {'optimization': 'basic', 'intra_op_threads': 2,
                                 'allow_spinning': True}
     assert int8.int8 and int8.postprocess == 'decoder-x4'
+    half = parse_spec('torch[dev=cuda:prec=fp16]')
+    assert half.session == {'device': 'cuda', 'precision': 'fp16'}
     for bad in ('torch[opt=all]', 'onnxruntime@half', 'onnxruntime[opt=max]', 'tflite',
-                'onnxruntime[threads=2]'):
+                'onnxruntime[threads=2]', 'torch[prec=int4]', 'onnxruntime[prec=fp16]',
+                'tensorrt[intra=2]'):
         with pytest.raises(ValueError):
             parse_spec(bad)

@@ -335,3 +335,53 @@ def test_same_command_same_weights_in_separate_processes(base, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         digests.append(proc.stdout.strip().splitlines()[-1])
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+_FORKED_LOADER_SCRIPT = """
+import sys
+sys.path.insert(0, {test_dir!r})
+import cv2
+import numpy as np
+import torch
+from learning_fixtures import tiny_config, tiny_train
+from ldka_ros.learning.steps import _train_loader
+# Evaluation resizes frames in the parent before the next step's loader forks workers:
+# the parent's OpenCV pool is running when the children start.
+cv2.setNumThreads(2)
+big = np.random.default_rng(0).random((1500, 2000, 3), dtype=np.float32)
+for _ in range(4):
+    cv2.resize(big, (1000, 750))
+loader = _train_loader(tiny_train(), tiny_config(iterations=4, num_workers=2), 0,
+                       torch.device('cpu'))
+print('batches', sum(1 for _ in loader), flush=True)
+"""
+
+
+def test_loader_workers_start_after_opencv_ran_in_the_parent(tmp_path):
+    """A worker that resets OpenCV's thread pool after the fork hung the loader for ever."""
+    require_camvid()
+    script = _FORKED_LOADER_SCRIPT.format(test_dir=str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=90, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    assert proc.returncode == 0 and 'batches 4' in proc.stdout, proc.stderr[-2000:]
+
+
+def test_cuda_without_an_index_is_the_same_device_as_cuda_0():
+    from ldka_ros.learning.steps import _same_device
+
+    cpu, cuda0, cuda1 = torch.device('cpu'), torch.device('cuda:0'), torch.device('cuda:1')
+    assert _same_device(cuda0, torch.device('cuda')) and _same_device(cpu, cpu)
+    assert not _same_device(cpu, cuda0) and not _same_device(cuda0, cuda1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device: the bug was '
+                    'a CPU model given to a CUDA feature pass (none here)')
+def test_feature_pass_runs_on_the_requested_device_and_leaves_the_model_where_it_was():
+    """bench-learn-speed gave a CPU model to a CUDA feature pass: 'found cuda:0 and cpu'."""
+    from ldka_ros.learning.steps import collect_feature_bank
+
+    require_camvid()
+    model = tiny_base().model.cpu()
+    data = step_train_set(tiny_train(), tiny_protocol(), 0)
+    bank = collect_feature_bank(model, data, BASE_CLASSES, device='cuda')
+    assert next(model.parameters()).device == torch.device('cpu') and bank is not None

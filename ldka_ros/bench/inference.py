@@ -41,6 +41,7 @@ _SPEC = re.compile(r'^(?P<name>[a-z0-9-]+)(@(?P<mode>[a-z0-9-]+))?(\[(?P<opts>[^
 _OPTION_KEYS = {'opt': 'optimization', 'intra': 'intra_op_threads',
                 'inter': 'inter_op_threads', 'mode': 'execution_mode',
                 'spin': 'allow_spinning'}
+_TORCH_KEYS = {'dev': 'device', 'prec': 'precision'}
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,10 @@ def parse_spec(text: str) -> BackendSpec:
     """
     Parse ``name[@postprocess][[key=value:...]]`` (see module docstring).
 
-    Session keys (ONNX Runtime backends only): ``opt`` (disable/basic/extended/all),
+    Session keys of ONNX Runtime backends: ``opt`` (disable/basic/extended/all),
     ``intra`` / ``inter`` (thread counts), ``mode`` (sequential/parallel), ``spin``
-    (0/1). Raises ValueError naming what is wrong.
+    (0/1). Keys of ``torch``: ``dev`` (auto/cpu/cuda/cuda:N) and ``prec`` (fp32/fp16,
+    fp16 = autocast on CUDA). Raises ValueError naming what is wrong.
     """
     from ldka_ros.inference.backends.onnxruntime_backend import SessionSettings
     from ldka_ros.inference.export import check_postprocess, DEFAULT_POSTPROCESS
@@ -78,19 +80,24 @@ def parse_spec(text: str) -> BackendSpec:
         raise ValueError(f'bad backend spec {text!r}: expected name[@postprocess][[k=v:...]] '
                          f'with a name from {BACKEND_NAMES}')
     mode = check_postprocess(match['mode'] or DEFAULT_POSTPROCESS)
+    keys = _TORCH_KEYS if match['name'] == 'torch' else _OPTION_KEYS
     session: dict = {}
     for item in filter(None, (match['opts'] or '').split(':')):
         key, _, value = item.partition('=')
-        if key not in _OPTION_KEYS or not value:
-            raise ValueError(f'bad session option {item!r} in {text!r}; keys: '
-                             f'{sorted(_OPTION_KEYS)}')
-        field_name = _OPTION_KEYS[key]
+        if key not in keys or not value:
+            raise ValueError(f'bad option {item!r} in {text!r}; keys of '
+                             f'{match["name"]}: {sorted(keys)}')
+        field_name = keys[key]
         session[field_name] = (int(value) if field_name.endswith('threads') else
                                value in ('1', 'true', 'on') if field_name == 'allow_spinning'
                                else value)
-    if session and not match['name'].startswith('onnxruntime'):
-        raise ValueError(f'session options apply to onnxruntime backends only: {text!r}')
-    SessionSettings(**session)  # validate now, not after minutes of exporting
+    if match['name'] == 'torch':
+        if session.get('precision', 'fp32') not in ('fp32', 'fp16'):
+            raise ValueError(f"prec must be fp32 or fp16 in {text!r}")
+    elif match['name'].startswith('onnxruntime'):
+        SessionSettings(**session)  # validate now, not after minutes of exporting
+    elif session:
+        raise ValueError(f'options apply to onnxruntime and torch backends only: {text!r}')
     return BackendSpec(text=text.strip(), name=match['name'], postprocess=mode,
                        session=session)
 
@@ -101,8 +108,9 @@ def make_backend(spec: BackendSpec, model: Any, onnx_path: Path, input_hw: tuple
     if spec.name == 'torch':
         from ldka_ros.inference.backends.torch_backend import TorchBackend
 
-        return TorchBackend(model, device='auto', input_hw=input_hw,
-                            postprocess=spec.postprocess)
+        return TorchBackend(model, device=spec.session.get('device', 'auto'),
+                            input_hw=input_hw, postprocess=spec.postprocess,
+                            precision=spec.session.get('precision', 'fp32'))
     if spec.name.startswith('onnxruntime'):
         from ldka_ros.inference.backends.onnxruntime_backend import (OnnxRuntimeBackend,
                                                                      SessionSettings)

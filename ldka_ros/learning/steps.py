@@ -329,7 +329,15 @@ def _tensor_crop(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int]
 
 
 def _worker_init(worker_id: int) -> None:
-    """Seed numpy/torch in a worker (augmentation itself uses per-sample generators)."""
+    """
+    Seed numpy in a worker (augmentation itself uses per-sample generators).
+
+    OpenCV's thread count is left alone here on purpose: a worker is forked from a parent
+    whose OpenCV pool may be running (evaluation resizes frames), and
+    ``cv2.setNumThreads`` in the forked child waits for pool threads that were not
+    copied, hanging the loader for ever (seen on a 16-core GPU machine, reproduced by
+    test_steps.test_loader_workers_start_after_opencv_ran_in_the_parent).
+    """
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
 
@@ -617,6 +625,16 @@ class _Loop:
         return {'iteration': iteration + 1, 'lr': lr_now, **values}
 
 
+def _train_loader(dataset, cfg: TrainConfig, start: int,
+                  device: torch.device) -> torch.utils.data.DataLoader:
+    """Return the loader of iterations ``start`` .. ``cfg.iterations`` (the batch plan)."""
+    return torch.utils.data.DataLoader(
+        _TrainView(dataset, cfg), batch_sampler=_PlanSampler(
+            len(dataset), cfg.batch_size, cfg.seed, start, cfg.iterations),
+        num_workers=cfg.num_workers, worker_init_fn=_worker_init,
+        pin_memory=device.type == 'cuda', persistent_workers=False)
+
+
 def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: dict,
            device: torch.device, progress: ProgressFn | None,
            cancel: threading.Event | None, checkpoint_path, resume: bool,
@@ -629,11 +647,7 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
             param.requires_grad_(False)
     loop = _Loop(model, loss, cfg, phase, key, device, checkpoint_path)
     loop.restore(resume)
-    loader = torch.utils.data.DataLoader(
-        _TrainView(dataset, cfg), batch_sampler=_PlanSampler(
-            len(dataset), cfg.batch_size, cfg.seed, loop.start, cfg.iterations),
-        num_workers=cfg.num_workers, worker_init_fn=_worker_init,
-        pin_memory=device.type == 'cuda', persistent_workers=False)
+    loader = _train_loader(dataset, cfg, loop.start, device)
     _set_train_mode(model, cfg)
     loop.t0 = time.perf_counter()
     iteration = loop.start
@@ -703,6 +717,9 @@ def collect_feature_bank(model, dataset, class_ids: Sequence[int],
         model.num_slots, dim)
     classes = [int(c) for c in class_ids]
     bank.reset(classes)
+    caller = model
+    if not _same_device(next(model.parameters()).device, device):  # the caller's stays
+        model = copy.deepcopy(model).to(device)
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -718,9 +735,14 @@ def collect_feature_bank(model, dataset, class_ids: Sequence[int],
             elapsed = time.perf_counter() - t0
             progress(ProgressEvent('features', i + 1, len(dataset), {}, elapsed,
                                    elapsed / (i + 1) * (len(dataset) - i - 1)))
-    model.train(was_training)
+    caller.train(was_training)
     bank.fit()
     return bank
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """True for the same device; ``cuda`` without an index matches any CUDA index."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 # -- public entry points ----------------------------------------------------------------

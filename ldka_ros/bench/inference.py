@@ -93,7 +93,7 @@ def parse_spec(text: str) -> BackendSpec:
                                else value)
     if match['name'] == 'torch':
         if session.get('precision', 'fp32') not in ('fp32', 'fp16'):
-            raise ValueError(f"prec must be fp32 or fp16 in {text!r}")
+            raise ValueError(f'prec must be fp32 or fp16 in {text!r}')
     elif match['name'].startswith('onnxruntime'):
         SessionSettings(**session)  # validate now, not after minutes of exporting
     elif session:

@@ -741,7 +741,7 @@ def collect_feature_bank(model, dataset, class_ids: Sequence[int],
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
-    """True for the same device; ``cuda`` without an index matches any CUDA index."""
+    """Return True for the same device; ``cuda`` without an index matches any CUDA index."""
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 

@@ -43,6 +43,10 @@ VARIANT_METHODS = {
     # without the SKD stabilisers (curvature damping, perturbation)
     'ldka:no-skd': {'dss': False, 'pert': False},
     'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False},
+    # the diagnosis of the new-class deficit: one term or threshold changed at a time
+    'ldka:no-mad': {'mad': False},
+    'ldka:kd-half': {'lambda_kd': 5.0},
+    'ldka:tau0.9': {'tau': 0.9},
 }
 #: The upper bound: every class of the protocol trained at once, from the pretrained
 #: backbone, for the sum of the base and incremental budgets (not a ``learn_step`` method).

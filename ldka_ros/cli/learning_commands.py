@@ -202,8 +202,9 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument('--methods', default='finetune,mib,ldka,ldka+gfr,joint',
                    help='comma list of finetune, mib, ldka, ldka+gfr, joint and the '
-                   'ablation stages ldka:pml, ldka:skd, ldka:mad, ldka:gfr; the variant '
-                   'ldka:dss-shrink (curvature damping of shrinking margins only); '
+                   'ablation stages ldka:pml, ldka:skd, ldka:mad, ldka:gfr; the variants '
+                   'of bench.learning.VARIANT_METHODS (ldka:dss-shrink, ldka:bal-step, '
+                   'ldka:no-skd, ldka:no-mad, ldka:kd-half, ldka:tau0.9, ...); '
                    'joint-offline = the upper bound (every class at once, whole budget)')
     p.add_argument('--eval-split', choices=('selection', 'val'), default='selection',
                    help='what to evaluate on: selection = the 0001TP drive held out of '

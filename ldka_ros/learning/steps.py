@@ -717,7 +717,6 @@ def collect_feature_bank(model, dataset, class_ids: Sequence[int],
         model.num_slots, dim)
     classes = [int(c) for c in class_ids]
     bank.reset(classes)
-    caller = model
     if not _same_device(next(model.parameters()).device, device):  # the caller's stays
         model = copy.deepcopy(model).to(device)
     was_training = model.training
@@ -735,7 +734,7 @@ def collect_feature_bank(model, dataset, class_ids: Sequence[int],
             elapsed = time.perf_counter() - t0
             progress(ProgressEvent('features', i + 1, len(dataset), {}, elapsed,
                                    elapsed / (i + 1) * (len(dataset) - i - 1)))
-    caller.train(was_training)
+    model.train(was_training)
     bank.fit()
     return bank
 

@@ -688,10 +688,7 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
         being refused with a job that does not exist; one that meets a job is refused at
         once, naming the goal.
         """
-        if self._job_goal:
-            return (f'a learning job ({self._job_goal}) is running: wait for it to finish '
-                    'or cancel it first')
-        if self._job_lock.acquire(timeout=STORE_EDIT_WAIT_S):
+        if not self._job_goal and self._job_lock.acquire(timeout=STORE_EDIT_WAIT_S):
             return None
         return (f'a learning job ({self._job_goal or "starting"}) is running: wait for it '
                 'to finish or cancel it first')

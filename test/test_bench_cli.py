@@ -61,14 +61,16 @@ def test_label_efficiency_curve_is_nested_and_its_drops_add_up(tmp_path):
     cache = Path(__file__).resolve().parents[1] / 'build' / 'test_cache' / 'demo'
     out, png = tmp_path / 'eff.json', tmp_path / 'eff.png'
     proc = ldka('bench-label-efficiency', '--base', 'quick', '--cache', str(cache),
-                '--methods', 'ldka', '--counts', '1,2', '--seed-list', '3', '--iterations',
-                '2', '--starved-iterations', '1', '--val-frames', '3', '--batch-size', '2',
+                '--methods', 'ldka,ldka:init-imprint', '--counts', '1,2', '--seed-list', '3',
+                '--iterations', '2', '--starved-iterations', '1', '--val-frames', '3',
+                '--batch-size', '2',
                 '--plot', str(png), '--json', str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
     rows = record['rows']
-    assert [(r['kind'], r['frames'], r['iterations']) for r in rows] == [
-        ('curve', 1, 2), ('curve', 2, 2), ('starved', 2, 1)]
+    assert [(r['method'], r['kind'], r['frames'], r['iterations']) for r in rows] == [
+        (m, *run) for m in ('ldka', 'ldka:init-imprint')
+        for run in (('curve', 1, 2), ('curve', 2, 2), ('starved', 2, 1))]
     base = record['base']['per_class']
     assert set(base) == {'background', 'tray', 'teddy', 'soccerball', 'jenga', 'mug'}
     for row in rows:
@@ -76,5 +78,10 @@ def test_label_efficiency_curve_is_nested_and_its_drops_add_up(tmp_path):
         for name, drop in row['old_drop'].items():
             assert abs(drop - (base[name] - row['per_class'][name])) < 1e-9
         assert row['largest_old_drop'] == max(row['old_drop'].values())
-    assert [s['frames'] for s in record['summary']] == [1, 2, 2]
+    assert [s['frames'] for s in record['summary']] == [1, 2, 2] * 2
+    # the variant's classifier init changes the step, so its figures differ from LDKA's
+    assert [r['new_iou'] for r in rows[:3]] != [r['new_iou'] for r in rows[3:]]
     assert png.stat().st_size > 5000 and '| ldka | curve | 1 | 2 |' in proc.stdout
+    assert '| ldka:init-imprint | curve | 1 | 2 |' in proc.stdout
+    bad = ldka('bench-label-efficiency', '--methods', 'ldka:bogus', '--json', str(out))
+    assert bad.returncode != 0 and 'ldka:init-imprint' in bad.stderr

@@ -91,6 +91,61 @@ def test_mib_init_keeps_old_predictions(base, step_data):
     assert torch.allclose(new[:, BASE_CLASSES], old[:, BASE_CLASSES], atol=1e-3)
 
 
+def _own_pixels_won(model, dataset, cid):
+    """Fraction of ``cid``'s pixels (feature resolution) where ``cid`` has the top logit."""
+    from ldka_ros.learning.steps import feature_labels
+
+    won = total = 0
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            image, label = dataset[i]
+            out = model.eval()(image[None])
+            labels = feature_labels(label[None].long(), tuple(out.features.shape[-2:]),
+                                    model.num_slots)
+            top = model.classify(out.features).argmax(1)
+            mask = labels == cid
+            won += int((top[mask] == cid).sum())
+            total += int(mask.sum())
+    assert total > 0, f'no pixels of class {cid} in the step data'
+    return won / total
+
+
+def test_imprint_init_starts_the_new_class_on_its_own_features(base, step_data):
+    from ldka_ros.learning.steps import collect_feature_bank
+
+    data = _few(step_data, 6)
+    cfg = tiny_config(iterations=1, lr=1e-12, freeze_bn=True)
+    imprint = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg,
+                         ldka=LDKAConfig(init='imprint')).model
+    mib = learn_step(base.model, data, NEW_CLASSES, 'mib', cfg).model
+    car = NEW_CLASSES[0]
+    mean = collect_feature_bank(base.model, data, [car], device='cpu').mean[car]
+    row = imprint.classifier.weight[car].detach().flatten()
+    assert float(torch.cosine_similarity(row, mean, dim=0)) > 0.999
+    # old rows, background's included, are the base model's (MiB shifts background's bias)
+    for cid in [0, *BASE_CLASSES]:
+        assert torch.allclose(imprint.classifier.weight[cid], base.model.classifier.weight[cid])
+        assert torch.allclose(imprint.classifier.bias[cid], base.model.classifier.bias[cid])
+    # before any learning the imprinted class already wins part of its own pixels; MiB's
+    # copy of background ties background and wins none
+    assert _own_pixels_won(imprint, data, car) > 0.1
+    assert _own_pixels_won(mib, data, car) < 0.01
+    with pytest.raises(ValueError, match='classifier init'):
+        LDKAConfig(init='zeros')
+
+
+def test_frozen_backbone_step_trains_only_the_head(base, step_data):
+    res = learn_step(base.model, _few(step_data, 4), NEW_CLASSES, 'ldka',
+                     tiny_config(iterations=3, freeze_backbone=True, **STEP_RECIPE))
+    old, new = base.model.state_dict(), res.model.state_dict()
+    backbone = [k for k in old if k.startswith('backbone.')]
+    assert backbone and all(torch.equal(old[k], new[k]) for k in backbone)
+    head = [k for k in old if not k.startswith('backbone.') and old[k].is_floating_point()]
+    assert any(not torch.equal(old[k], new[k]) for k in head)
+    # the returned model is not left frozen for the step after it
+    assert all(p.requires_grad for p in res.model.backbone.parameters())
+
+
 @pytest.mark.parametrize('method', ['finetune', 'ldka+gfr'])
 def test_same_seed_same_weights(base, step_data, method):
     data = _few(step_data, 3)  # fewer images than a batch: repeated with new crops

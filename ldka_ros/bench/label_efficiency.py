@@ -45,14 +45,17 @@ def _views(teacher: Teacher, seed: int, count: int, min_area: int) -> list:
 
 def _learn(teacher: Teacher, samples: list, seed: int, method: str, iterations: int) -> dict:
     """Run one step; return the duck IoU and every class's IoU on the held-out frames."""
+    from ldka_ros.bench.learning import method_call, VARIANT_TRAIN
     from ldka_ros.learning import evaluate, steps
 
     args = teacher.args
     dataset = array_dataset(samples, {teacher.new_id: teacher.cfg.new_object},
                             teacher.cfg.input_hw)
     tcfg = steps.step_config(iterations=iterations, batch_size=args.batch_size,
-                             crop=teacher.cfg.input_hw, seed=seed, device='cpu', jitter=0.0)
-    result = steps.learn_step(teacher.model, dataset, [teacher.new_id], method, tcfg)
+                             crop=teacher.cfg.input_hw, seed=seed, device='cpu', jitter=0.0,
+                             **VARIANT_TRAIN.get(method, {}))
+    call, ldka = method_call(method, None)
+    result = steps.learn_step(teacher.model, dataset, [teacher.new_id], call, tcfg, ldka=ldka)
     res = evaluate.evaluate(result.model, teacher.val, [*teacher.old_ids, teacher.new_id],
                             teacher.old_ids, [teacher.new_id])
     return {'new_iou': float(res.per_class_iou[teacher.new_id]),
@@ -199,7 +202,9 @@ def register(subparsers) -> None:
                     "with each method; duck IoU and every old class's IoU drop on held-out "
                     'rendered frames, plus a starved step (few iterations).')
     p.add_argument('--methods', default='ldka,mib',
-                   type=lambda s: [m for m in s.split(',') if m])
+                   type=lambda s: [m for m in s.split(',') if m],
+                   help='robot methods (ldka, mib, ldka+gfr, finetune) and the LDKA '
+                   'variants of bench-learning (e.g. ldka:init-imprint, ldka:head-only)')
     p.add_argument('--counts', default='1,2,4,8', type=_int_list,
                    help='labelled-frame counts (nested: the first n of the largest set)')
     p.add_argument('--seed-list', default='0,1,2', type=_int_list)
@@ -221,12 +226,14 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_label_efficiency(args) -> int:
+    from ldka_ros.bench.learning import VARIANT_METHODS
     from ldka_ros.bench.record import run_recorded
     from ldka_ros.learning.methods import ROBOT_METHODS
 
-    unknown = [m for m in args.methods if m not in ROBOT_METHODS]
+    known = (*ROBOT_METHODS, *VARIANT_METHODS)
+    unknown = [m for m in args.methods if m not in known]
     if unknown or not args.methods:
-        raise SystemExit(f'--methods: unknown {unknown}; use some of {", ".join(ROBOT_METHODS)}')
+        raise SystemExit(f'--methods: unknown {unknown}; use some of {", ".join(known)}')
     if not args.counts or min(args.counts) < 1 or not args.seed_list:
         raise SystemExit('--counts and --seed-list need at least one value; counts >= 1')
     if min(args.iterations, args.batch_size, args.val_frames) < 1 or args.starved_iterations < 0:

@@ -47,7 +47,13 @@ VARIANT_METHODS = {
     'ldka:no-mad': {'mad': False},
     'ldka:kd-half': {'lambda_kd': 5.0},
     'ldka:tau0.9': {'tau': 0.9},
+    # new class rows from their mean feature instead of background's row
+    'ldka:init-imprint': {'init': 'imprint'},
+    # the backbone frozen in the step: only decoder and classifier learn (VARIANT_TRAIN)
+    'ldka:head-only': {},
 }
+#: Optimisation changes of a variant (``TrainConfig`` fields over the step recipe).
+VARIANT_TRAIN = {'ldka:head-only': {'freeze_backbone': True}}
 #: The upper bound: every class of the protocol trained at once, from the pretrained
 #: backbone, for the sum of the base and incremental budgets (not a ``learn_step`` method).
 JOINT_OFFLINE = 'joint-offline'
@@ -304,7 +310,7 @@ def _learn_cached(run: _Run, method: str, seed: int, t: int, state: dict) -> dic
 
     proto = run.proto
     call, cfg_ldka = method_call(method, run.ldka)
-    step_cfg = replace(run.cfg_step, seed=seed * 1000 + t)
+    step_cfg = replace(run.cfg_step, seed=seed * 1000 + t, **VARIANT_TRAIN.get(method, {}))
     state['key'] = json.dumps({'prev': state['key'], 'method': method, 't': t,
                                'protocol': proto.name, 'new': proto.new_classes(t),
                                'cfg': step_cfg.key(),

@@ -139,6 +139,10 @@ class LDKAConfig:
     misclassification-aware decoupling; ``gfr``: Gaussian feature replay. All
     switches off with ``pseudo=False`` and ``kd=True`` is exactly MiB's loss.
 
+    ``init``: how a new class's classifier row starts: ``'mib'`` (a copy of background's,
+    MiB) or ``'imprint'`` (the mean decoder feature of its labelled pixels, a variant;
+    see ``imprint_init``).
+
     ``balance_step_labels``: take the class-balancing weights of the CE term from the
     step's own labels (new classes and background) instead of the pseudo-labelled
     target. With pseudo-labels a batch holds every old class too, so equal weight per
@@ -165,10 +169,17 @@ class LDKAConfig:
     gfr_samples: int = 64
     dss_shrink_only: bool = False
     balance_step_labels: bool = False
+    init: str = 'mib'
 
     #: Options added after results were first cached: keyed only when not at their
     #: default, so that cached benchmark steps of the unchanged method stay valid.
-    _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False}
+    _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False, 'init': 'mib'}
+    INITS = ('mib', 'imprint')
+
+    def __post_init__(self) -> None:
+        if self.init not in self.INITS:
+            raise ValueError(f'unknown classifier init {self.init!r}; known: '
+                             f'{", ".join(self.INITS)}')
 
     def key(self) -> dict:
         """Return the fields that identify a result (for caches and records)."""
@@ -360,6 +371,42 @@ def mib_init(model: torch.nn.Module, new_class_ids: Sequence[int]) -> None:
             weight[c].copy_(weight[0])
             bias[c].copy_(new_bias)
         bias[0].copy_(new_bias)
+
+
+def imprint_init(model: torch.nn.Module, dataset, new_class_ids: Sequence[int],
+                 device: torch.device) -> list[int]:
+    """
+    Initialise new class slots from their own features (weight imprinting); return them.
+
+    Why a variant of MiB's start: MiB gives a new class background's row, so it begins
+    as background's twin and must pull away from it by gradient alone; with few
+    iterations a rare class (CamVid's car) stays near background. Here the row points
+    at the class's mean decoder feature ``f_c`` (from the step's labelled pixels, the
+    model in eval mode), scaled to the mean norm of the old rows, and the bias puts the
+    class level with the best old class at ``f_c``: ``b_c = max_k(w_k f_c + b_k) - w_c f_c``.
+    Background's row is left alone. A class without labelled pixels falls back to MiB's
+    row (its bias without the shift of background).
+    """
+    new = [int(c) for c in new_class_ids]
+    old = model.active_classes()
+    bank = collect_feature_bank(model, dataset, new, device=device)
+    imprinted = []
+    with torch.no_grad():
+        weight, bias = model.classifier.weight, model.classifier.bias
+        rows = weight.flatten(1)
+        norm = rows[old].norm(dim=1).mean()
+        for c in new:
+            if not bool(bank.fitted[c]):
+                weight[c].copy_(weight[0])
+                bias[c].copy_(bias[0] - math.log(len(new) + 1))
+                continue
+            mean = bank.mean[c].to(rows)
+            row = mean / mean.norm().clamp_min(1e-6) * norm
+            best_old = (rows[old] @ mean + bias[old]).max()
+            weight[c].copy_(row.view_as(weight[c]))
+            bias[c].copy_(best_old - row @ mean)
+            imprinted.append(c)
+    return imprinted
 
 
 def _check_classes(model: torch.nn.Module, class_ids: Sequence[int]) -> list[int]:
@@ -675,6 +722,9 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
     seconds = time.perf_counter() - loop.t0
     if not _finite_params(model):
         raise Diverged(f'{phase}: model parameters became non-finite during training')
+    if cfg.freeze_backbone:  # the returned model trains normally in a later step
+        for param in model.backbone.parameters():
+            param.requires_grad_(True)
     done_here = iteration - loop.start
     per_iter = seconds / done_here if done_here else (
         loop.spent / max(1, loop.start) if loop.start else 0.0)
@@ -810,7 +860,9 @@ def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
             param.requires_grad_(False)
     net = copy.deepcopy(old_model).to(device)
     fresh = [c for c in new if c not in old]
-    if method in ('mib', 'ldka', 'ldka+gfr'):
+    if method.startswith('ldka') and ldka.init == 'imprint' and fresh:
+        imprint_init(net, dataset, fresh, device)
+    elif method in ('mib', 'ldka', 'ldka+gfr'):
         mib_init(net, fresh)
     net.set_active(new)
     key = {'phase': 'step', 'method': method, 'new': new, 'old': old, 'cfg': cfg.key(),

@@ -231,8 +231,11 @@ def test_learn_action_runs_every_phase_publishes_and_rolls_back(
     from ldka_ros_interfaces.msg import ModelVersion
     from ldka_ros_interfaces.srv import ListClasses, ListVersions, Rollback
 
+    from ldka_ros.registry import ModelRegistry
+
     tmp_path, frames = learner_setup
-    _start_learner(ros_launcher, tmp_path)
+    # Not the default: the parameter must reach the job (recorded in the new manifest).
+    _start_learner(ros_launcher, tmp_path, classifier_init='mib')
     srv = _services(ros_node, ros_namespace, ros_launcher)
     versions = ros_harness.TopicCollector(ros_node.node, ModelVersion,
                                           f'{ros_namespace}/learner/model_version',
@@ -267,6 +270,8 @@ def test_learn_action_runs_every_phase_publishes_and_rolls_back(
     assert announced.id == 'v0002' and announced.parent_id == 'v0001'
     assert CAR_ID in list(announced.class_ids)
     assert {a.kind for a in announced.artefacts} >= {'onnx', 'checkpoint'}
+    manifest = ModelRegistry(tmp_path / 'registry').verify('v0002')
+    assert manifest.extra['train']['classifier_init'] == 'mib'
     listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request())
     assert listing.legend.model_version == 'v0002' and 'car' in listing.legend.names
     assert list(listing.pending_classes) == []

@@ -204,6 +204,7 @@ def test_job_runs_every_phase_and_publishes(tmp_path, setup_job):
     manifest = registry.verify('v0002')
     assert registry.active_id() == 'v0002' and manifest.parent == 'v0001'
     assert manifest.step == 1 and CAR_ID in manifest.class_ids()
+    assert manifest.extra['train']['classifier_init'] == 'imprint'  # the spec's default
     held = manifest.extra['frames']['heldout']
     assert len(held) == 1 and sorted(held + manifest.extra['frames']['train']) == sorted(ids)
     model, classes, _ = load_checkpoint(registry.artefact_path('v0002', 'checkpoint'))
@@ -221,6 +222,9 @@ def test_job_refuses_bad_input_with_reason(tmp_path, setup_job):
     assert "['cat']" in lines[-1]['result']['message']
     code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path, method='magic'))
     assert code == 2 and 'method' in lines[-1]['result']['message']
+    code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path,
+                                   classifier_init='median'))
+    assert code == 2 and "classifier_init 'median' unknown" in lines[-1]['result']['message']
     code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path, colour='red'))
     assert code == 2 and 'unknown job spec fields' in lines[-1]['result']['message']
     from ldka_ros.registry import ModelRegistry

@@ -325,8 +325,8 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                 work: Path, report: Reporter, control: StopControl,
                 started: float) -> tuple[Any, Any, dict]:
     """Run one ``learn_step`` attempt at learning rate ``lr``."""
-    from ldka_ros.learning.steps import (Cancelled, learn_step, read_train_state, step_config,
-                                         train_base)
+    from ldka_ros.learning.steps import (Cancelled, LDKAConfig, learn_step, read_train_state,
+                                         step_config, train_base)
 
     cfg = step_config(iterations=int(spec.max_iterations), batch_size=int(spec.batch_size),
                       lr=lr, crop=crop, device=spec.device, seed=int(spec.seed),
@@ -353,6 +353,7 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                                 resume=False, collect_features=spec.method == 'ldka+gfr')
         else:
             result = learn_step(prep.old_model, dataset, new_ids, spec.method, cfg,
+                                ldka=LDKAConfig(init=spec.classifier_init),
                                 feature_bank=prep.feature_bank, progress=on_progress,
                                 cancel=control.event, checkpoint_path=state_path,
                                 resume=False)
@@ -368,7 +369,8 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
         state_path.unlink(missing_ok=True)
     control.check()
     last = history[-1] if history else {}
-    summary = {'method': spec.method, 'iterations': len(history),
+    summary = {'method': spec.method, 'classifier_init': spec.classifier_init,
+               'iterations': len(history),
                'iterations_requested': cfg.iterations, 'stopped_by_time_budget': stopped_early,
                'seconds': round(float(seconds), 3), 'seconds_per_iter': round(float(per_iter), 4),
                'final_losses': {k: v for k, v in last.items() if k not in ('iteration', 'lr')},

@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from ldka_ros.learning.methods import ROBOT_METHODS
+from ldka_ros.learning.methods import CLASSIFIER_INITS, ROBOT_METHODS
 
 ENGINE_MODES = ('auto', 'tensorrt', 'none')
 
@@ -39,6 +39,8 @@ class JobSpec:
     max_iterations: int = 200
     max_seconds: float = 0.0
     method: str = 'ldka'
+    #: How a new class's classifier row starts (LDKA methods; see ``LDKAConfig.init``).
+    classifier_init: str = 'imprint'
     device: str = 'auto'
     engine: str = 'auto'
     engine_precision: str = 'fp16'
@@ -85,6 +87,9 @@ class JobSpec:
         if self.method not in ROBOT_METHODS:
             raise ValueError(f'method {self.method!r} unknown; use one of '
                              f'{", ".join(ROBOT_METHODS)}')
+        if self.classifier_init not in CLASSIFIER_INITS:
+            raise ValueError(f'classifier_init {self.classifier_init!r} unknown; use one of '
+                             f'{", ".join(CLASSIFIER_INITS)}')
         if self.engine_precision not in ('fp16', 'fp32'):
             raise ValueError(f'engine_precision must be fp16 or fp32, got '
                              f'{self.engine_precision!r}')

@@ -13,6 +13,7 @@ from pathlib import Path
 import sys
 
 from ldka_ros.errors import UserError
+from ldka_ros.learning.methods import CLASSIFIER_INITS
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -90,6 +91,9 @@ def register(subparsers) -> None:
                    'floor (default: config/perception.yaml; 0 = off)')
     p.add_argument('--max-old-class-drop', type=float, help="learner's quality gate: old-class "
                    'ceiling (default: config/perception.yaml; 1 = off)')
+    p.add_argument('--classifier-init', choices=CLASSIFIER_INITS,
+                   help="learner's classifier_init of the new class (default: "
+                        'config/perception.yaml)')
     p.add_argument('--launcher', choices=('auto', 'launch', 'process'), default='auto',
                    help="'launch' = ros2 launch, 'process' = the process starter, 'auto' = "
                         'ros2 launch where it exists')
@@ -137,7 +141,8 @@ def cmd_demo(args) -> int:
                       ('learn_iterations', 'iterations'), ('learn_seconds', 'max_seconds'),
                       ('camera_rate_hz', 'camera_rate'), ('seed', 'seed'),
                       ('min_new_class_iou', 'min_new_class_iou'),
-                      ('max_old_class_drop', 'max_old_class_drop')):
+                      ('max_old_class_drop', 'max_old_class_drop'),
+                      ('classifier_init', 'classifier_init')):
         value = getattr(args, attr)
         if value is not None:
             changes[key] = value

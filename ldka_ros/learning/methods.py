@@ -13,3 +13,8 @@ METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr', 'joint')
 #: Methods a robot can run on operator labels: ``joint`` needs every old class labelled in
 #: the step's frames, which operator labels never are (it is the benchmark's reference).
 ROBOT_METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr')
+#: How a new class's classifier row starts in an LDKA step: ``mib`` (a copy of
+#: background's row, MiB's rule) or ``imprint`` (the mean decoder feature of the class's
+#: labelled pixels). Here, not in ``learning.steps``, because the learner node and the job
+#: spec validate the name without importing torch.
+CLASSIFIER_INITS = ('mib', 'imprint')

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ldka_ros.errors import UserError
 from ldka_ros.fsio import atomic_write_bytes
 from ldka_ros.learning import losses as L
-from ldka_ros.learning.methods import METHODS
+from ldka_ros.learning.methods import CLASSIFIER_INITS, METHODS
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -174,7 +174,7 @@ class LDKAConfig:
     #: Options added after results were first cached: keyed only when not at their
     #: default, so that cached benchmark steps of the unchanged method stay valid.
     _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False, 'init': 'mib'}
-    INITS = ('mib', 'imprint')
+    INITS = CLASSIFIER_INITS
 
     def __post_init__(self) -> None:
         if self.init not in self.INITS:

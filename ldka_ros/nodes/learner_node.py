@@ -60,7 +60,7 @@ from typing import Any
 import warnings
 
 from ldka_ros.app.job_spec import JobSpec, spec_to_json
-from ldka_ros.learning.methods import ROBOT_METHODS
+from ldka_ros.learning.methods import CLASSIFIER_INITS, ROBOT_METHODS
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
@@ -115,6 +115,11 @@ PARAMS = [
               'max_seconds = 0; 0 = no time limit.', minimum=0.0, maximum=1e7),
     ParamSpec('method', 'ldka', 'Class-incremental method of a learning step.',
               choices=ROBOT_METHODS),
+    ParamSpec('classifier_init', 'imprint', "How a new class's classifier row starts in an "
+              "LDKA step: 'imprint' = the mean feature of its labelled pixels, 'mib' = a "
+              "copy of background's row. Measured on few labelled frames of one object "
+              '(docs/benchmarks/label_efficiency.md): imprint learns it better from 4 or '
+              'more frames.', choices=CLASSIFIER_INITS),
     ParamSpec('device', 'auto', "Training device: 'auto' (CUDA when available), 'cpu', "
               "'cuda', 'cuda:N'.", read_only=True),
     ParamSpec('backend', 'auto', 'Engine building after export: auto/tensorrt build a '
@@ -800,7 +805,8 @@ class LearnerNode(ManagedNodeMixin, LifecycleNode):
             classes=list(goal.classes),
             max_iterations=int(goal.max_iterations) or int(values['default_iterations']),
             max_seconds=float(goal.max_seconds) or float(values['default_max_seconds']),
-            method=values['method'], device=values['device'], engine=engine,
+            method=values['method'], classifier_init=values['classifier_init'],
+            device=values['device'], engine=engine,
             seed=int(values['seed']), batch_size=int(values['batch_size']),
             lr=float(values['learning_rate']),
             holdout_fraction=float(values['holdout_fraction']),

@@ -22,6 +22,7 @@ import math
 import threading
 from typing import Iterable, Mapping
 
+from ldka_ros.learning.methods import CLASSIFIER_INITS
 from ldka_ros.learning.metrics import ConfusionMatrix, IGNORE_INDEX
 import numpy as np
 
@@ -199,6 +200,8 @@ class DemoSettings:
     #: The learner's quality gate; None = the shipped configuration's (perception.yaml).
     min_new_class_iou: float | None = None
     max_old_class_drop: float | None = None
+    #: The learner's ``classifier_init``; None = the shipped configuration's.
+    classifier_init: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -211,6 +214,9 @@ class DemoSettings:
             raise ValueError(f'learn_seconds must be >= 0, got {self.learn_seconds}')
         if int(self.seed) < 0:
             raise ValueError(f'seed must be >= 0, got {self.seed}')
+        if self.classifier_init is not None and self.classifier_init not in CLASSIFIER_INITS:
+            raise ValueError(f'classifier_init must be one of {", ".join(CLASSIFIER_INITS)}, '
+                             f'got {self.classifier_init!r}')
 
     @classmethod
     def quick(cls, **changes) -> 'DemoSettings':

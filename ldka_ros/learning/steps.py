@@ -174,12 +174,11 @@ class LDKAConfig:
     #: Options added after results were first cached: keyed only when not at their
     #: default, so that cached benchmark steps of the unchanged method stay valid.
     _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False, 'init': 'mib'}
-    INITS = CLASSIFIER_INITS
 
     def __post_init__(self) -> None:
-        if self.init not in self.INITS:
+        if self.init not in CLASSIFIER_INITS:
             raise ValueError(f'unknown classifier init {self.init!r}; known: '
-                             f'{", ".join(self.INITS)}')
+                             f'{", ".join(CLASSIFIER_INITS)}')
 
     def key(self) -> dict:
         """Return the fields that identify a result (for caches and records)."""

@@ -294,6 +294,26 @@ def test_nan_loss_names_the_term_and_keeps_checkpoint(base, step_data, tmp_path)
                    'finetune', tiny_config(iterations=2))
 
 
+def test_non_finite_running_statistics_count_as_divergence(base, step_data):
+    """
+    A step whose batch-norm statistics overflowed has finite parameters but a broken model.
+
+    Such a model used to pass the end-of-training check (parameters only) and reached the
+    export, where torch and ONNX Runtime disagreed on every pixel instead of the job
+    retrying with a lower learning rate.
+    """
+    import copy
+
+    from ldka_ros.learning.steps import Diverged
+
+    broken = copy.deepcopy(base.model)
+    norms = [m for m in broken.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms, 'the test model has no batch norm'
+    norms[0].running_var.fill_(float('inf'))
+    with pytest.raises(Diverged, match='non-finite'):
+        learn_step(broken, step_data, NEW_CLASSES, 'finetune', tiny_config(iterations=2))
+
+
 def test_bad_inputs_are_clear_errors(base, step_data):
     with pytest.raises(ValueError, match='known methods: ' + ', '.join(METHODS).replace(
             '+', r'\+')):

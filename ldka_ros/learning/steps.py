@@ -439,7 +439,14 @@ def _set_train_mode(model: torch.nn.Module, cfg: TrainConfig) -> None:
 
 
 def _finite_params(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """
+    Return whether every weight and floating buffer is finite.
+
+    Buffers count: a high learning rate can overflow batch-norm running statistics while
+    the parameters stay finite, and such a model predicts nothing useful.
+    """
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _fingerprint(model: torch.nn.Module) -> float:
@@ -625,8 +632,9 @@ class _Loop:
         if self.path is None:
             return
         if not _finite_params(self.model):
-            raise Diverged(f'{self.phase}: model parameters became non-finite before '
-                           f'iteration {iteration}; checkpoint {self.path} left untouched')
+            raise Diverged(f'{self.phase}: model weights or batch-norm statistics became '
+                           f'non-finite before iteration {iteration}; checkpoint {self.path} '
+                           'left untouched')
         _atomic_torch_save({
             'format': STATE_FORMAT, 'key': self.key, 'iteration': iteration,
             'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
@@ -720,7 +728,8 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
         raise loop.cancelled(iteration)
     seconds = time.perf_counter() - loop.t0
     if not _finite_params(model):
-        raise Diverged(f'{phase}: model parameters became non-finite during training')
+        raise Diverged(f'{phase}: model weights or batch-norm statistics became non-finite '
+                       'during training')
     if cfg.freeze_backbone:  # the returned model trains normally in a later step
         for param in model.backbone.parameters():
             param.requires_grad_(True)

@@ -124,6 +124,7 @@ class FrameMemory:
         self.masks: OrderedDict[int, Image] = OrderedDict()
         self.margins: OrderedDict[int, Image] = OrderedDict()
         self.pinned: dict[int, Any] = {}
+        self.wanted: set[int] = set()
 
     def _put(self, table: OrderedDict, key: int, msg) -> None:
         with self.lock:
@@ -133,8 +134,12 @@ class FrameMemory:
                 table.popitem(last=False)
 
     def add_frame(self, msg) -> None:
-        """Remember a camera frame."""
-        self._put(self.frames, stamp_ns(msg), msg)
+        """Remember a camera frame (pinned at once when it is a suggested one)."""
+        stamp = stamp_ns(msg)
+        self._put(self.frames, stamp, msg)
+        with self.lock:
+            if stamp in self.wanted:
+                self.pinned[stamp] = msg
 
     def add_mask(self, msg: Image) -> None:
         """Remember a class-id mask."""
@@ -166,9 +171,16 @@ class FrameMemory:
             return table[max(older)] if older else None
 
     def pin(self, stamps: list[int]) -> None:
-        """Keep exactly these frames beyond the ring (the suggested ones)."""
+        """
+        Keep exactly these frames beyond the ring (the suggested ones).
+
+        A suggestion can arrive before its camera frame (the console's image callback
+        runs behind the segmentation round trip under load): such a stamp is pinned when
+        the frame comes.
+        """
         with self.lock:
-            keep = {s: self.frames.get(s) or self.pinned.get(s) for s in stamps}
+            self.wanted = {int(s) for s in stamps}
+            keep = {s: self.frames.get(s) or self.pinned.get(s) for s in self.wanted}
             self.pinned = {s: m for s, m in keep.items() if m is not None}
 
 
@@ -552,6 +564,9 @@ class LabelConsoleNode(Node):
                           'box': [int(s.box.x_offset), int(s.box.y_offset), int(s.box.width),
                                   int(s.box.height)],
                           'available': self.memory.frame(stamp) is not None})
+        # A frame this console never received (dropped by best-effort QoS, or seen
+        # before it started) cannot be shown or proposed on: those come last.
+        items.sort(key=lambda item: not item['available'])
         return {'suggestions': items}
 
     def close(self) -> None:

@@ -271,7 +271,8 @@ def test_learn_action_runs_every_phase_publishes_and_rolls_back(
     assert CAR_ID in list(announced.class_ids)
     assert {a.kind for a in announced.artefacts} >= {'onnx', 'checkpoint'}
     manifest = ModelRegistry(tmp_path / 'registry').verify('v0002')
-    assert manifest.extra['train']['classifier_init'] == 'mib'
+    assert manifest.extra['train']['classifier_init'] == 'mib'  # the parameter, applied
+    assert manifest.extra['train']['imprinted_classes'] == []
     listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request())
     assert listing.legend.model_version == 'v0002' and 'car' in listing.legend.names
     assert list(listing.pending_classes) == []

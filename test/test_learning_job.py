@@ -204,7 +204,9 @@ def test_job_runs_every_phase_and_publishes(tmp_path, setup_job):
     manifest = registry.verify('v0002')
     assert registry.active_id() == 'v0002' and manifest.parent == 'v0001'
     assert manifest.step == 1 and CAR_ID in manifest.class_ids()
-    assert manifest.extra['train']['classifier_init'] == 'imprint'  # the spec's default
+    # the rule the step applied (the spec's default), with the class it imprinted
+    assert manifest.extra['train']['classifier_init'] == 'imprint'
+    assert manifest.extra['train']['imprinted_classes'] == ['car']
     held = manifest.extra['frames']['heldout']
     assert len(held) == 1 and sorted(held + manifest.extra['frames']['train']) == sorted(ids)
     model, classes, _ = load_checkpoint(registry.artefact_path('v0002', 'checkpoint'))
@@ -286,6 +288,9 @@ def test_same_seed_same_model_and_time_budget(tmp_path, setup_job, camvid_root):
     result = lines[-1]['result']
     assert result['train']['stopped_by_time_budget']
     assert 1 <= result['train']['iterations'] < 100000
+    # read back from the saved training state of the stopped step
+    assert result['train']['classifier_init'] == 'imprint'
+    assert result['train']['imprinted_classes'] == ['vehicle']
 
 
 @pytest.mark.slow

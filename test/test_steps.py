@@ -115,10 +115,17 @@ def test_imprint_init_starts_the_new_class_on_its_own_features(base, step_data):
 
     data = _few(step_data, 6)
     cfg = tiny_config(iterations=1, lr=1e-12, freeze_bn=True)
-    imprint = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg,
-                         ldka=LDKAConfig(init='imprint')).model
-    mib = learn_step(base.model, data, NEW_CLASSES, 'mib', cfg).model
+    imprinted = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg,
+                           ldka=LDKAConfig(init='imprint'))
+    imprint = imprinted.model
+    mib_step = learn_step(base.model, data, NEW_CLASSES, 'mib', cfg)
+    mib = mib_step.model
     car = NEW_CLASSES[0]
+    # the step says which rule it applied (the job records this, not its request)
+    assert (imprinted.classifier_init, imprinted.imprinted_classes) == ('imprint', [car])
+    assert (mib_step.classifier_init, mib_step.imprinted_classes) == ('mib', [])
+    asked = learn_step(base.model, data, NEW_CLASSES, 'finetune', cfg)  # keeps its rows
+    assert asked.classifier_init is None
     mean = collect_feature_bank(base.model, data, [car], device='cpu').mean[car]
     row = imprint.classifier.weight[car].detach().flatten()
     assert float(torch.cosine_similarity(row, mean, dim=0)) > 0.999

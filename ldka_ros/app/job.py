@@ -359,17 +359,24 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                                 resume=False)
         model, bank = result.model, result.feature_bank
         history, seconds, per_iter = result.history, result.seconds, result.seconds_per_iter
+        init, imprinted = result.classifier_init, result.imprinted_classes
     except Cancelled:
         if control.cancelled:
             raise JobCancelled(control.reason) from None
         stopped_early = True
+        state = read_train_state(state_path)
         model, bank, history, seconds, per_iter = _model_at_budget(
-            spec, prep, dataset, new_ids, read_train_state(state_path))
+            spec, prep, dataset, new_ids, state)
+        init, imprinted = state['key'].get('classifier_init'), state['key'].get('imprinted', [])
     finally:
         state_path.unlink(missing_ok=True)
     control.check()
     last = history[-1] if history else {}
-    summary = {'method': spec.method, 'classifier_init': spec.classifier_init,
+    names = {cid: name for name, cid in prep.step_ids.items()}
+    # What the step applied, not what was asked: the base step and the methods that keep
+    # the rows they find ignore classifier_init.
+    summary = {'method': spec.method, 'classifier_init': init,
+               'imprinted_classes': [names.get(int(c), str(c)) for c in imprinted],
                'iterations': len(history),
                'iterations_requested': cfg.iterations, 'stopped_by_time_budget': stopped_early,
                'seconds': round(float(seconds), 3), 'seconds_per_iter': round(float(per_iter), 4),

@@ -51,9 +51,12 @@ VARIANT_METHODS = {
     'ldka:init-imprint': {'init': 'imprint'},
     # the backbone frozen in the step: only decoder and classifier learn (VARIANT_TRAIN)
     'ldka:head-only': {},
+    # both: imprinted rows, and a frozen backbone
+    'ldka:imprint-head-only': {'init': 'imprint'},
 }
 #: Optimisation changes of a variant (``TrainConfig`` fields over the step recipe).
-VARIANT_TRAIN = {'ldka:head-only': {'freeze_backbone': True}}
+VARIANT_TRAIN = {'ldka:head-only': {'freeze_backbone': True},
+                 'ldka:imprint-head-only': {'freeze_backbone': True}}
 #: The upper bound: every class of the protocol trained at once, from the pretrained
 #: backbone, for the sum of the base and incremental budgets (not a ``learn_step`` method).
 JOINT_OFFLINE = 'joint-offline'

@@ -238,6 +238,11 @@ class StepResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     seconds_per_iter: float = 0.0
+    #: How the new classes' classifier rows started: ``'imprint'``, ``'mib'``, or None
+    #: where the method keeps the rows it finds (fine-tune, joint, the base step).
+    classifier_init: str | None = None
+    #: The new classes whose rows were imprinted (the others started MiB's way).
+    imprinted_classes: list[int] = field(default_factory=list)
 
 
 ProgressFn = Callable[[ProgressEvent], None]
@@ -868,14 +873,19 @@ def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
             param.requires_grad_(False)
     net = copy.deepcopy(old_model).to(device)
     fresh = [c for c in new if c not in old]
+    init, imprinted = None, []
     if method.startswith('ldka') and ldka.init == 'imprint' and fresh:
-        imprint_init(net, dataset, fresh, device)
+        init, imprinted = 'imprint', imprint_init(net, dataset, fresh, device)
     elif method in ('mib', 'ldka', 'ldka+gfr'):
+        init = 'mib'
         mib_init(net, fresh)
     net.set_active(new)
+    # The rule applied travels in the key, hence in the saved training state: a step
+    # stopped by a time budget still says how its rows started (see read_train_state).
     key = {'phase': 'step', 'method': method, 'new': new, 'old': old, 'cfg': cfg.key(),
            'ldka': ldka.key() if method.startswith('ldka') else None,
-           'samples': len(dataset), 'old_model': _fingerprint(old_model)}
+           'samples': len(dataset), 'old_model': _fingerprint(old_model),
+           'classifier_init': init, 'imprinted': imprinted}
     loss = _StepLoss(method, net, teacher, old, new, ldka, feature_bank, device, cfg.seed,
                      cfg.class_balance)
     history, seconds, per_iter = _train(net, dataset, loss, cfg, method, key, device,
@@ -884,4 +894,4 @@ def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
     if method == 'ldka+gfr' or (method == 'ldka' and ldka.gfr):  # only replay needs it
         bank = collect_feature_bank(net, dataset, fresh, feature_bank, device, progress,
                                     cancel)
-    return StepResult(net.cpu().eval(), bank, history, seconds, per_iter)
+    return StepResult(net.cpu().eval(), bank, history, seconds, per_iter, init, imprinted)

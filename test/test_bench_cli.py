@@ -85,3 +85,7 @@ def test_label_efficiency_curve_is_nested_and_its_drops_add_up(tmp_path):
     assert '| ldka:init-imprint | curve | 1 | 2 |' in proc.stdout
     bad = ldka('bench-label-efficiency', '--methods', 'ldka:bogus', '--json', str(out))
     assert bad.returncode != 0 and 'ldka:init-imprint' in bad.stderr
+    assert 'ldka:pml' in bad.stderr  # ablation stages are offered
+    # feature replay needs a feature bank, which this scene's base model has none of
+    replay = ldka('bench-label-efficiency', '--methods', 'ldka:gfr', '--json', str(out))
+    assert replay.returncode != 0 and "unknown ['ldka:gfr']" in replay.stderr

@@ -203,8 +203,9 @@ def register(subparsers) -> None:
                     'rendered frames, plus a starved step (few iterations).')
     p.add_argument('--methods', default='ldka,mib',
                    type=lambda s: [m for m in s.split(',') if m],
-                   help='robot methods (ldka, mib, ldka+gfr, finetune) and the LDKA '
-                   'variants of bench-learning (e.g. ldka:init-imprint, ldka:head-only)')
+                   help='robot methods (ldka, mib, ldka+gfr, finetune), the LDKA '
+                   'ablation stages (ldka:pml, ldka:skd, ldka:mad) and the LDKA variants '
+                   'of bench-learning (e.g. ldka:init-imprint, ldka:head-only)')
     p.add_argument('--counts', default='1,2,4,8', type=_int_list,
                    help='labelled-frame counts (nested: the first n of the largest set)')
     p.add_argument('--seed-list', default='0,1,2', type=_int_list)
@@ -226,11 +227,13 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_label_efficiency(args) -> int:
-    from ldka_ros.bench.learning import VARIANT_METHODS
+    from ldka_ros.bench.learning import ABLATION_METHODS, VARIANT_METHODS
     from ldka_ros.bench.record import run_recorded
     from ldka_ros.learning.methods import ROBOT_METHODS
 
-    known = (*ROBOT_METHODS, *VARIANT_METHODS)
+    # ablation stages too, except feature replay (no feature bank in this scene)
+    stages = [m for m, stage in ABLATION_METHODS.items() if stage != '+gfr']
+    known = (*ROBOT_METHODS, *stages, *VARIANT_METHODS)
     unknown = [m for m in args.methods if m not in known]
     if unknown or not args.methods:
         raise SystemExit(f'--methods: unknown {unknown}; use some of {", ".join(known)}')

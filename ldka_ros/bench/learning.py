@@ -53,6 +53,10 @@ VARIANT_METHODS = {
     'ldka:head-only': {},
     # both: imprinted rows, and a frozen backbone
     'ldka:imprint-head-only': {'init': 'imprint'},
+    # MiB's loss (the ablation's 'base' stage) with imprinted rows: which of the two
+    # changes keeps old classes on the robot
+    'ldka:base-imprint': {'pseudo': False, 'pml': False, 'dss': False, 'pert': False,
+                          'mad': False, 'init': 'imprint'},
 }
 #: Optimisation changes of a variant (``TrainConfig`` fields over the step recipe).
 VARIANT_TRAIN = {'ldka:head-only': {'freeze_backbone': True},

@@ -111,6 +111,23 @@ def test_run_seed_sets_the_scene_layout_and_the_learning_seed(tmp_path):
         DemoSettings(seed=-1)
 
 
+def test_demo_method_and_classifier_init_reach_the_learner(tmp_path):
+    """``ldka demo --method/--classifier-init``: the learner's parameters, checked early."""
+    from ldka_ros.app.demo.graph import demo_parameters, DemoPaths
+    from ldka_ros.app.demo.scenario import DemoSettings
+
+    cfg, paths = _config(), DemoPaths(tmp_path)
+    shipped = demo_parameters(cfg, DemoSettings(), paths)['/**/learner']['ros__parameters']
+    chosen = demo_parameters(cfg, DemoSettings(method='mib', classifier_init='mib'),
+                             paths)['/**/learner']['ros__parameters']
+    assert (chosen['method'], chosen['classifier_init']) == ('mib', 'mib')
+    assert (shipped.get('method'), shipped.get('classifier_init')) != ('mib', 'mib')
+    with pytest.raises(ValueError, match='method must be one of'):
+        DemoSettings(method='sgd')
+    with pytest.raises(ValueError, match='classifier_init must be one of'):
+        DemoSettings(classifier_init='zeros')
+
+
 def test_iou_meter_scores_old_and_new_classes_on_rendered_frames():
     from ldka_ros.app.demo.scenario import IoUMeter
 
@@ -289,6 +306,17 @@ def test_demo_teaches_the_duck_end_to_end(tmp_path, ros_domain, monkeypatch):
     assert after['old_miou'] >= before['old_miou'] - OLD_CLASS_TOLERANCE, (before, after)
     assert report.versions['before'] == 'v0001'
     assert report.versions['after'] == 'v0002'
+    # Both versions again on the frames scored before (same views): the old model's
+    # offline figures are the live ones (same frames, same pipeline), the drop is named.
+    same = report.same_views
+    assert same['frames'] == before['frames'] and set(same) >= {'v0001', 'v0002'}
+    assert math.isclose(same['v0001']['old_miou'], before['old_miou'], abs_tol=1e-3), (
+        same['v0001'], before)
+    assert same['v0001']['new_iou'] == 0.0 and same['v0002']['new_iou'] > 0.0
+    worst = same['largest_old_drop']
+    drop = (same['v0001']['per_class_iou'][worst['class']]
+            - same['v0002']['per_class_iou'][worst['class']])
+    assert math.isclose(worst['drop'], drop)
     assert len(report.labels) == options.settings.label_frames
     assert all(label['mask_iou'] > 0.5 for label in report.labels), report.labels
     assert report.frames['served'] and report.frames['served'] > 0

@@ -126,6 +126,12 @@ def test_imprint_init_starts_the_new_class_on_its_own_features(base, step_data):
     assert (mib_step.classifier_init, mib_step.imprinted_classes) == ('mib', [])
     asked = learn_step(base.model, data, NEW_CLASSES, 'finetune', cfg)  # keeps its rows
     assert asked.classifier_init is None
+    # MiB's loss takes the imprinted start too (the learner's method: mib)
+    mib_imprinted = learn_step(base.model, data, NEW_CLASSES, 'mib', cfg,
+                               ldka=LDKAConfig(init='imprint'))
+    assert mib_imprinted.classifier_init == 'imprint'
+    assert torch.allclose(mib_imprinted.model.classifier.weight[car],
+                          imprint.classifier.weight[car])
     mean = collect_feature_bank(base.model, data, [car], device='cpu').mean[car]
     row = imprint.classifier.weight[car].detach().flatten()
     assert float(torch.cosine_similarity(row, mean, dim=0)) > 0.999

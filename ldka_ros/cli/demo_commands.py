@@ -13,7 +13,7 @@ from pathlib import Path
 import sys
 
 from ldka_ros.errors import UserError
-from ldka_ros.learning.methods import CLASSIFIER_INITS
+from ldka_ros.learning.methods import CLASSIFIER_INITS, ROBOT_METHODS
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -94,6 +94,9 @@ def register(subparsers) -> None:
     p.add_argument('--classifier-init', choices=CLASSIFIER_INITS,
                    help="learner's classifier_init of the new class (default: "
                         'config/perception.yaml)')
+    p.add_argument('--method', choices=ROBOT_METHODS,
+                   help="learner's class-incremental method (default: "
+                        'config/perception.yaml)')
     p.add_argument('--launcher', choices=('auto', 'launch', 'process'), default='auto',
                    help="'launch' = ros2 launch, 'process' = the process starter, 'auto' = "
                         'ros2 launch where it exists')
@@ -142,7 +145,7 @@ def cmd_demo(args) -> int:
                       ('camera_rate_hz', 'camera_rate'), ('seed', 'seed'),
                       ('min_new_class_iou', 'min_new_class_iou'),
                       ('max_old_class_drop', 'max_old_class_drop'),
-                      ('classifier_init', 'classifier_init')):
+                      ('classifier_init', 'classifier_init'), ('method', 'method')):
         value = getattr(args, attr)
         if value is not None:
             changes[key] = value

@@ -141,7 +141,7 @@ class LDKAConfig:
 
     ``init``: how a new class's classifier row starts: ``'mib'`` (a copy of background's,
     MiB) or ``'imprint'`` (the mean decoder feature of its labelled pixels, a variant;
-    see ``imprint_init``).
+    see ``imprint_init``). Method ``mib`` reads this field too (and no other).
 
     ``balance_step_labels``: take the class-balancing weights of the CE term from the
     step's own labels (new classes and background) instead of the pseudo-labelled
@@ -874,7 +874,7 @@ def learn_step(old_model, dataset, new_class_ids: Sequence[int], method: str,
     net = copy.deepcopy(old_model).to(device)
     fresh = [c for c in new if c not in old]
     init, imprinted = None, []
-    if method.startswith('ldka') and ldka.init == 'imprint' and fresh:
+    if method in ('mib', 'ldka', 'ldka+gfr') and ldka.init == 'imprint' and fresh:
         init, imprinted = 'imprint', imprint_init(net, dataset, fresh, device)
     elif method in ('mib', 'ldka', 'ldka+gfr'):
         init = 'mib'

@@ -116,10 +116,10 @@ PARAMS = [
     ParamSpec('method', 'ldka', 'Class-incremental method of a learning step.',
               choices=ROBOT_METHODS),
     ParamSpec('classifier_init', 'imprint', "How a new class's classifier row starts in an "
-              "LDKA step: 'imprint' = the mean feature of its labelled pixels, 'mib' = a "
-              "copy of background's row. Measured on few labelled frames of one object "
-              '(docs/benchmarks/label_efficiency.md): imprint learns it better from 4 or '
-              'more frames.', choices=CLASSIFIER_INITS),
+              "LDKA or MiB step: 'imprint' = the mean feature of its labelled pixels, "
+              "'mib' = a copy of background's row. Measured on few labelled frames of one "
+              'object (docs/benchmarks/label_efficiency.md): imprint learns it better from '
+              '4 or more frames.', choices=CLASSIFIER_INITS),
     ParamSpec('device', 'auto', "Training device: 'auto' (CUDA when available), 'cpu', "
               "'cuda', 'cuda:N'.", read_only=True),
     ParamSpec('backend', 'auto', 'Engine building after export: auto/tensorrt build a '

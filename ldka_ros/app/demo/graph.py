@@ -128,8 +128,9 @@ def demo_parameters(cfg: BaseModelConfig, settings: DemoSettings, paths: DemoPat
     for name in ('min_new_class_iou', 'max_old_class_drop'):
         if getattr(settings, name) is not None:
             wanted['/**/learner'][name] = float(getattr(settings, name))
-    if settings.classifier_init is not None:
-        wanted['/**/learner']['classifier_init'] = settings.classifier_init
+    for name in ('classifier_init', 'method'):
+        if getattr(settings, name) is not None:
+            wanted['/**/learner'][name] = getattr(settings, name)
     out: dict = {}
     for node, values in wanted.items():
         params = dict(((base.get(node) or {}).get('ros__parameters') or {}))

@@ -66,6 +66,9 @@ class DemoReport:
     new_object: str
     before: dict | None = None
     after: dict | None = None
+    #: Both versions scored on the "before" frames (``_Run.score_fixed``): old-class
+    #: change without the change of view.
+    same_views: dict = field(default_factory=dict)
     learn: dict = field(default_factory=dict)
     frames: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
@@ -129,6 +132,18 @@ def format_report(report: DemoReport) -> str:
         lines.append(f'{label:28s} {_pct(before):>8s} {_pct(after):>8s} '
                      f'{_delta(before, after):>8s}')
     lines.append(f'{"frames scored":28s} {b.get("frames", 0):>8} {a.get("frames", 0):>8}')
+    lines.append('(live views: the camera moved between before and after)')
+    same = r.same_views or {}
+    versions = [v for v in (r.versions.get('before'), r.versions.get('after')) if v in same]
+    if len(versions) == 2:
+        first, last = same[versions[0]], same[versions[1]]
+        lines.append(f'same {same.get("frames", 0)} views, {versions[0]} -> {versions[1]}: old '
+                     f'classes {_pct(first.get("old_miou"))} -> {_pct(last.get("old_miou"))}'
+                     f' ({_delta(first.get("old_miou"), last.get("old_miou"))})')
+        worst = same.get('largest_old_drop')
+        if worst:
+            lines.append(f'  largest old-class drop on the same views: '
+                         f'{100 * worst["drop"]:.1f} points ({worst["class"]})')
     lines.append('')
     if r.learn:
         lines.append(f'learning: {r.learn.get("message", "")}')

@@ -83,6 +83,7 @@ class _Run:
         self.goal_handle = None
         self.log = None
         self.graph_cpu_s: float | None = None
+        self.recorded: list = []  # (rgb, truth) of the frames scored before learning
 
     # -- checks used while waiting ---------------------------------------------------
     def check_graph(self) -> None:
@@ -170,7 +171,7 @@ class _Run:
                 lut[int(cid)] = by_name[name]
         return lut
 
-    def score(self, phase: str, version: str, min_stamp: int) -> dict:
+    def score(self, phase: str, version: str, min_stamp: int, record: bool = False) -> dict:
         s = self.options.settings
         node = self.node
         self.wait(lambda: bool(node.scene_classes), s.eval_timeout_s, 'ground-truth boxes')
@@ -180,7 +181,8 @@ class _Run:
             raise DemoError(f'the sim camera shows no object named {s.new_object!r}; its '
                             f'classes are {sorted(scene.values())}')
         scoring = Scoring(IoUMeter({0: 'background', **scene}, new_ids), min_stamp,
-                          s.eval_frames, self._lut(version), new_ids[0], s.overlay_frames)
+                          s.eval_frames, self._lut(version), new_ids[0], s.overlay_frames,
+                          record=record)
         self.echo(f'scoring {s.eval_frames} masks of {version} against the simulator '
                   f'({phase}) ...')
         node.start_scoring(scoring)
@@ -190,11 +192,59 @@ class _Run:
             node.stop_scoring()
         result = scoring.meter.summary()
         result['version'] = version
+        if record:
+            self.recorded = list(scoring.frames)
         self.echo(f'  {phase}: old classes mIoU {_pct(result["old_miou"])}%, '
                   f'{s.new_object} IoU {_pct(result["new_iou"])}% over {result["frames"]} '
                   'frames')
         self._pictures(phase, version, scoring)
         return result
+
+    def score_fixed(self, versions: list[str]) -> dict:
+        """
+        Score every version in ``versions`` on the frames recorded before learning.
+
+        Why: the camera moves on while the learner trains, so the live "after" frames are
+        other views than the "before" ones, and a class that is seen at a worse angle
+        looks forgotten. Here each version's ONNX model from the registry runs through
+        the segmentation node's own pipeline (ONNX Runtime, CPU) on the same frames, so
+        the difference between versions is the step's alone.
+        """
+        from ldka_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from ldka_ros.inference.pipeline import SegmentationPipeline
+        from ldka_ros.registry import ModelRegistry
+
+        if not self.recorded:
+            raise DemoError('no frames were recorded before learning; nothing to rescore')
+        scene = dict(self.node.scene_classes)
+        new_ids = [cid for cid, name in scene.items()
+                   if name == self.options.settings.new_object]
+        registry = ModelRegistry(self.paths.registry)
+        self.echo(f'scoring {", ".join(versions)} again on the {len(self.recorded)} frames '
+                  'scored before learning (same views) ...')
+        out: dict = {'frames': len(self.recorded)}
+        for version in versions:
+            backend = OnnxRuntimeBackend(registry.artefact_path(version, 'onnx'),
+                                         providers='cpu').load()
+            try:
+                pipeline, lut = SegmentationPipeline(backend), self._lut(version)
+                meter = IoUMeter({0: 'background', **scene}, new_ids)
+                for rgb, truth in self.recorded:
+                    meter.update(lut[pipeline.process(rgb).class_ids], truth)
+            finally:
+                backend.release()
+            out[version] = meter.summary()
+        first, last = out[versions[0]]['per_class_iou'], out[versions[-1]]['per_class_iou']
+        drops = {name: first[name] - last[name] for name in first
+                 if first[name] is not None and last.get(name) is not None
+                 and name != self.options.settings.new_object}
+        if drops:
+            worst = max(drops, key=drops.get)
+            out['largest_old_drop'] = {'class': worst, 'drop': drops[worst]}
+            self.echo(f'  same views: old classes mIoU {_pct(out[versions[0]]["old_miou"])}% '
+                      f'-> {_pct(out[versions[-1]]["old_miou"])}%, largest old-class drop '
+                      f'{100 * drops[worst]:.1f} points ({worst})')
+        return out
 
     def _pictures(self, phase: str, version: str, scoring: Scoring) -> None:
         from ldka_ros.imaging.colors import colorize, overlay
@@ -445,7 +495,7 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoReport:
         run.start()
         node = run.node
         with run.timer.run('score_before'):
-            report.before = run.score('before', node.current_version, 0)
+            report.before = run.score('before', node.current_version, 0, record=True)
         with run.timer.run('label'):
             report.learn['labelling'] = run.label()
         with run.timer.run('learn'):
@@ -456,6 +506,8 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> DemoReport:
         report.versions['after'] = version
         with run.timer.run('score_after'):
             report.after = run.score('after', version, node.legend_stamp.get(version, 0))
+        with run.timer.run('score_same_views'):
+            report.same_views = run.score_fixed([report.versions['before'], version])
         report.frames = run.frame_counts()
         report.success = True
         report.message = 'ok'

@@ -22,7 +22,7 @@ import math
 import threading
 from typing import Iterable, Mapping
 
-from ldka_ros.learning.methods import CLASSIFIER_INITS
+from ldka_ros.learning.methods import CLASSIFIER_INITS, ROBOT_METHODS
 from ldka_ros.learning.metrics import ConfusionMatrix, IGNORE_INDEX
 import numpy as np
 
@@ -202,6 +202,8 @@ class DemoSettings:
     max_old_class_drop: float | None = None
     #: The learner's ``classifier_init``; None = the shipped configuration's.
     classifier_init: str | None = None
+    #: The learner's ``method``; None = the shipped configuration's.
+    method: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -217,6 +219,9 @@ class DemoSettings:
         if self.classifier_init is not None and self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f'classifier_init must be one of {", ".join(CLASSIFIER_INITS)}, '
                              f'got {self.classifier_init!r}')
+        if self.method is not None and self.method not in ROBOT_METHODS:
+            raise ValueError(f'method must be one of {", ".join(ROBOT_METHODS)}, '
+                             f'got {self.method!r}')
 
     @classmethod
     def quick(cls, **changes) -> 'DemoSettings':
@@ -236,7 +241,9 @@ class Scoring:
     One scoring phase: masks of frames stamped after ``min_stamp`` are scored.
 
     The frames with most pixels of the new object are kept (``keep`` of them) for the
-    report's pictures; ``done`` is set once ``target`` masks are scored.
+    report's pictures; ``done`` is set once ``target`` masks are scored. With ``record``
+    every scored frame's ``(rgb, truth)`` is kept in ``frames``, so that later model
+    versions can be scored on the very same views.
     """
 
     meter: IoUMeter
@@ -247,6 +254,8 @@ class Scoring:
     keep: int
     best: list = field(default_factory=list)  # (new-object pixels, stamp, rgb, truth, pred)
     done: threading.Event = field(default_factory=threading.Event)
+    record: bool = False
+    frames: list = field(default_factory=list)  # (rgb, truth) with ``record``
 
     def wants(self, stamp: int) -> bool:
         """Return True if a mask of the frame ``stamp`` is still to be scored."""
@@ -263,9 +272,13 @@ class Scoring:
         if pred.shape != truth.shape or self.done.is_set():
             return
         self.meter.update(pred, truth)
+        image = None
+        if self.record:
+            image = rgb()
+            self.frames.append((image, truth))
         new_px = int((truth == self.new_id).sum())
         if new_px > 0:
-            self.best.append((new_px, stamp, rgb(), truth, pred))
+            self.best.append((new_px, stamp, rgb() if image is None else image, truth, pred))
             self.best.sort(key=lambda item: -item[0])
             del self.best[self.keep:]
         if self.meter.frames >= self.target:

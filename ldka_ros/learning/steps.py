@@ -454,6 +454,21 @@ def _finite_params(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def _finite_outputs(model: torch.nn.Module, images: torch.Tensor) -> bool:
+    """
+    Return whether the model's active-class logits on ``images`` are finite (eval mode).
+
+    Finite weights are not enough: after a too-high learning rate they can be large
+    enough (1e8 and more) that the forward pass overflows, and such a model predicts
+    nothing. Inactive slots carry -inf by design and are not checked. Leaves the model in
+    eval mode (the caller restores its training mode).
+    """
+    model.eval()
+    with torch.no_grad():
+        logits = model(images).logits[:, model.active_classes()]
+    return bool(torch.isfinite(logits).all())
+
+
 def _fingerprint(model: torch.nn.Module) -> float:
     """Return a cheap number that changes when the (teacher) model's weights differ."""
     with torch.no_grad():
@@ -710,11 +725,12 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
     _set_train_mode(model, cfg)
     loop.t0 = time.perf_counter()
     iteration = loop.start
+    last_batch = None
     for images, target in loader:
         if cancel is not None and cancel.is_set():
             raise loop.cancelled(iteration)
-        record = loop.step(images.to(device, non_blocking=True),
-                           target.to(device, non_blocking=True), iteration)
+        last_batch = images.to(device, non_blocking=True)
+        record = loop.step(last_batch, target.to(device, non_blocking=True), iteration)
         iteration += 1
         if eval_fn is not None and cfg.eval_every > 0 and iteration % cfg.eval_every == 0:
             model.eval()
@@ -735,6 +751,12 @@ def _train(model, dataset, loss: _StepLoss, cfg: TrainConfig, phase: str, key: d
     if not _finite_params(model):
         raise Diverged(f'{phase}: model weights or batch-norm statistics became non-finite '
                        'during training')
+    if last_batch is not None:
+        finite = _finite_outputs(model, last_batch)
+        _set_train_mode(model, cfg)
+        if not finite:
+            raise Diverged(f'{phase}: the logits of the trained model overflow (non-finite) '
+                           'on a training batch: its weights grew too large')
     if cfg.freeze_backbone:  # the returned model trains normally in a later step
         for param in model.backbone.parameters():
             param.requires_grad_(True)

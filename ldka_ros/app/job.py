@@ -308,9 +308,12 @@ def train(spec: JobSpec, prep: Prepared, work: Path, report: Reporter,
                                                control, started)
             break
         except Diverged as exc:
-            if attempt == LR_RETRIES:
-                raise
             notes.append(f'diverged at lr {lr:g} ({str(exc).split(";")[0]})')
+            if attempt == LR_RETRIES:
+                raise Diverged(f'training diverged at every learning rate tried: '
+                               f'{"; ".join(notes)}. Nothing was published; lower the '
+                               'learning rate or keep gradient clipping on (grad_clip)'
+                               ) from exc
             lr /= LR_BACKOFF
             report.update(0.0, message=f'{notes[-1]}; retrying with lr {lr:g}')
     summary['lr_retries'] = notes

@@ -267,3 +267,29 @@ def test_class_balance_weights_hand_case():
     # weighted mean of a per-pixel loss divides by the valid count
     loss = torch.tensor([[[1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 100.0]]])
     assert float(L.weighted_mean(loss, equal)) == pytest.approx((3.0 * 1.0 + 3.0 * 4.0) / 6)
+
+
+def test_split_balance_keeps_the_new_class_share_and_balances_old_classes():
+    # step labels: 8 background pixels, 2 of the new class 5, one ignored pixel;
+    # pseudo-labels turn 6 of the background pixels into old class 1 (5 pixels) and
+    # old class 2 (1 pixel), and mark one background pixel unsure (ignored).
+    step = torch.tensor([[[0, 0, 0, 0, 0, 0, 0, 0, 5, 5, L.IGNORE]]])
+    pseudo = torch.tensor([[[1, 1, 1, 1, 1, 2, 0, L.IGNORE, 5, 5, L.IGNORE]]])
+    split = L.split_balance_weights(step, pseudo, 1.0)
+    by_step = L.class_balance_weights(step, 1.0)
+    by_target = L.class_balance_weights(pseudo, 1.0)
+    new_share = float(split[0, 0, 8:10].sum() / split.sum())
+    # the new class keeps the share the step labels give it (MiB's 1/2) ...
+    assert new_share == pytest.approx(0.5)
+    # ... where balancing over the pseudo-labels gives it 1/4 (four present classes)
+    assert float(by_target[0, 0, 8:10].sum() / by_target.sum()) == pytest.approx(0.25)
+    # inside background's half the old classes and background get equal totals
+    totals = [float(split[0, 0, :5].sum()), float(split[0, 0, 5]), float(split[0, 0, 6])]
+    assert totals == pytest.approx([totals[0]] * 3)
+    # step-label balancing instead spreads that half by pixel count (class 2: 1/8 of it)
+    assert float(by_step[0, 0, 5]) == pytest.approx(float(by_step[0, 0, :5].sum()) / 5)
+    # unsure and ignored pixels carry no weight
+    assert float(split[0, 0, 7]) == 0.0 and float(split[0, 0, 10]) == 0.0
+    # power 0 is plain averaging over the pixels the target keeps
+    plain = L.split_balance_weights(step, pseudo, 0.0)
+    assert plain[0, 0].tolist() == [1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0]

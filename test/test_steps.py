@@ -360,6 +360,11 @@ def test_benchmark_method_names_map_to_step_configs():
     assert cfg.key()['dss_shrink_only'] is True
     call, cfg = method_call('ldka:bal-step', None)
     assert call == 'ldka' and cfg.balance_step_labels and cfg.dss and not cfg.gfr
+    call, cfg = method_call('ldka:bal-split', None)
+    assert call == 'ldka' and cfg.balance_split and not cfg.balance_step_labels
+    assert 'balance_split' not in LDKAConfig().key() and cfg.key()['balance_split'] is True
+    with pytest.raises(ValueError, match='balance_split and balance_step_labels'):
+        LDKAConfig(balance_split=True, balance_step_labels=True)
     call, cfg = method_call('ldka:no-skd', None)
     assert not cfg.dss and not cfg.pert and cfg.pml and cfg.mad
     assert parse_methods('joint-offline,mib') == ['joint-offline', 'mib']
@@ -367,7 +372,7 @@ def test_benchmark_method_names_map_to_step_configs():
 
 def test_step_label_balancing_moves_the_new_class_more(base, step_data):
     """
-    Balancing over the step's labels gives the new class MiB's share of the CE.
+    Balancing over the step's labels (alone or in two levels) gives the new class MiB's share.
 
     With pseudo-labels every old class is present in a batch too; balancing over the
     pseudo-labelled target splits the CE evenly over all of them, so the new class's
@@ -375,15 +380,19 @@ def test_step_label_balancing_moves_the_new_class_more(base, step_data):
     """
     data = _few(step_data, 4)
     moved = {}
-    for flag in (False, True):
+    for name, option in (('target', {}), ('step', {'balance_step_labels': True}),
+                         ('split', {'balance_split': True})):
         cfg = tiny_config(iterations=1, lr=0.01, class_balance=1.0, freeze_bn=True)
         res = learn_step(base.model, data, NEW_CLASSES, 'ldka', cfg,
-                         ldka=LDKAConfig(balance_step_labels=flag, dss=False, pert=False,
-                                         mad=False, kd=False))
+                         ldka=LDKAConfig(dss=False, pert=False, mad=False, kd=False,
+                                         **option))
         # the new row starts as a copy of background's (MiB initialisation)
         start = base.model.classifier.weight[0].detach()
-        moved[flag] = float((res.model.classifier.weight[NEW_CLASSES[0]] - start).norm())
-    assert moved[True] > 1.5 * moved[False], moved
+        moved[name] = float((res.model.classifier.weight[NEW_CLASSES[0]] - start)
+                            .detach().norm())
+    assert moved['step'] > 1.5 * moved['target'], moved
+    # two-level balancing gives the new class the same share as step-label balancing
+    assert moved['split'] > 1.5 * moved['target'], moved
 
 
 _REPEAT_SCRIPT = """

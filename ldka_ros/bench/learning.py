@@ -40,6 +40,8 @@ VARIANT_METHODS = {
     'ldka:dss-shrink': {'dss_shrink_only': True},
     # class-balancing weights from the step's labels (the new class keeps MiB's share)
     'ldka:bal-step': {'balance_step_labels': True},
+    # the new class keeps MiB's share, old classes balanced among themselves in the rest
+    'ldka:bal-split': {'balance_split': True},
     # without the SKD stabilisers (curvature damping, perturbation)
     'ldka:no-skd': {'dss': False, 'pert': False},
     'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False},

@@ -60,6 +60,35 @@ def class_balance_weights(target: torch.Tensor, power: float,
     return weights
 
 
+def split_balance_weights(step_target: torch.Tensor, target: torch.Tensor,
+                          power: float) -> torch.Tensor:
+    """
+    Return class-balancing weights in two levels: step labels first, then the target.
+
+    Why: balancing over the pseudo-labelled ``target`` hands a single new class
+    ``1/(|old| + 1)`` of the CE (every old class the old model sees is present again);
+    balancing over the step's labels alone (``step_target``: new classes and
+    background) restores MiB's share but lets the frequent old classes crowd out the
+    rare ones inside background's part. Here every pixel labelled background in the
+    step keeps, as a group, the total weight the step labels give background, and that
+    total is shared out over the group by ``class_balance_weights(target, power)``
+    (old classes and the remaining background balanced among themselves); new-class
+    pixels keep their step-label weights. Pixels the target ignores get 0.
+    """
+    w_step = class_balance_weights(step_target, power)
+    if power == 0:
+        return torch.where(target != IGNORE, w_step, torch.zeros_like(w_step))
+    w_target = class_balance_weights(target, power)
+    background = step_target == 0
+    group = background & (target != IGNORE)
+    group_sum = w_target[group].sum()
+    if not bool(group.any()) or float(group_sum) <= 0:
+        return torch.where(background, torch.zeros_like(w_step), w_step)
+    scale = w_step[background].sum() / group_sum
+    shared = torch.where(group, w_target * scale, torch.zeros_like(w_target))
+    return torch.where(background, shared, w_step)
+
+
 def weighted_mean(pixel_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Return ``sum(w l) / sum(valid)`` (weights from ``class_balance_weights``)."""
     count = (weights > 0).sum().clamp(min=1)

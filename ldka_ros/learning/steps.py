@@ -148,6 +148,9 @@ class LDKAConfig:
     target. With pseudo-labels a batch holds every old class too, so equal weight per
     present class hands the new class 1/(|old| + 1) of the CE instead of MiB's 1/2;
     with this switch the pseudo-labelled old pixels share background's part.
+    ``balance_split``: the same share for the new classes, and background's part
+    shared out by class over the pseudo-labelled target (old classes balanced among
+    themselves; see ``losses.split_balance_weights``); excludes ``balance_step_labels``.
     """
 
     pml: bool = True
@@ -169,16 +172,21 @@ class LDKAConfig:
     gfr_samples: int = 64
     dss_shrink_only: bool = False
     balance_step_labels: bool = False
+    balance_split: bool = False
     init: str = 'mib'
 
     #: Options added after results were first cached: keyed only when not at their
     #: default, so that cached benchmark steps of the unchanged method stay valid.
-    _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False, 'init': 'mib'}
+    _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False,
+                      'balance_split': False, 'init': 'mib'}
 
     def __post_init__(self) -> None:
         if self.init not in CLASSIFIER_INITS:
             raise ValueError(f'unknown classifier init {self.init!r}; known: '
                              f'{", ".join(CLASSIFIER_INITS)}')
+        if self.balance_split and self.balance_step_labels:
+            raise ValueError('balance_split and balance_step_labels are two ways to balance '
+                             'the CE; set one of them')
 
     def key(self) -> dict:
         """Return the fields that identify a result (for caches and records)."""
@@ -542,7 +550,11 @@ class _StepLoss:
             valid = target != L.IGNORE
             pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
         # invalid pixels are masked below whichever labels the weights were taken from
-        pixel = pixel * self._weights(step_target if cfg.balance_step_labels else target)
+        if cfg.balance_split and cfg.pseudo:
+            weights = L.split_balance_weights(step_target, target, self.balance)
+        else:
+            weights = self._weights(step_target if cfg.balance_step_labels else target)
+        pixel = pixel * weights
         if cfg.pml:
             terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel)
         else:

@@ -365,6 +365,10 @@ def test_benchmark_method_names_map_to_step_configs():
     assert 'balance_split' not in LDKAConfig().key() and cfg.key()['balance_split'] is True
     with pytest.raises(ValueError, match='balance_split and balance_step_labels'):
         LDKAConfig(balance_split=True, balance_step_labels=True)
+    call, cfg = method_call('ldka:mib-ce', None)
+    assert call == 'ldka' and not cfg.pseudo and not cfg.pml
+    assert cfg.kd and cfg.dss and cfg.pert and cfg.mad and cfg.init == 'mib'
+    assert method_call('ldka:mib-ce-imprint', None)[1].init == 'imprint'
     call, cfg = method_call('ldka:no-skd', None)
     assert not cfg.dss and not cfg.pert and cfg.pml and cfg.mad
     assert parse_methods('joint-offline,mib') == ['joint-offline', 'mib']

@@ -151,6 +151,8 @@ class LDKAConfig:
     ``balance_split``: the same share for the new classes, and background's part
     shared out by class over the pseudo-labelled target (old classes balanced among
     themselves; see ``losses.split_balance_weights``); excludes ``balance_step_labels``.
+    Without pseudo-labels (``pseudo=False``) there is no second level and the weights
+    are the ordinary ones over the step's labels.
     """
 
     pml: bool = True

@@ -42,8 +42,6 @@ VARIANT_METHODS = {
     'ldka:bal-step': {'balance_step_labels': True},
     # the new class keeps MiB's share, old classes balanced among themselves in the rest
     'ldka:bal-split': {'balance_split': True},
-    # the same with imprinted rows (the learner's classifier_init), for the robot scene
-    'ldka:bal-split-imprint': {'balance_split': True, 'init': 'imprint'},
     # MiB's unbiased CE (no pseudo-labels, so no margin weighting of them) with LDKA's
     # stabilisers (curvature damping, perturbation, MAD) on top of MiB's KD
     'ldka:mib-ce': {'pseudo': False, 'pml': False},

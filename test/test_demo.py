@@ -118,10 +118,15 @@ def test_demo_method_and_classifier_init_reach_the_learner(tmp_path):
 
     cfg, paths = _config(), DemoPaths(tmp_path)
     shipped = demo_parameters(cfg, DemoSettings(), paths)['/**/learner']['ros__parameters']
-    chosen = demo_parameters(cfg, DemoSettings(method='mib', classifier_init='mib'),
+    chosen = demo_parameters(cfg, DemoSettings(method='mib', classifier_init='mib',
+                                               pseudo_label_threshold=0.7),
                              paths)['/**/learner']['ros__parameters']
     assert (chosen['method'], chosen['classifier_init']) == ('mib', 'mib')
     assert (shipped.get('method'), shipped.get('classifier_init')) != ('mib', 'mib')
+    assert chosen['pseudo_label_threshold'] == 0.7
+    assert shipped['pseudo_label_threshold'] == 0.9  # config/perception.yaml
+    with pytest.raises(ValueError, match=r'pseudo_label_threshold must be in \[0.5, 1\]'):
+        DemoSettings(pseudo_label_threshold=1.5)
     with pytest.raises(ValueError, match='method must be one of'):
         DemoSettings(method='sgd')
     with pytest.raises(ValueError, match='classifier_init must be one of'):

@@ -235,7 +235,7 @@ def test_learn_action_runs_every_phase_publishes_and_rolls_back(
 
     tmp_path, frames = learner_setup
     # Not the default: the parameter must reach the job (recorded in the new manifest).
-    _start_learner(ros_launcher, tmp_path, classifier_init='mib')
+    _start_learner(ros_launcher, tmp_path, classifier_init='mib', pseudo_label_threshold=0.8)
     srv = _services(ros_node, ros_namespace, ros_launcher)
     versions = ros_harness.TopicCollector(ros_node.node, ModelVersion,
                                           f'{ros_namespace}/learner/model_version',
@@ -273,6 +273,7 @@ def test_learn_action_runs_every_phase_publishes_and_rolls_back(
     manifest = ModelRegistry(tmp_path / 'registry').verify('v0002')
     assert manifest.extra['train']['classifier_init'] == 'mib'  # the parameter, applied
     assert manifest.extra['train']['imprinted_classes'] == []
+    assert manifest.extra['train']['pseudo_label_threshold'] == pytest.approx(0.8)
     listing = ros_harness.call_service(srv['list_classes'], ListClasses.Request())
     assert listing.legend.model_version == 'v0002' and 'car' in listing.legend.names
     assert list(listing.pending_classes) == []

@@ -207,6 +207,7 @@ def test_job_runs_every_phase_and_publishes(tmp_path, setup_job):
     # the rule the step applied (the spec's default), with the class it imprinted
     assert manifest.extra['train']['classifier_init'] == 'imprint'
     assert manifest.extra['train']['imprinted_classes'] == ['car']
+    assert manifest.extra['train']['pseudo_label_threshold'] == pytest.approx(0.9)
     held = manifest.extra['frames']['heldout']
     assert len(held) == 1 and sorted(held + manifest.extra['frames']['train']) == sorted(ids)
     model, classes, _ = load_checkpoint(registry.artefact_path('v0002', 'checkpoint'))
@@ -227,6 +228,10 @@ def test_job_refuses_bad_input_with_reason(tmp_path, setup_job):
     code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path,
                                    classifier_init='median'))
     assert code == 2 and "classifier_init 'median' unknown" in lines[-1]['result']['message']
+    code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path,
+                                   pseudo_label_threshold=0.2))
+    assert code == 2 and 'pseudo_label_threshold must be in [0.5, 1]' in \
+        lines[-1]['result']['message']
     code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path, colour='red'))
     assert code == 2 and 'unknown job spec fields' in lines[-1]['result']['message']
     from ldka_ros.registry import ModelRegistry

@@ -81,6 +81,7 @@ from ldka_ros.app.job_protocol import (EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAIL
 from ldka_ros.app.job_spec import JobSpec, load_spec
 from ldka_ros.app.job_validation import quality_gate, validate
 from ldka_ros.cpu import resolve_threads
+from ldka_ros.learning.methods import PSEUDO_LABEL_METHODS
 import numpy as np
 
 #: Frames used for the ONNX parity check.
@@ -347,6 +348,9 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
             control.stop('budget')
 
     new_ids = sorted(prep.step_ids.values())
+    ldka = LDKAConfig(init=spec.classifier_init, tau=float(spec.pseudo_label_threshold))
+    # the threshold reaches the loss only where a step pseudo-labels (LDKA on a parent)
+    tau = ldka.tau if prep.parent is not None and spec.method in PSEUDO_LABEL_METHODS else None
     stopped_early = False
     try:
         if prep.parent is None:  # cold start: the base step of the labelled classes
@@ -356,7 +360,7 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
                                 resume=False, collect_features=spec.method == 'ldka+gfr')
         else:
             result = learn_step(prep.old_model, dataset, new_ids, spec.method, cfg,
-                                ldka=LDKAConfig(init=spec.classifier_init),
+                                ldka=ldka,
                                 feature_bank=prep.feature_bank, progress=on_progress,
                                 cancel=control.event, checkpoint_path=state_path,
                                 resume=False)
@@ -380,6 +384,7 @@ def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], l
     # the rows they find ignore classifier_init.
     summary = {'method': spec.method, 'classifier_init': init,
                'imprinted_classes': [names.get(int(c), str(c)) for c in imprinted],
+               'pseudo_label_threshold': tau,
                'iterations': len(history),
                'iterations_requested': cfg.iterations, 'stopped_by_time_budget': stopped_early,
                'seconds': round(float(seconds), 3), 'seconds_per_iter': round(float(per_iter), 4),

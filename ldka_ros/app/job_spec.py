@@ -41,6 +41,10 @@ class JobSpec:
     method: str = 'ldka'
     #: How a new class's classifier row starts (LDKA methods; see ``LDKAConfig.init``).
     classifier_init: str = 'imprint'
+    #: Confidence from which the old model's prediction on a background pixel becomes
+    #: a pseudo-label (method ldka; ``LDKAConfig.tau``). 0.9 on the robot: measured on
+    #: the label-efficiency decision scenes, see docs/benchmarks/label_efficiency.md.
+    pseudo_label_threshold: float = 0.9
     device: str = 'auto'
     engine: str = 'auto'
     engine_precision: str = 'fp16'
@@ -90,6 +94,11 @@ class JobSpec:
         if self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f'classifier_init {self.classifier_init!r} unknown; use one of '
                              f'{", ".join(CLASSIFIER_INITS)}')
+        if not 0.5 <= float(self.pseudo_label_threshold) <= 1.0:
+            # below 0.5 a pixel could take a class the old model finds less likely than
+            # all the others together
+            raise ValueError('pseudo_label_threshold must be in [0.5, 1], got '
+                             f'{self.pseudo_label_threshold}')
         if self.engine_precision not in ('fp16', 'fp32'):
             raise ValueError(f'engine_precision must be fp16 or fp32, got '
                              f'{self.engine_precision!r}')

@@ -46,6 +46,10 @@ VARIANT_METHODS = {
     # stabilisers (curvature damping, perturbation, MAD) on top of MiB's KD
     'ldka:mib-ce': {'pseudo': False, 'pml': False},
     'ldka:mib-ce-imprint': {'pseudo': False, 'pml': False, 'init': 'imprint'},
+    # the learner's configuration (imprinted rows) with twice the KD weight, or a
+    # stricter pseudo-label threshold: two ways to hold old classes harder on the robot
+    'ldka:imprint-kd20': {'init': 'imprint', 'lambda_kd': 20.0},
+    'ldka:imprint-tau0.9': {'init': 'imprint', 'tau': 0.9},
     # without the SKD stabilisers (curvature damping, perturbation)
     'ldka:no-skd': {'dss': False, 'pert': False},
     'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False},

@@ -97,6 +97,9 @@ def register(subparsers) -> None:
     p.add_argument('--method', choices=ROBOT_METHODS,
                    help="learner's class-incremental method (default: "
                         'config/perception.yaml)')
+    p.add_argument('--pseudo-label-threshold', type=float,
+                   help="learner's pseudo-label confidence threshold, method ldka "
+                        '(default: config/perception.yaml)')
     p.add_argument('--launcher', choices=('auto', 'launch', 'process'), default='auto',
                    help="'launch' = ros2 launch, 'process' = the process starter, 'auto' = "
                         'ros2 launch where it exists')
@@ -145,7 +148,8 @@ def cmd_demo(args) -> int:
                       ('camera_rate_hz', 'camera_rate'), ('seed', 'seed'),
                       ('min_new_class_iou', 'min_new_class_iou'),
                       ('max_old_class_drop', 'max_old_class_drop'),
-                      ('classifier_init', 'classifier_init'), ('method', 'method')):
+                      ('classifier_init', 'classifier_init'), ('method', 'method'),
+                      ('pseudo_label_threshold', 'pseudo_label_threshold')):
         value = getattr(args, attr)
         if value is not None:
             changes[key] = value

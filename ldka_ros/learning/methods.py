@@ -13,6 +13,9 @@ METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr', 'joint')
 #: Methods a robot can run on operator labels: ``joint`` needs every old class labelled in
 #: the step's frames, which operator labels never are (it is the benchmark's reference).
 ROBOT_METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr')
+#: Methods whose loss trains background pixels on the old model's pseudo-labels (and so
+#: read ``LDKAConfig.tau``, the learner's ``pseudo_label_threshold``).
+PSEUDO_LABEL_METHODS = ('ldka', 'ldka+gfr')
 #: How a new class's classifier row starts in an LDKA step: ``mib`` (a copy of
 #: background's row, MiB's rule) or ``imprint`` (the mean decoder feature of the class's
 #: labelled pixels). Here, not in ``learning.steps``, because the learner node and the job

@@ -125,7 +125,7 @@ def demo_parameters(cfg: BaseModelConfig, settings: DemoSettings, paths: DemoPat
             'job_nice': 0,
             'segmentation_rate_while_training': float(settings.seg_rate_while_learning)},
     }
-    for name in ('min_new_class_iou', 'max_old_class_drop'):
+    for name in ('min_new_class_iou', 'max_old_class_drop', 'pseudo_label_threshold'):
         if getattr(settings, name) is not None:
             wanted['/**/learner'][name] = float(getattr(settings, name))
     for name in ('classifier_init', 'method'):

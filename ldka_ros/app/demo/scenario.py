@@ -204,6 +204,8 @@ class DemoSettings:
     classifier_init: str | None = None
     #: The learner's ``method``; None = the shipped configuration's.
     method: str | None = None
+    #: The learner's ``pseudo_label_threshold``; None = the shipped configuration's.
+    pseudo_label_threshold: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -219,6 +221,10 @@ class DemoSettings:
         if self.classifier_init is not None and self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f'classifier_init must be one of {", ".join(CLASSIFIER_INITS)}, '
                              f'got {self.classifier_init!r}')
+        if self.pseudo_label_threshold is not None and not (
+                0.5 <= float(self.pseudo_label_threshold) <= 1.0):
+            raise ValueError('pseudo_label_threshold must be in [0.5, 1], got '
+                             f'{self.pseudo_label_threshold}')
         if self.method is not None and self.method not in ROBOT_METHODS:
             raise ValueError(f'method must be one of {", ".join(ROBOT_METHODS)}, '
                              f'got {self.method!r}')

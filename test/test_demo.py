@@ -125,7 +125,7 @@ def test_demo_method_and_classifier_init_reach_the_learner(tmp_path):
     assert (shipped.get('method'), shipped.get('classifier_init')) != ('mib', 'mib')
     assert chosen['pseudo_label_threshold'] == 0.7
     assert shipped['pseudo_label_threshold'] == 0.9  # config/perception.yaml
-    with pytest.raises(ValueError, match=r'pseudo_label_threshold must be in \[0.5, 1\]'):
+    with pytest.raises(ValueError, match=r'pseudo_label_threshold must be in \[0.5, 1.0\]'):
         DemoSettings(pseudo_label_threshold=1.5)
     with pytest.raises(ValueError, match='method must be one of'):
         DemoSettings(method='sgd')

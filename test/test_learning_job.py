@@ -230,7 +230,7 @@ def test_job_refuses_bad_input_with_reason(tmp_path, setup_job):
     assert code == 2 and "classifier_init 'median' unknown" in lines[-1]['result']['message']
     code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path,
                                    pseudo_label_threshold=0.2))
-    assert code == 2 and 'pseudo_label_threshold must be in [0.5, 1]' in \
+    assert code == 2 and 'pseudo_label_threshold must be in [0.5, 1.0]' in \
         lines[-1]['result']['message']
     code, lines, _ = run_job(_spec(tmp_path, registry_path, store_path, colour='red'))
     assert code == 2 and 'unknown job spec fields' in lines[-1]['result']['message']

@@ -14,7 +14,8 @@ import math
 import os
 from pathlib import Path
 
-from ldka_ros.learning.methods import CLASSIFIER_INITS, ROBOT_METHODS
+from ldka_ros.learning.methods import (CLASSIFIER_INITS, pseudo_label_threshold_error,
+                                       ROBOT_METHODS)
 
 ENGINE_MODES = ('auto', 'tensorrt', 'none')
 
@@ -94,11 +95,9 @@ class JobSpec:
         if self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f'classifier_init {self.classifier_init!r} unknown; use one of '
                              f'{", ".join(CLASSIFIER_INITS)}')
-        if not 0.5 <= float(self.pseudo_label_threshold) <= 1.0:
-            # below 0.5 a pixel could take a class the old model finds less likely than
-            # all the others together
-            raise ValueError('pseudo_label_threshold must be in [0.5, 1], got '
-                             f'{self.pseudo_label_threshold}')
+        error = pseudo_label_threshold_error(self.pseudo_label_threshold)
+        if error:
+            raise ValueError(error)
         if self.engine_precision not in ('fp16', 'fp32'):
             raise ValueError(f'engine_precision must be fp16 or fp32, got '
                              f'{self.engine_precision!r}')

@@ -16,8 +16,20 @@ ROBOT_METHODS = ('finetune', 'mib', 'ldka', 'ldka+gfr')
 #: Methods whose loss trains background pixels on the old model's pseudo-labels (and so
 #: read ``LDKAConfig.tau``, the learner's ``pseudo_label_threshold``).
 PSEUDO_LABEL_METHODS = ('ldka', 'ldka+gfr')
+#: Allowed pseudo-label thresholds: below 0.5 a pixel could take a class the old model
+#: finds less likely than all the others together.
+PSEUDO_LABEL_THRESHOLD_RANGE = (0.5, 1.0)
+
 #: How a new class's classifier row starts in an LDKA step: ``mib`` (a copy of
 #: background's row, MiB's rule) or ``imprint`` (the mean decoder feature of the class's
 #: labelled pixels). Here, not in ``learning.steps``, because the learner node and the job
 #: spec validate the name without importing torch.
 CLASSIFIER_INITS = ('mib', 'imprint')
+
+
+def pseudo_label_threshold_error(value: float) -> str | None:
+    """Return why ``value`` is not a usable pseudo-label threshold, or None."""
+    low, high = PSEUDO_LABEL_THRESHOLD_RANGE
+    if not low <= float(value) <= high:
+        return f'pseudo_label_threshold must be in [{low}, {high}], got {value}'
+    return None

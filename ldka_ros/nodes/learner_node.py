@@ -60,7 +60,8 @@ from typing import Any
 import warnings
 
 from ldka_ros.app.job_spec import JobSpec, spec_to_json
-from ldka_ros.learning.methods import CLASSIFIER_INITS, ROBOT_METHODS
+from ldka_ros.learning.methods import (CLASSIFIER_INITS, PSEUDO_LABEL_THRESHOLD_RANGE,
+                                       ROBOT_METHODS)
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
@@ -124,7 +125,8 @@ PARAMS = [
               'which a background pixel of a labelled frame is trained as the old class it '
               'shows. Measured on few labelled frames of one object '
               '(docs/benchmarks/label_efficiency.md): 0.9 keeps old classes better than 0.7 '
-              'at the same new-object IoU.', minimum=0.5, maximum=1.0),
+              'at the same new-object IoU.', minimum=PSEUDO_LABEL_THRESHOLD_RANGE[0],
+              maximum=PSEUDO_LABEL_THRESHOLD_RANGE[1]),
     ParamSpec('device', 'auto', "Training device: 'auto' (CUDA when available), 'cpu', "
               "'cuda', 'cuda:N'.", read_only=True),
     ParamSpec('backend', 'auto', 'Engine building after export: auto/tensorrt build a '

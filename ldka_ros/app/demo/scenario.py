@@ -22,7 +22,8 @@ import math
 import threading
 from typing import Iterable, Mapping
 
-from ldka_ros.learning.methods import CLASSIFIER_INITS, ROBOT_METHODS
+from ldka_ros.learning.methods import (CLASSIFIER_INITS, pseudo_label_threshold_error,
+                                       ROBOT_METHODS)
 from ldka_ros.learning.metrics import ConfusionMatrix, IGNORE_INDEX
 import numpy as np
 
@@ -221,10 +222,10 @@ class DemoSettings:
         if self.classifier_init is not None and self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError(f'classifier_init must be one of {", ".join(CLASSIFIER_INITS)}, '
                              f'got {self.classifier_init!r}')
-        if self.pseudo_label_threshold is not None and not (
-                0.5 <= float(self.pseudo_label_threshold) <= 1.0):
-            raise ValueError('pseudo_label_threshold must be in [0.5, 1], got '
-                             f'{self.pseudo_label_threshold}')
+        if self.pseudo_label_threshold is not None:
+            error = pseudo_label_threshold_error(self.pseudo_label_threshold)
+            if error:
+                raise ValueError(error)
         if self.method is not None and self.method not in ROBOT_METHODS:
             raise ValueError(f'method must be one of {", ".join(ROBOT_METHODS)}, '
                              f'got {self.method!r}')

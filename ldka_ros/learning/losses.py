@@ -81,8 +81,8 @@ def split_balance_weights(step_target: torch.Tensor, target: torch.Tensor,
     w_target = class_balance_weights(target, power)
     background = step_target == 0
     group = background & (target != IGNORE)
-    group_sum = w_target[group].sum()
-    if not bool(group.any()) or float(group_sum) <= 0:
+    group_sum = w_target[group].sum()  # 0 when the group is empty
+    if float(group_sum) <= 0:
         return torch.where(background, torch.zeros_like(w_step), w_step)
     scale = w_step[background].sum() / group_sum
     shared = torch.where(group, w_target * scale, torch.zeros_like(w_target))

@@ -231,6 +231,50 @@ def test_pseudo_label_rules():
     target = torch.tensor([[[0, 0, 0, 5]]])
     out = L.pseudo_label(target, old, old_classes=[0, 1, 2], tau=0.7)
     assert out.tolist() == [[[2, 255, 0, 5]]]
+    # the unsure pixel kept as background, for the unbiased CE (variant ldka:pl-unbiased)
+    kept = L.pseudo_label(target, old, old_classes=[0, 1, 2], tau=0.7, unsure=0)
+    assert kept.tolist() == [[[2, 0, 0, 5]]]
+
+
+def test_unbiased_ce_over_pseudo_labels_says_only_not_new_on_background():
+    """
+    A pseudo-labelled pixel gets plain CE on its old class; a background one only "not new".
+
+    Background pixel: moving mass between background and an old class costs nothing,
+    moving it to a new class does; the pseudo-labelled pixel is held to its class.
+    """
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).T.reshape(1, 4, 1, 1).repeat(1, 1, 1, 2)
+    target = torch.tensor([[[2, 0]]])  # pixel 0 pseudo-labelled class 2, pixel 1 background
+    per = L.unbiased_ce(logits, target, old_classes=[0, 1, 2], reduction='none')
+    log_p = torch.log_softmax(logits, dim=1)
+    assert per[0, 0, 0].item() == pytest.approx(-log_p[0, 2, 0, 0].item(), rel=1e-5)
+    assert per[0, 0, 1].item() == pytest.approx(-math.log(1 - log_p[0, 3, 0, 1].exp().item()),
+                                                rel=1e-5)
+    swapped = logits.clone()
+    swapped[0, [0, 1], 0, 1] = logits[0, [1, 0], 0, 1]  # background <-> old class 1
+    again = L.unbiased_ce(swapped, target, old_classes=[0, 1, 2], reduction='none')
+    assert again[0, 0, 1].item() == pytest.approx(per[0, 0, 1].item(), rel=1e-6)
+    raised = logits.clone()
+    raised[0, 3, 0, 1] = 3.0  # the new class 3 more likely
+    worse = L.unbiased_ce(raised, target, old_classes=[0, 1, 2], reduction='none')
+    assert worse[0, 0, 1].item() > per[0, 0, 1].item() + 0.5
+
+
+def test_unbiased_margin_reads_background_as_old_against_new():
+    # classes 0-2 old, 3 new; pixel 0 background where old class 2 wins, pixel 1
+    # background where the new class wins, pixel 2 pseudo-labelled 2, pixel 3 ignored
+    logits = torch.tensor([[0.0, -1.0, 3.0, 1.0], [0.0, -1.0, 0.5, 2.0],
+                           [0.0, -1.0, 3.0, 1.0], [0.0, 0.0, 0.0, 0.0]]).T.reshape(1, 4, 1, 4)
+    target = torch.tensor([[[0, 0, 2, 255]]])
+    plain = L.logit_margin(logits, target)
+    m = L.unbiased_margin(logits, target, old_classes=[0, 1, 2])
+    fold = torch.logsumexp(logits[0, :3, 0, :2], dim=0) - logits[0, 3, 0, :2]
+    assert plain[0, 0, 0].item() == pytest.approx(-3.0)  # plain: background looks lost
+    assert m[0, 0, :2].tolist() == pytest.approx(fold.tolist(), rel=1e-5)
+    assert m[0, 0, 0].item() > 1.0 and m[0, 0, 1].item() < 0.0
+    assert m[0, 0, 2].item() == pytest.approx(plain[0, 0, 2].item()) and m[0, 0, 3] == 0
+    # no class outside the old ones: nothing to fold against, the plain margin
+    assert torch.equal(L.unbiased_margin(logits, target, old_classes=[0, 1, 2, 3]), plain)
 
 
 def test_curvature_damping_folds_new_classes_into_background():

@@ -369,6 +369,12 @@ def test_benchmark_method_names_map_to_step_configs():
     assert call == 'ldka' and not cfg.pseudo and not cfg.pml
     assert cfg.kd and cfg.dss and cfg.pert and cfg.mad and cfg.init == 'mib'
     assert method_call('ldka:mib-ce-imprint', None)[1].init == 'imprint'
+    call, cfg = method_call('ldka:pl-unbiased', None)
+    assert call == 'ldka' and cfg.pseudo and cfg.pml and cfg.pseudo_rest_unbiased
+    assert 'pseudo_rest_unbiased' not in LDKAConfig().key()
+    assert cfg.key()['pseudo_rest_unbiased'] is True
+    assert not cfg.pml_unbiased_margin
+    assert method_call('ldka:pl-unbiased-um', None)[1].pml_unbiased_margin
     call, cfg = method_call('ldka:no-skd', None)
     assert not cfg.dss and not cfg.pert and cfg.pml and cfg.mad
     assert parse_methods('joint-offline,mib') == ['joint-offline', 'mib']

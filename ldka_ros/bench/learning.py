@@ -46,10 +46,18 @@ VARIANT_METHODS = {
     # stabilisers (curvature damping, perturbation, MAD) on top of MiB's KD
     'ldka:mib-ce': {'pseudo': False, 'pml': False},
     'ldka:mib-ce-imprint': {'pseudo': False, 'pml': False, 'init': 'imprint'},
+    # between the two: pseudo-labels where the old model is confident, MiB's unbiased
+    # CE on every other background pixel (none ignored, none forced to background)
+    'ldka:pl-unbiased': {'pseudo_rest_unbiased': True},
+    # the same, with PML's weights from the margin that CE reads on background pixels
+    'ldka:pl-unbiased-um': {'pseudo_rest_unbiased': True, 'pml_unbiased_margin': True},
     # the learner's configuration (imprinted rows) with twice the KD weight, or a
     # stricter pseudo-label threshold: two ways to hold old classes harder on the robot
     'ldka:imprint-kd20': {'init': 'imprint', 'lambda_kd': 20.0},
     'ldka:imprint-tau0.9': {'init': 'imprint', 'tau': 0.9},
+    # the learner's configuration with the rest of background under MiB's unbiased CE
+    'ldka:imprint-tau0.9-pl-unbiased': {'init': 'imprint', 'tau': 0.9,
+                                        'pseudo_rest_unbiased': True},
     # without the SKD stabilisers (curvature damping, perturbation)
     'ldka:no-skd': {'dss': False, 'pert': False},
     'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False},

@@ -112,6 +112,30 @@ def logit_margin(logits: torch.Tensor, target: torch.Tensor,
     return torch.where(valid, (s_y - s_c).squeeze(1), torch.zeros_like(s_y.squeeze(1)))
 
 
+def unbiased_margin(logits: torch.Tensor, target: torch.Tensor, old_classes: Sequence[int],
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    Return the margin that matches ``unbiased_ce``: on background pixels "old against new".
+
+    A background pixel under the unbiased CE is right when background or any old class
+    wins, so its margin is ``logsumexp_{c in old} s_c - max_{j not in old} s_j`` (the
+    log-sum is the folded logit the CE reads); other pixels keep ``logit_margin``. Why:
+    PML hands its fixed budget to low-margin pixels late in a step; with the plain
+    margin a background pixel that an old class rightly wins looks hard (``s_0`` far
+    below ``s_c``) and draws budget it cannot use, as its unbiased CE is already ~0.
+    """
+    valid = valid_mask(target, valid)
+    plain = logit_margin(logits, target, valid)
+    old = _ids(sorted(set(old_classes) | {0}), logits.device)
+    rest = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
+    rest[old] = False
+    if not bool(rest.any()):
+        return plain
+    folded = torch.logsumexp(logits.index_select(1, old), dim=1)
+    others = logits[:, rest].amax(dim=1)
+    return torch.where(valid & (target == 0), folded - others, plain)
+
+
 def pml_beta(progress: float, beta0: float) -> float:
     """Return the PML schedule ``beta = beta0 * (2 p - 1)`` for progress ``p`` in [0, 1]."""
     progress = min(max(float(progress), 0.0), 1.0)
@@ -148,13 +172,14 @@ def pml_weights(margins: torch.Tensor, progress: float, beta0: float,
 
 def pml_loss(logits: torch.Tensor, target: torch.Tensor, progress: float, beta0: float,
              valid: torch.Tensor | None = None,
-             pixel_loss: torch.Tensor | None = None) -> torch.Tensor:
+             pixel_loss: torch.Tensor | None = None,
+             margins: torch.Tensor | None = None) -> torch.Tensor:
     """
     Return ``L_PML = (1/N) sum_i w_i l_i`` with PML weights ``w`` (see ``pml_weights``).
 
     ``l_i`` is the per-pixel cross-entropy on ``target`` unless ``pixel_loss`` (for
-    example MiB's unbiased CE per pixel) is given; margins are always taken from
-    ``logits`` and ``target``.
+    example MiB's unbiased CE per pixel) is given; the weights come from ``margins``
+    when given (``unbiased_margin`` for that CE), else from ``logit_margin``.
     """
     valid = valid_mask(target, valid)
     if pixel_loss is None:
@@ -163,7 +188,9 @@ def pml_loss(logits: torch.Tensor, target: torch.Tensor, progress: float, beta0:
     count = int(valid.sum())
     if count == 0:
         return logits.sum() * 0.0
-    weights = pml_weights(logit_margin(logits, target, valid), progress, beta0, valid)
+    if margins is None:
+        margins = logit_margin(logits, target, valid)
+    weights = pml_weights(margins, progress, beta0, valid)
     return (weights * torch.where(valid, pixel_loss, 0.0)).sum() / count
 
 
@@ -556,15 +583,17 @@ def gfr_loss(classify_fn: ClassifyFn, bank: GaussianFeatureBank, classes: Sequen
 
 
 def pseudo_label(target: torch.Tensor, old_logits: torch.Tensor, old_classes: Sequence[int],
-                 tau: float = 0.7) -> torch.Tensor:
+                 tau: float = 0.7, unsure: int = IGNORE) -> torch.Tensor:
     """
     Return targets with background pixels relabelled by the old model (METHOD step 1).
 
     On pixels labelled 0, with ``p`` the old model's softmax over the old classes:
     if its argmax is an old class ``c != 0`` with ``p_c >= tau``, the target becomes
     ``c``; otherwise, if its non-background mass exceeds ``p_0`` (it believes an old
-    object is there but not confidently), the pixel is ignored (255); otherwise it
-    stays background. Labelled new-class and ignored pixels are unchanged.
+    object is there but not confidently), the pixel gets ``unsure`` (ignored, 255, by
+    default; 0 keeps it background, for a loss that reads 0 as "not a new class" such
+    as ``unbiased_ce``); otherwise it stays background. Labelled new-class and ignored
+    pixels are unchanged.
     """
     old = _ids(sorted({int(c) for c in old_classes} | {0}), old_logits.device)
     probs = torch.softmax(old_logits.detach().float().index_select(1, old), dim=1)
@@ -573,6 +602,6 @@ def pseudo_label(target: torch.Tensor, old_logits: torch.Tensor, old_classes: Se
     p_bg = probs[:, 0]
     is_bg = target == 0
     confident = is_bg & (pred != 0) & (conf >= tau)
-    unsure = is_bg & ~confident & ((1.0 - p_bg) > p_bg)
+    is_unsure = is_bg & ~confident & ((1.0 - p_bg) > p_bg)
     out = torch.where(confident, pred.to(target.dtype), target)
-    return torch.where(unsure, torch.full_like(target, IGNORE), out)
+    return torch.where(is_unsure, torch.full_like(target, unsure), out)

@@ -153,6 +153,17 @@ class LDKAConfig:
     themselves; see ``losses.split_balance_weights``); excludes ``balance_step_labels``.
     Without pseudo-labels (``pseudo=False``) there is no second level and the weights
     are the ordinary ones over the step's labels.
+
+    ``pseudo_rest_unbiased``: with pseudo-labels, the background pixels the old model
+    does not confidently name (those left background, and the unsure ones that would be
+    ignored) get MiB's unbiased CE, ``-log sum_{c in old} p_c``, instead of a hard
+    background target or no loss. Why: label 0 in the step's frames says only "not a
+    new class"; where the old model names an old class with confidence the pseudo-label
+    says which, and elsewhere this says no more than the label does, so unsure pixels
+    still keep the new classes out and no old class is pushed down as background.
+    ``pml_unbiased_margin``: with that CE, PML weighs background pixels by the margin
+    the CE reads ("old against new", ``losses.unbiased_margin``) instead of the plain
+    background margin.
     """
 
     pml: bool = True
@@ -176,11 +187,14 @@ class LDKAConfig:
     balance_step_labels: bool = False
     balance_split: bool = False
     init: str = 'mib'
+    pseudo_rest_unbiased: bool = False
+    pml_unbiased_margin: bool = False
 
     #: Options added after results were first cached: keyed only when not at their
     #: default, so that cached benchmark steps of the unchanged method stay valid.
     _LATER_OPTIONS = {'dss_shrink_only': False, 'balance_step_labels': False,
-                      'balance_split': False, 'init': 'mib'}
+                      'balance_split': False, 'init': 'mib', 'pseudo_rest_unbiased': False,
+                      'pml_unbiased_margin': False}
 
     def __post_init__(self) -> None:
         if self.init not in CLASSIFIER_INITS:
@@ -544,7 +558,12 @@ class _StepLoss:
         cfg = self.ldka
         terms: dict[str, torch.Tensor] = {}
         step_target = target
-        if cfg.pseudo:
+        if cfg.pseudo and cfg.pseudo_rest_unbiased:
+            # unsure pixels stay background, and background gets the unbiased CE ("not new")
+            target = L.pseudo_label(target, old_logits, self.old, cfg.tau, unsure=0)
+            valid = target != L.IGNORE
+            pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
+        elif cfg.pseudo:
             target = L.pseudo_label(target, old_logits, self.old, cfg.tau)
             valid = target != L.IGNORE
             pixel = F.cross_entropy(logits, target, ignore_index=L.IGNORE, reduction='none')
@@ -558,7 +577,11 @@ class _StepLoss:
             weights = self._weights(step_target if cfg.balance_step_labels else target)
         pixel = pixel * weights
         if cfg.pml:
-            terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel)
+            margins = None
+            if cfg.pseudo and cfg.pseudo_rest_unbiased and cfg.pml_unbiased_margin:
+                margins = L.unbiased_margin(logits.detach(), target, self.old, valid)
+            terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel,
+                                      margins)
         else:
             terms['ce'] = (pixel * valid).sum() / valid.sum().clamp(min=1)
         if cfg.kd:

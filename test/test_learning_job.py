@@ -389,3 +389,22 @@ def test_quality_gate_refuses_one_collapsed_old_class_that_the_mean_hides():
         quality_gate(spec, metrics)
     metrics['old_class_retention'] = {**kept, 'background': 0.75}
     quality_gate(spec, metrics)  # every class within the ceiling: published
+
+
+def test_learner_steps_keep_the_hard_background_the_robot_scenes_chose():
+    """
+    The learner's LDKA keeps METHOD's hard background although the library default differs.
+
+    The CamVid benchmark's default trains the rest of background with MiB's unbiased CE;
+    on the robot's decision scenes that lost the new object and old classes, so the job
+    must not inherit it with the spec's init and threshold.
+    """
+    from ldka_ros.app.job import learner_ldka_config
+    from ldka_ros.app.job_spec import JobSpec
+    from ldka_ros.learning.steps import LDKAConfig
+
+    assert LDKAConfig().pseudo_rest_unbiased  # the library default
+    cfg = learner_ldka_config(JobSpec(registry_path='/r', frame_store_path='/f',
+                                      pseudo_label_threshold=0.8, classifier_init='mib'))
+    assert not cfg.pseudo_rest_unbiased
+    assert cfg.tau == 0.8 and cfg.init == 'mib' and cfg.pml and cfg.kd and not cfg.gfr

@@ -371,8 +371,13 @@ def test_benchmark_method_names_map_to_step_configs():
     assert method_call('ldka:mib-ce-imprint', None)[1].init == 'imprint'
     call, cfg = method_call('ldka:pl-unbiased', None)
     assert call == 'ldka' and cfg.pseudo and cfg.pml and cfg.pseudo_rest_unbiased
-    assert 'pseudo_rest_unbiased' not in LDKAConfig().key()
-    assert cfg.key()['pseudo_rest_unbiased'] is True
+    # the default since 2026-12-06: keyed, so that steps cached with the hard form miss
+    assert cfg == method_call('ldka', None)[1]
+    assert LDKAConfig().key()['pseudo_rest_unbiased'] is True
+    hard = method_call('ldka:pl-hard', None)[1]
+    assert not hard.pseudo_rest_unbiased and 'pseudo_rest_unbiased' not in hard.key()
+    # variants measured before the change keep the hard form they were measured with
+    assert not method_call('ldka:bal-split', None)[1].pseudo_rest_unbiased
     assert not cfg.pml_unbiased_margin
     assert method_call('ldka:pl-unbiased-um', None)[1].pml_unbiased_margin
     call, cfg = method_call('ldka:no-skd', None)

@@ -36,45 +36,53 @@ import torch
 ABLATION_METHODS = {'ldka:pml': '+pml', 'ldka:skd': '+skd', 'ldka:mad': '+mad',
                     'ldka:gfr': '+gfr'}
 #: Variants of the full method (LDKA without feature replay) for measurement.
+#: The rest of background as the reconstruction had it until 2026-12-06 (hard background,
+#: unsure pixels ignored). Variants measured before ``pseudo_rest_unbiased`` became the
+#: default carry it, so that each name keeps meaning what was measured under it.
+_HARD_REST = {'pseudo_rest_unbiased': False}
 VARIANT_METHODS = {
-    'ldka:dss-shrink': {'dss_shrink_only': True},
+    # the default before 2026-12-06: hard background, unsure background pixels ignored
+    'ldka:pl-hard': {**_HARD_REST},
+    'ldka:dss-shrink': {'dss_shrink_only': True, **_HARD_REST},
     # class-balancing weights from the step's labels (the new class keeps MiB's share)
-    'ldka:bal-step': {'balance_step_labels': True},
+    'ldka:bal-step': {'balance_step_labels': True, **_HARD_REST},
     # the new class keeps MiB's share, old classes balanced among themselves in the rest
-    'ldka:bal-split': {'balance_split': True},
+    'ldka:bal-split': {'balance_split': True, **_HARD_REST},
     # MiB's unbiased CE (no pseudo-labels, so no margin weighting of them) with LDKA's
     # stabilisers (curvature damping, perturbation, MAD) on top of MiB's KD
-    'ldka:mib-ce': {'pseudo': False, 'pml': False},
-    'ldka:mib-ce-imprint': {'pseudo': False, 'pml': False, 'init': 'imprint'},
-    # between the two: pseudo-labels where the old model is confident, MiB's unbiased
-    # CE on every other background pixel (none ignored, none forced to background)
+    'ldka:mib-ce': {'pseudo': False, 'pml': False, **_HARD_REST},
+    'ldka:mib-ce-imprint': {'pseudo': False, 'pml': False, 'init': 'imprint', **_HARD_REST},
+    # between the two, the default since 2026-12-06 (same configuration as ``ldka``):
+    # pseudo-labels where the old model is confident, MiB's unbiased CE on every other
+    # background pixel (none ignored, none forced to background)
     'ldka:pl-unbiased': {'pseudo_rest_unbiased': True},
     # the same, with PML's weights from the margin that CE reads on background pixels
     'ldka:pl-unbiased-um': {'pseudo_rest_unbiased': True, 'pml_unbiased_margin': True},
     # the learner's configuration (imprinted rows) with twice the KD weight, or a
     # stricter pseudo-label threshold: two ways to hold old classes harder on the robot
-    'ldka:imprint-kd20': {'init': 'imprint', 'lambda_kd': 20.0},
-    'ldka:imprint-tau0.9': {'init': 'imprint', 'tau': 0.9},
+    'ldka:imprint-kd20': {'init': 'imprint', 'lambda_kd': 20.0, **_HARD_REST},
+    'ldka:imprint-tau0.9': {'init': 'imprint', 'tau': 0.9, **_HARD_REST},
     # the learner's configuration with the rest of background under MiB's unbiased CE
     'ldka:imprint-tau0.9-pl-unbiased': {'init': 'imprint', 'tau': 0.9,
                                         'pseudo_rest_unbiased': True},
     # without the SKD stabilisers (curvature damping, perturbation)
-    'ldka:no-skd': {'dss': False, 'pert': False},
-    'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False},
+    'ldka:no-skd': {'dss': False, 'pert': False, **_HARD_REST},
+    'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False,
+                             **_HARD_REST},
     # the diagnosis of the new-class deficit: one term or threshold changed at a time
-    'ldka:no-mad': {'mad': False},
-    'ldka:kd-half': {'lambda_kd': 5.0},
-    'ldka:tau0.9': {'tau': 0.9},
+    'ldka:no-mad': {'mad': False, **_HARD_REST},
+    'ldka:kd-half': {'lambda_kd': 5.0, **_HARD_REST},
+    'ldka:tau0.9': {'tau': 0.9, **_HARD_REST},
     # new class rows from their mean feature instead of background's row
-    'ldka:init-imprint': {'init': 'imprint'},
+    'ldka:init-imprint': {'init': 'imprint', **_HARD_REST},
     # the backbone frozen in the step: only decoder and classifier learn (VARIANT_TRAIN)
-    'ldka:head-only': {},
+    'ldka:head-only': {**_HARD_REST},
     # both: imprinted rows, and a frozen backbone
-    'ldka:imprint-head-only': {'init': 'imprint'},
+    'ldka:imprint-head-only': {'init': 'imprint', **_HARD_REST},
     # MiB's loss (the ablation's 'base' stage) with imprinted rows: which of the two
     # changes keeps old classes on the robot
     'ldka:base-imprint': {'pseudo': False, 'pml': False, 'dss': False, 'pert': False,
-                          'mad': False, 'init': 'imprint'},
+                          'mad': False, 'init': 'imprint', **_HARD_REST},
 }
 #: Optimisation changes of a variant (``TrainConfig`` fields over the step recipe).
 VARIANT_TRAIN = {'ldka:head-only': {'freeze_backbone': True},

@@ -89,3 +89,27 @@ def test_label_efficiency_curve_is_nested_and_its_drops_add_up(tmp_path):
     # feature replay needs a feature bank, which this scene's base model has none of
     replay = ldka('bench-label-efficiency', '--methods', 'ldka:gfr', '--json', str(out))
     assert replay.returncode != 0 and "unknown ['ldka:gfr']" in replay.stderr
+
+
+def test_robot_benchmarks_run_the_learners_ldka_not_the_camvid_default():
+    """
+    ``ldka`` in a robot benchmark is the learner's step; a named variant stays as defined.
+
+    The library's defaults were decided on CamVid (unbiased rest of background, SKD off);
+    the learner's switches differ, and a robot curve labelled ``ldka`` must measure what
+    the robot runs.
+    """
+    from ldka_ros.app.job import learner_ldka_config
+    from ldka_ros.app.job_spec import JobSpec
+    from ldka_ros.bench.label_efficiency import robot_config
+    from ldka_ros.bench.learning import method_call
+
+    learner = learner_ldka_config(JobSpec(registry_path='/r', frame_store_path='/f',
+                                          classifier_init='mib', pseudo_label_threshold=0.7))
+    assert robot_config('ldka') == learner
+    assert robot_config('mib').init == 'mib'
+    assert robot_config('ldka+gfr').gfr and not robot_config('ldka+gfr').pseudo_rest_unbiased
+    stage = robot_config('ldka:pml')
+    assert stage.pml and not stage.dss and not stage.pseudo_rest_unbiased
+    variant = 'ldka:imprint-tau0.9-pl-unbiased'
+    assert robot_config(variant) == method_call(variant, None)[1]

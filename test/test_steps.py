@@ -62,7 +62,10 @@ def test_ldka_step_learns_the_new_class_and_reports_old(base, ldka_step):
     train_events = [e for e in events if e.phase == 'ldka']
     assert [e.iteration for e in train_events] == list(range(1, 41))
     assert isinstance(train_events[-1], ProgressEvent)
-    assert {'pml', 'kd', 'dss', 'pert', 'mad'} <= set(train_events[-1].losses)
+    switches = ('pml', 'kd', 'dss', 'pert', 'mad')
+    active = {name for name in switches if getattr(LDKAConfig(), name)}
+    assert active == {'pml', 'kd', 'mad'}  # the defaults: SKD's stabilisers off
+    assert set(train_events[-1].losses) & set(switches) == active
     assert res.seconds_per_iter > 0 and len(res.history) == 40
 
 
@@ -371,13 +374,20 @@ def test_benchmark_method_names_map_to_step_configs():
     assert method_call('ldka:mib-ce-imprint', None)[1].init == 'imprint'
     call, cfg = method_call('ldka:pl-unbiased', None)
     assert call == 'ldka' and cfg.pseudo and cfg.pml and cfg.pseudo_rest_unbiased
+    assert cfg.dss and cfg.pert
     # the default since 2026-12-06: keyed, so that steps cached with the hard form miss
-    assert cfg == method_call('ldka', None)[1]
+    default = method_call('ldka', None)[1]
+    assert default == method_call('ldka:no-skd-unbiased', None)[1]
+    assert default.pseudo_rest_unbiased and not default.dss and not default.pert
     assert LDKAConfig().key()['pseudo_rest_unbiased'] is True
     hard = method_call('ldka:pl-hard', None)[1]
     assert not hard.pseudo_rest_unbiased and 'pseudo_rest_unbiased' not in hard.key()
-    # variants measured before the change keep the hard form they were measured with
-    assert not method_call('ldka:bal-split', None)[1].pseudo_rest_unbiased
+    assert hard.dss and hard.pert
+    # variants measured before the change keep the switches they were measured with
+    before = method_call('ldka:bal-split', None)[1]
+    assert not before.pseudo_rest_unbiased and before.dss and before.pert
+    skd_off = method_call('ldka:no-skd', None)[1]
+    assert not skd_off.dss and not skd_off.pert and not skd_off.pseudo_rest_unbiased
     assert not cfg.pml_unbiased_margin
     assert method_call('ldka:pl-unbiased-um', None)[1].pml_unbiased_margin
     call, cfg = method_call('ldka:no-skd', None)

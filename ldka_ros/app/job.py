@@ -329,15 +329,18 @@ def learner_ldka_config(spec: JobSpec):
     """
     Return the ``LDKAConfig`` of the learner's steps: the spec's init and threshold.
 
-    The rest of background stays hard (a background pixel the pseudo-labels leave alone
-    is trained as background, an unsure one is ignored): on the robot's decision scenes
-    MiB's unbiased CE there lost both the new object and old classes
-    (docs/benchmarks/label_efficiency.md), though it is the library default on CamVid.
+    ``methods.ROBOT_LDKA_SWITCHES`` differ from the library's defaults, which were decided
+    on CamVid: the rest of background stays hard (a background pixel the pseudo-labels
+    leave alone is trained as background, an unsure one is ignored). On the robot's
+    decision scenes the unbiased rest lost both the new object and old classes, while
+    SKD's stabilisers off, the library's other change, won there too
+    (docs/benchmarks/label_efficiency.md).
     """
+    from ldka_ros.learning.methods import ROBOT_LDKA_SWITCHES
     from ldka_ros.learning.steps import LDKAConfig
 
     return LDKAConfig(init=spec.classifier_init, tau=float(spec.pseudo_label_threshold),
-                      pseudo_rest_unbiased=False)
+                      **ROBOT_LDKA_SWITCHES)
 
 
 def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], lr: float,

@@ -43,6 +43,30 @@ def _views(teacher: Teacher, seed: int, count: int, min_area: int) -> list:
                        f'{teacher.cfg.new_object} with {min_area} pixels or more')
 
 
+def robot_config(method: str):
+    """
+    Return the ``LDKAConfig`` a robot step of benchmark method ``method`` runs with.
+
+    A plain method (``ldka``, ``mib``, ...) gets the learner's switches
+    (``methods.ROBOT_LDKA_SWITCHES``) and an ablation stage the learner's rest of
+    background, so that ``ldka`` here is the step the robot runs, not the CamVid
+    default; a named variant is measured exactly as it is defined.
+    """
+    from dataclasses import replace
+
+    from ldka_ros.bench.learning import ABLATION_METHODS, method_call
+    from ldka_ros.learning.methods import ROBOT_LDKA_SWITCHES, ROBOT_METHODS
+    from ldka_ros.learning.steps import LDKAConfig
+
+    _, ldka = method_call(method, None)
+    if method in ROBOT_METHODS:
+        return replace(ldka or LDKAConfig(), **ROBOT_LDKA_SWITCHES)
+    if method in ABLATION_METHODS:
+        rest = ROBOT_LDKA_SWITCHES['pseudo_rest_unbiased']
+        return replace(ldka, pseudo_rest_unbiased=rest)
+    return ldka
+
+
 def _learn(teacher: Teacher, samples: list, seed: int, method: str, iterations: int) -> dict:
     """Run one step; return the duck IoU and every class's IoU on the held-out frames."""
     from ldka_ros.bench.learning import method_call, VARIANT_TRAIN
@@ -54,8 +78,9 @@ def _learn(teacher: Teacher, samples: list, seed: int, method: str, iterations: 
     tcfg = steps.step_config(iterations=iterations, batch_size=args.batch_size,
                              crop=teacher.cfg.input_hw, seed=seed, device='cpu', jitter=0.0,
                              **VARIANT_TRAIN.get(method, {}))
-    call, ldka = method_call(method, None)
-    result = steps.learn_step(teacher.model, dataset, [teacher.new_id], call, tcfg, ldka=ldka)
+    call, _ = method_call(method, None)
+    result = steps.learn_step(teacher.model, dataset, [teacher.new_id], call, tcfg,
+                              ldka=robot_config(method))
     res = evaluate.evaluate(result.model, teacher.val, [*teacher.old_ids, teacher.new_id],
                             teacher.old_ids, [teacher.new_id])
     return {'new_iou': float(res.per_class_iou[teacher.new_id]),

@@ -35,11 +35,14 @@ import torch
 #: Extra method names: cumulative LDKA ablation stages (see ``LDKAConfig.ablation``).
 ABLATION_METHODS = {'ldka:pml': '+pml', 'ldka:skd': '+skd', 'ldka:mad': '+mad',
                     'ldka:gfr': '+gfr'}
+#: LDKA's configuration until 2026-12-06: SKD's curvature damping and perturbation on, and
+#: the rest of background hard (trained as background, unsure pixels ignored). Since then
+#: the default trains that rest with MiB's unbiased CE and leaves both stabilisers off.
+#: Variants measured before carry the switches they were measured with, so that each name
+#: keeps meaning what was measured under it.
+_SKD_ON = {'dss': True, 'pert': True}
+_HARD_REST = {**_SKD_ON, 'pseudo_rest_unbiased': False}
 #: Variants of the full method (LDKA without feature replay) for measurement.
-#: The rest of background as the reconstruction had it until 2026-12-06 (hard background,
-#: unsure pixels ignored). Variants measured before ``pseudo_rest_unbiased`` became the
-#: default carry it, so that each name keeps meaning what was measured under it.
-_HARD_REST = {'pseudo_rest_unbiased': False}
 VARIANT_METHODS = {
     # the default before 2026-12-06: hard background, unsure background pixels ignored
     'ldka:pl-hard': {**_HARD_REST},
@@ -52,23 +55,32 @@ VARIANT_METHODS = {
     # stabilisers (curvature damping, perturbation, MAD) on top of MiB's KD
     'ldka:mib-ce': {'pseudo': False, 'pml': False, **_HARD_REST},
     'ldka:mib-ce-imprint': {'pseudo': False, 'pml': False, 'init': 'imprint', **_HARD_REST},
-    # between the two, the default since 2026-12-06 (same configuration as ``ldka``):
-    # pseudo-labels where the old model is confident, MiB's unbiased CE on every other
-    # background pixel (none ignored, none forced to background)
-    'ldka:pl-unbiased': {'pseudo_rest_unbiased': True},
+    # between the two: pseudo-labels where the old model is confident, MiB's unbiased CE
+    # on every other background pixel (none ignored, none forced to background)
+    'ldka:pl-unbiased': {**_SKD_ON, 'pseudo_rest_unbiased': True},
     # the same, with PML's weights from the margin that CE reads on background pixels
-    'ldka:pl-unbiased-um': {'pseudo_rest_unbiased': True, 'pml_unbiased_margin': True},
+    'ldka:pl-unbiased-um': {**_SKD_ON, 'pseudo_rest_unbiased': True,
+                            'pml_unbiased_margin': True},
+    # two earlier variants again on the unbiased rest: the new class's share of the CE,
+    # and the SKD stabilisers, both measured to cost new classes under the hard form
+    'ldka:bal-split-unbiased': {**_SKD_ON, 'pseudo_rest_unbiased': True,
+                                'balance_split': True},
+    # the default since 2026-12-06 (the same configuration as ``ldka``)
+    'ldka:no-skd-unbiased': {'pseudo_rest_unbiased': True, 'dss': False, 'pert': False},
     # the learner's configuration (imprinted rows) with twice the KD weight, or a
     # stricter pseudo-label threshold: two ways to hold old classes harder on the robot
     'ldka:imprint-kd20': {'init': 'imprint', 'lambda_kd': 20.0, **_HARD_REST},
     'ldka:imprint-tau0.9': {'init': 'imprint', 'tau': 0.9, **_HARD_REST},
     # the learner's configuration with the rest of background under MiB's unbiased CE
-    'ldka:imprint-tau0.9-pl-unbiased': {'init': 'imprint', 'tau': 0.9,
+    'ldka:imprint-tau0.9-pl-unbiased': {**_SKD_ON, 'init': 'imprint', 'tau': 0.9,
                                         'pseudo_rest_unbiased': True},
+    # the learner's configuration without the SKD stabilisers
+    'ldka:imprint-tau0.9-no-skd': {**_HARD_REST, 'init': 'imprint', 'tau': 0.9,
+                                   'dss': False, 'pert': False},
     # without the SKD stabilisers (curvature damping, perturbation)
-    'ldka:no-skd': {'dss': False, 'pert': False, **_HARD_REST},
-    'ldka:bal-step-no-skd': {'balance_step_labels': True, 'dss': False, 'pert': False,
-                             **_HARD_REST},
+    'ldka:no-skd': {**_HARD_REST, 'dss': False, 'pert': False},
+    'ldka:bal-step-no-skd': {**_HARD_REST, 'balance_step_labels': True, 'dss': False,
+                             'pert': False},
     # the diagnosis of the new-class deficit: one term or threshold changed at a time
     'ldka:no-mad': {'mad': False, **_HARD_REST},
     'ldka:kd-half': {'lambda_kd': 5.0, **_HARD_REST},
@@ -81,8 +93,8 @@ VARIANT_METHODS = {
     'ldka:imprint-head-only': {'init': 'imprint', **_HARD_REST},
     # MiB's loss (the ablation's 'base' stage) with imprinted rows: which of the two
     # changes keeps old classes on the robot
-    'ldka:base-imprint': {'pseudo': False, 'pml': False, 'dss': False, 'pert': False,
-                          'mad': False, 'init': 'imprint', **_HARD_REST},
+    'ldka:base-imprint': {**_HARD_REST, 'pseudo': False, 'pml': False, 'dss': False,
+                          'pert': False, 'mad': False, 'init': 'imprint'},
 }
 #: Optimisation changes of a variant (``TrainConfig`` fields over the step recipe).
 VARIANT_TRAIN = {'ldka:head-only': {'freeze_backbone': True},

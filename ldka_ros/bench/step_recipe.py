@@ -36,8 +36,10 @@ def run(args) -> dict:
     from ldka_ros.learning.checkpoint import load_checkpoint
     from ldka_ros.learning.data import FolderDataset, LabelMapped, Resize
     from ldka_ros.learning.evaluate import evaluate
-    from ldka_ros.learning.steps import Diverged, learn_step, RECIPES, TrainConfig
+    from ldka_ros.learning.methods import ROBOT_LDKA_SWITCHES
+    from ldka_ros.learning.steps import Diverged, LDKAConfig, learn_step, RECIPES, TrainConfig
 
+    robot_ldka = LDKAConfig(**ROBOT_LDKA_SWITCHES)  # the learner's switches
     cfg = BaseModelConfig()
     base = ensure_base_model(cfg, progress=not args.no_progress)
     version = base.registry_path / 'versions' / base.version_id / 'checkpoint.pt'
@@ -67,7 +69,8 @@ def run(args) -> dict:
                     t0 = time.perf_counter()
                     error = ''
                     try:
-                        result = learn_step(model, step, [new_id], method, tcfg)
+                        result = learn_step(model, step, [new_id], method, tcfg,
+                                            ldka=robot_ldka)
                     except Diverged as exc:  # a diverged step is a result, not a crash
                         error = str(exc).split(';')[0]
                     seconds = time.perf_counter() - t0

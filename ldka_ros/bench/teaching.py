@@ -91,7 +91,11 @@ class Teacher:
                                  seed=seed, device='cpu', jitter=0.0,
                                  freeze_backbone=self.args.freeze_backbone)
         t0 = time.perf_counter()
-        result = steps.learn_step(self.model, dataset, [self.new_id], self.args.method, tcfg)
+        from ldka_ros.learning.methods import ROBOT_LDKA_SWITCHES
+
+        # the learner's switches, so that the step measured is the robot's step
+        result = steps.learn_step(self.model, dataset, [self.new_id], self.args.method, tcfg,
+                                  ldka=steps.LDKAConfig(**ROBOT_LDKA_SWITCHES))
         seconds = time.perf_counter() - t0
         res = evaluate.evaluate(result.model, self.val, [*self.old_ids, self.new_id],
                                 self.old_ids, [self.new_id])

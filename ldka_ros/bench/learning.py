@@ -67,6 +67,9 @@ VARIANT_METHODS = {
                                 'balance_split': True},
     # the default since 2026-12-06 (the same configuration as ``ldka``)
     'ldka:no-skd-unbiased': {'pseudo_rest_unbiased': True, 'dss': False, 'pert': False},
+    # the default with two-level class balancing (more of the CE to the new classes)
+    'ldka:bal-split-no-skd': {'pseudo_rest_unbiased': True, 'dss': False, 'pert': False,
+                              'balance_split': True},
     # the learner's configuration (imprinted rows) with twice the KD weight, or a
     # stricter pseudo-label threshold: two ways to hold old classes harder on the robot
     'ldka:imprint-kd20': {'init': 'imprint', 'lambda_kd': 20.0, **_HARD_REST},

@@ -569,17 +569,15 @@ class _StepLoss:
         cfg = self.ldka
         terms: dict[str, torch.Tensor] = {}
         step_target = target
-        if cfg.pseudo and cfg.pseudo_rest_unbiased:
-            # unsure pixels stay background, and background gets the unbiased CE ("not new")
-            target = L.pseudo_label(target, old_logits, self.old, cfg.tau, unsure=0)
-            valid = target != L.IGNORE
-            pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
-        elif cfg.pseudo:
-            target = L.pseudo_label(target, old_logits, self.old, cfg.tau)
-            valid = target != L.IGNORE
+        hard_rest = cfg.pseudo and not cfg.pseudo_rest_unbiased
+        if cfg.pseudo:
+            # with the unbiased rest, unsure pixels stay background ("not new") for its CE
+            target = L.pseudo_label(target, old_logits, self.old, cfg.tau,
+                                    unsure=L.IGNORE if hard_rest else 0)
+        valid = target != L.IGNORE
+        if hard_rest:
             pixel = F.cross_entropy(logits, target, ignore_index=L.IGNORE, reduction='none')
-        else:
-            valid = target != L.IGNORE
+        else:  # MiB's unbiased CE: background (and the rest of it) reads "not a new class"
             pixel = L.unbiased_ce(logits, target, self.old, reduction='none')
         # invalid pixels are masked below whichever labels the weights were taken from
         if cfg.balance_split and cfg.pseudo:
@@ -589,7 +587,7 @@ class _StepLoss:
         pixel = pixel * weights
         if cfg.pml:
             margins = None
-            if cfg.pseudo and cfg.pseudo_rest_unbiased and cfg.pml_unbiased_margin:
+            if cfg.pseudo and not hard_rest and cfg.pml_unbiased_margin:
                 margins = L.unbiased_margin(logits.detach(), target, self.old, valid)
             terms['pml'] = L.pml_loss(logits, target, progress, cfg.beta0, valid, pixel,
                                       margins)

@@ -1,5 +1,6 @@
 # Copyright 2026 ldka_ros maintainers. Licensed under the Apache License 2.0.
 """Learning steps on real CamVid images: learning, shapes, determinism, resume, errors."""
+import dataclasses
 import os
 from pathlib import Path
 import subprocess
@@ -390,6 +391,14 @@ def test_benchmark_method_names_map_to_step_configs():
     assert not skd_off.dss and not skd_off.pert and not skd_off.pseudo_rest_unbiased
     assert not cfg.pml_unbiased_margin
     assert method_call('ldka:pl-unbiased-um', None)[1].pml_unbiased_margin
+    # the one-change variants of the 2026-12-06 default differ from it in that field only
+    for name, field, value in (('ldka:dflt-imprint', 'init', 'imprint'),
+                               ('ldka:dflt-bal-step', 'balance_step_labels', True),
+                               ('ldka:dflt-no-mad', 'mad', False),
+                               ('ldka:dflt-no-pml', 'pml', False),
+                               ('ldka:dflt-kd5', 'lambda_kd', 5.0)):
+        call, variant = method_call(name, None)
+        assert call == 'ldka' and variant == dataclasses.replace(default, **{field: value})
     call, cfg = method_call('ldka:no-skd', None)
     assert not cfg.dss and not cfg.pert and cfg.pml and cfg.mad
     assert parse_methods('joint-offline,mib') == ['joint-offline', 'mib']

@@ -42,6 +42,8 @@ ABLATION_METHODS = {'ldka:pml': '+pml', 'ldka:skd': '+skd', 'ldka:mad': '+mad',
 #: keeps meaning what was measured under it.
 _SKD_ON = {'dss': True, 'pert': True}
 _HARD_REST = {**_SKD_ON, 'pseudo_rest_unbiased': False}
+#: The default decided on 2026-12-06 (unbiased rest, stabilisers off), pinned.
+_DEFAULT_1206 = {'pseudo_rest_unbiased': True, 'dss': False, 'pert': False}
 #: Variants of the full method (LDKA without feature replay) for measurement.
 VARIANT_METHODS = {
     # the default before 2026-12-06: hard background, unsure background pixels ignored
@@ -70,6 +72,14 @@ VARIANT_METHODS = {
     # the default with two-level class balancing (more of the CE to the new classes)
     'ldka:bal-split-no-skd': {'pseudo_rest_unbiased': True, 'dss': False, 'pert': False,
                               'balance_split': True},
+    # the default of 2026-12-06 with one change each (pinned, so that each name keeps
+    # meaning what was measured if the default moves): the diagnosis of camvid-6-5's
+    # new-class gap (five new classes in one step)
+    'ldka:dflt-imprint': {**_DEFAULT_1206, 'init': 'imprint'},
+    'ldka:dflt-bal-step': {**_DEFAULT_1206, 'balance_step_labels': True},
+    'ldka:dflt-no-mad': {**_DEFAULT_1206, 'mad': False},
+    'ldka:dflt-no-pml': {**_DEFAULT_1206, 'pml': False},
+    'ldka:dflt-kd5': {**_DEFAULT_1206, 'lambda_kd': 5.0},
     # the learner's configuration (imprinted rows) with twice the KD weight, or a
     # stricter pseudo-label threshold: two ways to hold old classes harder on the robot
     'ldka:imprint-kd20': {'init': 'imprint', 'lambda_kd': 20.0, **_HARD_REST},

@@ -336,11 +336,9 @@ def learner_ldka_config(spec: JobSpec):
     SKD's stabilisers off, the library's other change, won there too
     (docs/benchmarks/label_efficiency.md).
     """
-    from ldka_ros.learning.methods import ROBOT_LDKA_SWITCHES
     from ldka_ros.learning.steps import LDKAConfig
 
-    return LDKAConfig(init=spec.classifier_init, tau=float(spec.pseudo_label_threshold),
-                      **ROBOT_LDKA_SWITCHES)
+    return LDKAConfig.robot(init=spec.classifier_init, tau=float(spec.pseudo_label_threshold))
 
 
 def _train_once(spec: JobSpec, prep: Prepared, dataset, crop: tuple[int, int], lr: float,

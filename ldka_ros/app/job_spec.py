@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from ldka_ros.learning.methods import (CLASSIFIER_INITS, pseudo_label_threshold_error,
-                                       ROBOT_METHODS)
+                                       ROBOT_CLASSIFIER_INIT, ROBOT_METHODS,
+                                       ROBOT_PSEUDO_LABEL_THRESHOLD)
 
 ENGINE_MODES = ('auto', 'tensorrt', 'none')
 
@@ -41,11 +42,11 @@ class JobSpec:
     max_seconds: float = 0.0
     method: str = 'ldka'
     #: How a new class's classifier row starts (LDKA methods; see ``LDKAConfig.init``).
-    classifier_init: str = 'imprint'
+    classifier_init: str = ROBOT_CLASSIFIER_INIT
     #: Confidence from which the old model's prediction on a background pixel becomes
     #: a pseudo-label (method ldka; ``LDKAConfig.tau``). 0.9 on the robot: measured on
     #: the label-efficiency decision scenes, see docs/benchmarks/label_efficiency.md.
-    pseudo_label_threshold: float = 0.9
+    pseudo_label_threshold: float = ROBOT_PSEUDO_LABEL_THRESHOLD
     device: str = 'auto'
     engine: str = 'auto'
     engine_precision: str = 'fp16'

@@ -19,6 +19,8 @@ from ldka_ros.bench.record import start_record, write_record
 #: Square-root class balancing of the base step (small classes such as poles and signs
 #: otherwise get almost no gradient; the same choice as the demo's base model).
 BASE_CLASS_BALANCE = 0.5
+#: ``ldka learn-step --ldka-config``: the learner's step, or the library default.
+LDKA_CONFIGS = ('robot', 'camvid')
 #: name -> settings; ``image_size`` is what CamVid frames are resized to first.
 PRESETS = {
     'quick': {'image_size': (120, 160), 'crop': (96, 128), 'base_iterations': 10,
@@ -183,6 +185,12 @@ def register(subparsers) -> None:
                    'manifest.json) instead of a protocol step: its classes unknown to the '
                    'model are the new classes')
     p.add_argument('--method', default='ldka', help='finetune, mib, ldka, ldka+gfr, joint')
+    p.add_argument('--ldka-config', choices=LDKA_CONFIGS,
+                   help="loss settings of mib/ldka: 'robot' = the learner node's step "
+                   '(imprinted rows, pseudo-label threshold 0.9, hard rest of background; '
+                   "decided on few frames of one object), 'camvid' = the library default "
+                   '(decided on CamVid protocols). Default: robot with --folder, camvid '
+                   'for a protocol step')
     p.add_argument('--iterations', dest='step_iterations', type=int)
     p.add_argument('--lr', dest='step_lr', type=float)
     p.set_defaults(func=cmd_learn_step)
@@ -318,7 +326,7 @@ def cmd_learn_step(args) -> int:
     from ldka_ros.learning.checkpoint import load_checkpoint, save_checkpoint
     from ldka_ros.learning.losses import GaussianFeatureBank
     from ldka_ros.learning.methods import METHODS
-    from ldka_ros.learning.steps import learn_step
+    from ldka_ros.learning.steps import LDKAConfig, learn_step
 
     if args.method not in METHODS:
         raise ValueError(f'unknown method {args.method!r}; known methods: {", ".join(METHODS)}')
@@ -356,19 +364,24 @@ def cmd_learn_step(args) -> int:
             data = step_train_set(train, proto, step)
             new = proto.new_classes(step)
         label = f'{proto.name} step {step}'
+    which = args.ldka_config or ('robot' if args.folder else 'camvid')
+    ldka = LDKAConfig.robot() if which == 'robot' else LDKAConfig()
     bars = _Bars(not args.no_progress)
     out = Path(args.out)
-    res = learn_step(model, data, new, args.method, step_cfg, feature_bank=bank,
+    res = learn_step(model, data, new, args.method, step_cfg, ldka=ldka, feature_bank=bank,
                      progress=bars.single, checkpoint_path=out.with_suffix('.state.pt'))
     bars.close()
     meta = {**{k: v for k, v in meta.items() if k != 'feature_bank'}, 'step': step,
             'method': args.method, 'seconds': res.seconds,
             'seconds_per_iter': res.seconds_per_iter,
+            'ldka_config': which if args.method in ('mib', 'ldka', 'ldka+gfr') else None,
+            'classifier_init': res.classifier_init,
             'feature_bank': res.feature_bank.state_dict() if res.feature_bank else None}
     save_checkpoint(out, res.model, classes, meta)
     out.with_suffix('.state.pt').unlink(missing_ok=True)
-    print(f'learned classes {new} from {label} with {args.method}: wrote {out} '
-          f'({res.seconds:.0f} s, {res.seconds_per_iter:.3f} s/iter)')
+    settings_note = f', {which} loss settings' if meta['ldka_config'] else ''
+    print(f'learned classes {new} from {label} with {args.method}{settings_note}: wrote '
+          f'{out} ({res.seconds:.0f} s, {res.seconds_per_iter:.3f} s/iter)')
     return 0
 
 

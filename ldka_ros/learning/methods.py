@@ -26,6 +26,13 @@ PSEUDO_LABEL_THRESHOLD_RANGE = (0.5, 1.0)
 #: other change (SKD's stabilisers off); the learner's job and the robot benchmarks build
 #: their configuration with them.
 ROBOT_LDKA_SWITCHES = {'pseudo_rest_unbiased': False}
+#: The learner's defaults for the two settings an operator may change per robot
+#: (parameters ``classifier_init`` and ``pseudo_label_threshold``), measured on few
+#: labelled frames of one object (docs/benchmarks/label_efficiency.md): imprinted rows
+#: learn the object better from 4 or more frames, and 0.9 keeps old classes better than
+#: 0.7 at the same new-object IoU. ``ldka learn-step --folder`` uses them too.
+ROBOT_CLASSIFIER_INIT = 'imprint'
+ROBOT_PSEUDO_LABEL_THRESHOLD = 0.9
 
 #: How a new class's classifier row starts in an LDKA step: ``mib`` (a copy of
 #: background's row, MiB's rule) or ``imprint`` (the mean decoder feature of the class's

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator, Sequence
 from ldka_ros.errors import UserError
 from ldka_ros.fsio import atomic_write_bytes
 from ldka_ros.learning import losses as L
-from ldka_ros.learning.methods import CLASSIFIER_INITS, METHODS
+from ldka_ros.learning.methods import (CLASSIFIER_INITS, METHODS, ROBOT_CLASSIFIER_INIT,
+                                       ROBOT_LDKA_SWITCHES, ROBOT_PSEUDO_LABEL_THRESHOLD)
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -222,6 +223,20 @@ class LDKAConfig:
             if data[name] == default:
                 data.pop(name)
         return data
+
+    @classmethod
+    def robot(cls, **changes) -> 'LDKAConfig':
+        """
+        Return the configuration of the learner's steps, with ``changes`` on top.
+
+        Few labelled frames of one new object are not a CamVid step: the robot's decision
+        scenes chose imprinted rows, threshold 0.9 and the hard rest of background
+        (``methods.ROBOT_*``; docs/benchmarks/label_efficiency.md). One place for it, so
+        that the learner's job, the robot benchmarks and ``ldka learn-step --folder`` run
+        the same step.
+        """
+        return cls(**{'init': ROBOT_CLASSIFIER_INIT, 'tau': ROBOT_PSEUDO_LABEL_THRESHOLD,
+                      **ROBOT_LDKA_SWITCHES, **changes})
 
     @classmethod
     def ablation(cls, name: str) -> 'LDKAConfig':

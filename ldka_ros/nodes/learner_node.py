@@ -61,7 +61,8 @@ import warnings
 
 from ldka_ros.app.job_spec import JobSpec, spec_to_json
 from ldka_ros.learning.methods import (CLASSIFIER_INITS, PSEUDO_LABEL_THRESHOLD_RANGE,
-                                       ROBOT_METHODS)
+                                       ROBOT_CLASSIFIER_INIT, ROBOT_METHODS,
+                                       ROBOT_PSEUDO_LABEL_THRESHOLD)
 from ldka_ros.nodes.image_conversion import (image_to_numpy, msg_to_rgb, numpy_to_image,
                                              subscribe_camera, TRANSPORTS)
 from ldka_ros.nodes.label_assist import ASSIST_PARAMS, LabelAssist
@@ -116,14 +117,14 @@ PARAMS = [
               'max_seconds = 0; 0 = no time limit.', minimum=0.0, maximum=1e7),
     ParamSpec('method', 'ldka', 'Class-incremental method of a learning step.',
               choices=ROBOT_METHODS),
-    ParamSpec('classifier_init', 'imprint', "How a new class's classifier row starts in an "
-              "LDKA or MiB step: 'imprint' = the mean feature of its labelled pixels, "
-              "'mib' = a copy of background's row. Measured on few labelled frames of one "
-              'object (docs/benchmarks/label_efficiency.md): imprint learns it better from '
-              '4 or more frames.', choices=CLASSIFIER_INITS),
-    ParamSpec('pseudo_label_threshold', 0.9, "Method ldka: the old model's confidence from "
-              'which a background pixel of a labelled frame is trained as the old class it '
-              'shows. Measured on few labelled frames of one object '
+    ParamSpec('classifier_init', ROBOT_CLASSIFIER_INIT, "How a new class's classifier row "
+              "starts in an LDKA or MiB step: 'imprint' = the mean feature of its labelled "
+              "pixels, 'mib' = a copy of background's row. Measured on few labelled frames "
+              'of one object (docs/benchmarks/label_efficiency.md): imprint learns it '
+              'better from 4 or more frames.', choices=CLASSIFIER_INITS),
+    ParamSpec('pseudo_label_threshold', ROBOT_PSEUDO_LABEL_THRESHOLD, 'Method ldka: the old '
+              "model's confidence from which a background pixel of a labelled frame is "
+              'trained as the old class it shows. Measured on few labelled frames of one object '
               '(docs/benchmarks/label_efficiency.md): 0.9 keeps old classes better than 0.7 '
               'at the same new-object IoU.', minimum=PSEUDO_LABEL_THRESHOLD_RANGE[0],
               maximum=PSEUDO_LABEL_THRESHOLD_RANGE[1]),

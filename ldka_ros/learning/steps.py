@@ -232,8 +232,8 @@ class LDKAConfig:
         Few labelled frames of one new object are not a CamVid step: the robot's decision
         scenes chose imprinted rows, threshold 0.9 and the hard rest of background
         (``methods.ROBOT_*``; docs/benchmarks/label_efficiency.md). One place for it, so
-        that the learner's job, the robot benchmarks and ``ldka learn-step --folder`` run
-        the same step.
+        that the learner's job and ``ldka learn-step --folder`` run the same step (the
+        robot benchmarks take the switches and set init and threshold per run).
         """
         return cls(**{'init': ROBOT_CLASSIFIER_INIT, 'tau': ROBOT_PSEUDO_LABEL_THRESHOLD,
                       **ROBOT_LDKA_SWITCHES, **changes})

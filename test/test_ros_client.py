@@ -273,7 +273,9 @@ def test_learn_shows_progress_and_ctrl_c_cancels_the_goal(learner_files, ros_lau
 
     # The learner goes away during a goal: the command does not wait for ever (exit 3).
     label_frames(tmp_path / 'frames', frames[:2], name='bus', class_id=CAR_ID + 1)
-    orphan = Cli(run, ns, 'learn', '--iterations', '100000', '--timeout', '3')
+    # --timeout also bounds discovery of the action server, which a loaded machine can
+    # take more than 3 s for (the command then exits 3 before its goal is sent)
+    orphan = Cli(run, ns, 'learn', '--iterations', '100000', '--timeout', '10')
     ros_harness.wait_until(lambda: 'preparing' in orphan.stderr or 'training' in orphan.stderr
                            or orphan.proc.poll() is not None, 120, 'learning feedback', run)
     learner.stop()

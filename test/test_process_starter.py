@@ -186,6 +186,48 @@ def test_graph_reports_a_crashed_and_a_killed_node(ros_domain, ros_namespace, ro
         assert graph.running() == []
 
 
+_STUCK_NODE = """\
+import signal
+import time
+
+from ldka_ros.nodes import stack_dump
+
+stack_dump.install()
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stuck_in_shutdown():
+    print('stuck node ready', flush=True)
+    while True:
+        time.sleep(0.05)
+
+
+stuck_in_shutdown()
+"""
+
+
+def test_a_node_that_ignores_stop_signals_gets_its_stacks_dumped_then_killed(tmp_path):
+    # A node that ignores SIGINT and SIGTERM has a shutdown bug; the starter's report
+    # must say where it was stuck (its Python stack), not only that it was killed.
+    script = tmp_path / 'stuck_node'
+    script.write_text(f'#!{sys.executable}\n{_STUCK_NODE}')
+    script.chmod(0o755)
+    output = io.StringIO()
+    with start_graph([NodeSpec(executable=str(script), name='stuck')], env={},
+                     output=output) as graph:
+        ros_harness.wait_until(lambda: 'stuck node ready' in output.getvalue(), 30,
+                               'the stuck node to start')
+        codes = graph.stop(sigint_timeout=1.0, sigterm_timeout=1.0)
+    text = output.getvalue()
+    assert codes == {'stuck': -signal.SIGKILL}, text
+    assert 'stuck still running: sending SIGTERM' in text
+    assert 'stuck still running: sending SIGKILL' in text
+    assert 'stacks of stuck' in text
+    dump = [line for line in text.splitlines() if line.startswith('[stuck] ')]
+    assert any('stuck_in_shutdown' in line for line in dump), text  # the stuck function
+
+
 class _LineReader:
     """Collect a child's output lines in a thread (so the test can wait with a timeout)."""
 

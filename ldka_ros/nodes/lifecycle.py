@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
+from ldka_ros.nodes import stack_dump
 from ldka_ros.nodes.params import ParamSpec
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -125,6 +126,7 @@ def spin_node(args: list[str] | None, make: Callable[[], Node], *, name: str,
     happens, ``release`` runs on a node that was made before it is destroyed, so a job
     or a backend never outlives the process.
     """
+    stack_dump.install()
     rclpy.init(args=args)
     node = None
     status = 0

@@ -8,7 +8,8 @@ cleanly. This starter runs each node as a real process with the same command lin
 launch file produces (``--ros-args -r __node:=... -r __ns:=... --params-file ...
 -p k:=v -r from:=to``), prefixes and forwards their output, and on exit or
 SIGINT/SIGTERM stops every node: SIGINT, then SIGTERM, then SIGKILL, each after a
-timeout.
+timeout; a node that needs the SIGKILL is first asked for its Python stacks
+(``stack_dump``), so the log says where it was stuck.
 
 Supervision, like ``ros2 launch``'s ``respawn``/``respawn_delay``: a node that dies is
 reported with its exit code or signal and its last output lines, and the other nodes
@@ -77,6 +78,7 @@ import threading
 import time
 from typing import Any, Iterable, Mapping, TextIO
 
+from ldka_ros.nodes import stack_dump
 import yaml
 
 PREFIX = '[process_starter]'
@@ -592,7 +594,9 @@ class Graph:
         more. Then SIGINT to all (nodes shut down in parallel), wait up to
         ``sigint_timeout``; SIGTERM to the rest, wait ``sigterm_timeout``; SIGKILL what
         is left. Each escalation is reported, since a node that needs it has a shutdown
-        bug.
+        bug; before the SIGKILL each remaining node is asked for its Python stacks
+        (:data:`stack_dump.STACK_DUMP_SIGNAL`), which reach the output under its name,
+        so the report says where the node was stuck.
         """
         with self._lock:
             self._closing = True
@@ -613,6 +617,8 @@ class Graph:
             if sig != signal.SIGINT:
                 self._say(f'{", ".join(n.name for n in alive)} still running: sending '
                           f'{sig.name}')
+            if sig == signal.SIGKILL:
+                self._dump_stacks(alive)
             for node in alive:
                 node.signal(sig)
             deadline = time.monotonic() + timeout
@@ -632,6 +638,16 @@ class Graph:
                 client.kill()
                 client.wait()
         return codes
+
+    def _dump_stacks(self, nodes: list[NodeProcess], wait_s: float = 1.0) -> None:
+        """Ask ``nodes`` for their Python stacks and give the dumps time to be forwarded."""
+        self._say(f'stacks of {", ".join(n.name for n in nodes)} (where they are stuck):')
+        for node in nodes:
+            try:
+                os.kill(node.pid, stack_dump.STACK_DUMP_SIGNAL)  # the node only, not helpers
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(wait_s)
 
     def __enter__(self) -> 'Graph':
         return self

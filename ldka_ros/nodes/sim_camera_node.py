@@ -24,6 +24,7 @@ import sys
 from typing import Callable
 
 # flake8's google order (ament config) sorts ldka_ros among the third-party modules.
+from ldka_ros.nodes import stack_dump
 from ldka_ros.nodes.image_conversion import numpy_to_image
 from ldka_ros.nodes.params import declare_parameters, ParamSpec
 from ldka_ros.nodes.qos import image_qos, IMAGE_QOS_CHOICES, reliable_qos
@@ -101,6 +102,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None,
     FileNotFoundError, RuntimeError raised while constructing) is logged and gives
     exit code 2, so a starter sees that the node refused to start.
     """
+    stack_dump.install()
     rclpy.init(args=args)
     node = None
     try:
